@@ -1,0 +1,38 @@
+"""The one interface every kernel backend implements (seed 004).
+
+A backend is a class, never an instance: what lowering needs to know about it
+(which devices it serves, later its head padding and cache layout) lives in class
+variables and classmethods. Adding a platform means adding one subclass.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+
+class KernelBackend(ABC):
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def supports(cls, device: torch.device) -> bool:
+        """Whether this backend can run kernels on tensors of `device`."""
+
+    @classmethod
+    @abstractmethod
+    def rope(
+        cls,
+        xs: list[torch.Tensor],
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        interleaved_in: bool,
+        interleaved_out: bool,
+        outs: list[torch.Tensor],
+    ) -> None:
+        """Rotate every x of `xs` into the matching preallocated `outs[i]`.
+
+        Semantics are those of `reference.rope_reference`; inputs were validated
+        by the op, and cos/sin broadcast against each x's leading dims.
+        """

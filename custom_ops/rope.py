@@ -1,0 +1,65 @@
+"""`torch.ops.mla.rope`: one functional op that rotates q's rope part and the
+shared k_pe (any number of tensors sharing cos/sin) in a single launch."""
+from __future__ import annotations
+
+import torch
+
+from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_LEADING_DIMS = 4  # the kernel indexes rows through at most 4 leading dims
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"mla.rope: {msg}")
+
+
+def validate_rope_args(xs, cos, sin, kernel) -> None:
+    _check(1 <= len(xs) <= 2, f"xs must hold 1 or 2 tensors (q_pe and k_pe), got {len(xs)}")
+    _check(kernel in KERNEL_CHOICES, f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
+    _check(cos.shape == sin.shape, f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must have one shape")
+    _check(cos.dtype in _FLOAT_DTYPES and sin.dtype in _FLOAT_DTYPES,
+           f"cos/sin dtype must be one of {_FLOAT_DTYPES}, got {cos.dtype}/{sin.dtype}")
+    for i, x in enumerate(xs):
+        name = f"xs[{i}]"
+        _check(x.dtype in _FLOAT_DTYPES, f"{name} dtype must be one of {_FLOAT_DTYPES}, got {x.dtype}")
+        _check(x.device == cos.device == sin.device,
+               f"{name} is on {x.device} but cos/sin are on {cos.device}/{sin.device}")
+        _check(1 <= x.dim() - 1 <= MAX_LEADING_DIMS,
+               f"{name} must have 1..{MAX_LEADING_DIMS} leading dims, got shape {tuple(x.shape)}")
+        d = x.shape[-1]
+        _check(d % 2 == 0 and d > 0, f"{name} rotary dim (last dim) must be even, got {d}")
+        _check(cos.shape[-1] in (d, d // 2),
+               f"cos/sin width must be {d} or {d // 2} for {name} of rotary dim {d}, got {cos.shape[-1]}")
+        lead = torch.broadcast_shapes(x.shape[:-1], cos.shape[:-1])
+        _check(lead == x.shape[:-1],
+               f"cos/sin leading shape {tuple(cos.shape[:-1])} must broadcast to {name}'s {tuple(x.shape[:-1])}")
+
+
+def new_output(x: torch.Tensor) -> torch.Tensor:
+    """Output buffer: x's strides when x is dense, else contiguous (fake and real agree)."""
+    return torch.empty_like(x, memory_format=torch.preserve_format)
+
+
+@torch.library.custom_op("mla::rope", mutates_args=())
+def rope(
+    xs: list[torch.Tensor],
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    interleaved_in: bool,
+    interleaved_out: bool,
+    kernel: str = "auto",
+) -> list[torch.Tensor]:
+    """Rotary embedding of each x in `xs` (see `reference.rope_reference`)."""
+    validate_rope_args(xs, cos, sin, kernel)
+    outs = [new_output(x) for x in xs]
+    backend = select_backend(xs[0].device, kernel)
+    backend.rope(list(xs), cos, sin, interleaved_in, interleaved_out, outs)
+    return outs
+
+
+@rope.register_fake
+def _rope_fake(xs, cos, sin, interleaved_in, interleaved_out, kernel="auto"):
+    validate_rope_args(xs, cos, sin, kernel)
+    return [new_output(x) for x in xs]

@@ -1,0 +1,263 @@
+"""Triton backend: the RoPE kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
+
+One launch rotates every tensor of `xs` (q_pe and k_pe): the grid is the row blocks
+of the first tensor followed by those of the second, and each program rotates
+`BLOCK_R` rows of one tensor through the `_rope_rows` helper.
+
+Host side, each tensor's leading dims (with cos/sin broadcast to them) become at most
+4 index dims: size-1 dims are dropped, dims that are contiguous in x, out, cos and
+sin alike are merged, and what is left is padded with size-1 dims in front. Triton
+specializes integer arguments equal to 1 (sizes, unit last-dim strides) as
+constants, so padded dims cost nothing and unit-stride rows get 16-byte loads.
+Offsets are int32 unless some tensor spans 2**31 elements, then int64.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import ClassVar
+
+import torch
+
+from .backend import KernelBackend
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # Triton is optional on CPU: the reference runs instead
+    triton = None
+
+_NDIM = 4  # index dims per segment after padding (the op allows 1..4 leading dims)
+_INT32_MAX = 2**31 - 1
+
+
+class TritonBackend(KernelBackend):
+    name: ClassVar[str] = "triton"
+
+    @classmethod
+    def supports(cls, device: torch.device) -> bool:
+        if triton is None:
+            return False
+        if device.type == "cuda":
+            return True
+        return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+    @classmethod
+    def rope(cls, xs, cos, sin, interleaved_in, interleaved_out, outs) -> None:
+        rope_triton(xs, cos, sin, interleaved_in, interleaved_out, outs)
+
+
+# --------------------------------------------------------------------------- kernel
+
+if triton is not None:
+
+    @triton.jit
+    def _rope_rows(
+        x_ptr, o_ptr, c_ptr, s_ptr, blk, n_rows, S1, S2, S3,
+        sx0, sx1, sx2, sx3, sxd,
+        so0, so1, so2, so3, sod,
+        sc0, sc1, sc2, sc3, scd,
+        ss0, ss1, ss2, ss3, ssd,
+        HALF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
+        INTERLEAVED_IN: tl.constexpr, INTERLEAVED_OUT: tl.constexpr,
+        HALF_WIDTH: tl.constexpr, INT64: tl.constexpr,
+    ):
+        # rows of this block, split into the 4 index dims (i0 outermost)
+        if INT64:
+            rows = blk.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+        else:
+            rows = blk * BLOCK_R + tl.arange(0, BLOCK_R)
+        rmask = rows < n_rows
+        i3 = rows % S3
+        t = rows // S3
+        i2 = t % S2
+        t = t // S2
+        i1 = t % S1
+        i0 = t // S1
+        x_row = i0 * sx0 + i1 * sx1 + i2 * sx2 + i3 * sx3
+        o_row = i0 * so0 + i1 * so1 + i2 * so2 + i3 * so3
+        c_row = i0 * sc0 + i1 * sc1 + i2 * sc2 + i3 * sc3
+        s_row = i0 * ss0 + i1 * ss1 + i2 * ss2 + i3 * ss3
+
+        j = tl.arange(0, BLOCK_H)  # pair index
+        if HALF == BLOCK_H:  # no column mask: keeps the mask constant along a row
+            m = tl.broadcast_to(rmask[:, None], [BLOCK_R, BLOCK_H])
+        else:
+            m = rmask[:, None] & (j[None, :] < HALF)
+
+        # cos/sin: one angle per pair (HALF_WIDTH) or lo/hi halves of width d
+        c_off = c_row[:, None] + j[None, :] * scd
+        s_off = s_row[:, None] + j[None, :] * ssd
+        c_lo = tl.load(c_ptr + c_off, mask=m, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        s_lo = tl.load(s_ptr + s_off, mask=m, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        if HALF_WIDTH:
+            c_hi = c_lo
+            s_hi = s_lo
+        else:
+            c_hi = tl.load(c_ptr + c_off + HALF * scd, mask=m, other=0.0,
+                           eviction_policy="evict_last").to(tl.float32)
+            s_hi = tl.load(s_ptr + s_off + HALF * ssd, mask=m, other=0.0,
+                           eviction_policy="evict_last").to(tl.float32)
+
+        # x pairs (a, b): (x[2j], x[2j+1]) or (x[j], x[j + d/2])
+        if INTERLEAVED_IN:
+            k = tl.arange(0, 2 * BLOCK_H)
+            if HALF == BLOCK_H:
+                mk = tl.broadcast_to(rmask[:, None], [BLOCK_R, 2 * BLOCK_H])
+            else:
+                mk = rmask[:, None] & (k[None, :] < 2 * HALF)
+            xv = tl.load(x_ptr + x_row[:, None] + k[None, :] * sxd, mask=mk, other=0.0,
+                         eviction_policy="evict_first")
+            a, b = tl.split(tl.reshape(xv.to(tl.float32), [BLOCK_R, BLOCK_H, 2]))
+        else:
+            x_off = x_row[:, None] + j[None, :] * sxd
+            a = tl.load(x_ptr + x_off, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+            b = tl.load(x_ptr + x_off + HALF * sxd, mask=m, other=0.0,
+                        eviction_policy="evict_first").to(tl.float32)
+
+        lo = a * c_lo - b * s_lo
+        hi = b * c_hi + a * s_hi
+
+        out_ty = o_ptr.dtype.element_ty
+        if INTERLEAVED_OUT:
+            k = tl.arange(0, 2 * BLOCK_H)
+            if HALF == BLOCK_H:
+                mk = tl.broadcast_to(rmask[:, None], [BLOCK_R, 2 * BLOCK_H])
+            else:
+                mk = rmask[:, None] & (k[None, :] < 2 * HALF)
+            y = tl.reshape(tl.join(lo, hi), [BLOCK_R, 2 * BLOCK_H])
+            tl.store(o_ptr + o_row[:, None] + k[None, :] * sod, y.to(out_ty), mask=mk)
+        else:
+            o_off = o_row[:, None] + j[None, :] * sod
+            tl.store(o_ptr + o_off, lo.to(out_ty), mask=m)
+            tl.store(o_ptr + o_off + HALF * sod, hi.to(out_ty), mask=m)
+
+    @triton.jit
+    def _rope_kernel(
+        c_ptr, s_ptr, NB0,
+        # segment 0
+        x0_ptr, o0_ptr, R0, A1, A2, A3,
+        ax0, ax1, ax2, ax3, axd, ao0, ao1, ao2, ao3, aod,
+        ac0, ac1, ac2, ac3, acd, as0, as1, as2, as3, asd,
+        # segment 1 (ignored unless HAS_SECOND)
+        x1_ptr, o1_ptr, R1, B1, B2, B3,
+        bx0, bx1, bx2, bx3, bxd, bo0, bo1, bo2, bo3, bod,
+        bc0, bc1, bc2, bc3, bcd, bs0, bs1, bs2, bs3, bsd,
+        HALF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
+        INTERLEAVED_IN: tl.constexpr, INTERLEAVED_OUT: tl.constexpr,
+        HALF_WIDTH: tl.constexpr, INT64: tl.constexpr, HAS_SECOND: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        if HAS_SECOND:
+            if pid < NB0:
+                _rope_rows(x0_ptr, o0_ptr, c_ptr, s_ptr, pid, R0, A1, A2, A3,
+                           ax0, ax1, ax2, ax3, axd, ao0, ao1, ao2, ao3, aod,
+                           ac0, ac1, ac2, ac3, acd, as0, as1, as2, as3, asd,
+                           HALF, BLOCK_R, BLOCK_H, INTERLEAVED_IN, INTERLEAVED_OUT,
+                           HALF_WIDTH, INT64)
+            else:
+                _rope_rows(x1_ptr, o1_ptr, c_ptr, s_ptr, pid - NB0, R1, B1, B2, B3,
+                           bx0, bx1, bx2, bx3, bxd, bo0, bo1, bo2, bo3, bod,
+                           bc0, bc1, bc2, bc3, bcd, bs0, bs1, bs2, bs3, bsd,
+                           HALF, BLOCK_R, BLOCK_H, INTERLEAVED_IN, INTERLEAVED_OUT,
+                           HALF_WIDTH, INT64)
+        else:
+            _rope_rows(x0_ptr, o0_ptr, c_ptr, s_ptr, pid, R0, A1, A2, A3,
+                       ax0, ax1, ax2, ax3, axd, ao0, ao1, ao2, ao3, aod,
+                       ac0, ac1, ac2, ac3, acd, as0, as1, as2, as3, asd,
+                       HALF, BLOCK_R, BLOCK_H, INTERLEAVED_IN, INTERLEAVED_OUT,
+                       HALF_WIDTH, INT64)
+
+
+# ------------------------------------------------------------------------ host side
+
+def _bcast_strides(t: torch.Tensor, lead: tuple[int, ...]) -> list[int]:
+    """Strides of t's leading dims broadcast (as by expand) to `lead`: 0 where broadcast."""
+    off = len(lead) - (t.dim() - 1)
+    shape, stride = t.shape, t.stride()
+    out = []
+    for k in range(len(lead)):
+        kk = k - off
+        out.append(0 if kk < 0 or shape[kk] == 1 else stride[kk])
+    return out
+
+
+def _segment(x: torch.Tensor, out: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """(n_rows, [S1, S2, S3], per-tensor [s0, s1, s2, s3, s_last] strides x4, max extent)."""
+    lead = tuple(x.shape[:-1])
+    cs, ss = _bcast_strides(cos, lead), _bcast_strides(sin, lead)
+    xs, os_ = x.stride(), out.stride()
+    dims: list[list[int]] = []  # [size, sx, so, sc, ss], outermost first
+    for k, n in enumerate(lead):
+        if n == 1:
+            continue
+        cur = [n, xs[k], os_[k], cs[k], ss[k]]
+        if dims:
+            p = dims[-1]
+            if all(p[i] == cur[i] * n for i in range(1, 5)):  # contiguous in all four
+                p[0] *= n
+                p[1:] = cur[1:]
+                continue
+        dims.append(cur)
+    n_rows = 1
+    for dm in dims:
+        n_rows *= dm[0]
+    dims = [[1, 0, 0, 0, 0]] * (_NDIM - len(dims)) + dims
+    strides = []
+    extent = n_rows
+    for i, (t, last) in enumerate(((x, xs[-1]), (out, os_[-1]), (cos, cos.stride(-1)), (sin, sin.stride(-1)))):
+        st = [dm[i + 1] for dm in dims]
+        strides += st + [last]
+        span = sum((dm[0] - 1) * s for dm, s in zip(dims, st)) + (t.shape[-1] - 1) * last
+        extent = max(extent, span)
+    return n_rows, [dm[0] for dm in dims[1:]], strides, extent
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: few, small programs
+
+
+def _config(total_rows: int, block_h: int, device: torch.device) -> tuple[int, int]:
+    """(BLOCK_R, num_warps): tiles of up to 8192 elements, at least ~4 programs per SM."""
+    max_r = max(1, 4096 // block_h)
+    want = triton.next_power_of_2(max(1, triton.cdiv(total_rows, 4 * _num_sms(device))))
+    block_r = max(1, min(max_r, want))
+    elems = 2 * block_h * block_r
+    num_warps = max(1, min(8, elems // 1024))
+    return block_r, num_warps
+
+
+def rope_triton(xs, cos, sin, interleaved_in, interleaved_out, outs):
+    """Launch the kernel over all of `xs`; returns the launched kernel (None if empty)."""
+    d = xs[0].shape[-1]
+    half = d // 2
+    half_width = cos.shape[-1] != d
+    segs = []
+    for x, out in zip(xs, outs):
+        assert x.shape[-1] == d, "mla.rope (triton): every x must share the rotary dim"
+        n_rows, sizes, strides, extent = _segment(x, out, cos, sin)
+        if n_rows:
+            segs.append((x, out, n_rows, sizes, strides, extent))
+    if not segs:
+        return None
+    block_h = triton.next_power_of_2(half)
+    total = sum(s[2] for s in segs)
+    block_r, num_warps = _config(total, block_h, xs[0].device)
+    int64 = max(s[5] for s in segs) + block_r > _INT32_MAX
+    nbs = [triton.cdiv(s[2], block_r) for s in segs]
+    args = []
+    for x, out, n_rows, sizes, strides, _ in segs:
+        args += [x, out, n_rows, *sizes, *strides]
+    has_second = len(segs) == 2
+    if not has_second:
+        args += args  # unused second segment: same values keep the specialization key stable
+    return _rope_kernel[(sum(nbs),)](
+        cos, sin, nbs[0], *args,
+        HALF=half, BLOCK_R=block_r, BLOCK_H=block_h,
+        INTERLEAVED_IN=bool(interleaved_in), INTERLEAVED_OUT=bool(interleaved_out),
+        HALF_WIDTH=half_width, INT64=int64, HAS_SECOND=has_second,
+        num_warps=num_warps,
+    )

@@ -1,0 +1,31 @@
+"""`torch.compile(model, backend="mla")`: Inductor with the mla passes at
+`joint_custom_pre_pass`, the one place the MLA pattern is still intact."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch._inductor import list_mode_options
+from torch._inductor.compile_fx import compile_fx
+
+from . import custom_ops  # noqa: F401  (registers torch.ops.mla.*)
+from .options import Options
+from .pass_manager import MlaPassManager
+
+
+def mla_backend(
+    gm: torch.fx.GraphModule,
+    example_inputs: list[Any],
+    *,
+    mode: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    **_: Any,  # e.g. name= from torch 2.15; nothing else reaches a backend
+):
+    opts = Options.from_user(options)
+    patches: dict[str, Any] = dict(list_mode_options(mode)) if mode else {}
+    patches.update(opts.inductor)
+    patches["joint_custom_pre_pass"] = MlaPassManager(opts)
+    if opts.report:
+        # A graph served from Inductor's caches skips the passes, and so the report.
+        patches["force_disable_caches"] = True
+    return compile_fx(gm, example_inputs, config_patches=patches)

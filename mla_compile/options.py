@@ -1,0 +1,55 @@
+"""`torch.compile(..., backend="mla", options={...})`: what can be asked, checked once."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping, Union
+
+from .lowering.kernel_choice import KERNEL_CHOICES
+
+ReportSink = Union[bool, Callable[[Any], None]]
+
+_HELP = {
+    "rope": "bool: fuse RoPE subgraphs into torch.ops.mla.rope (default True)",
+    "kernel": f"one of {KERNEL_CHOICES}: which kernels the fused ops run (default 'auto'; "
+    "'reference' forces the PyTorch reference implementations)",
+    "report": "False, True (print each graph's match report to stderr) or a callable "
+    "that receives each GraphReport; a report compiles without Inductor's caches so "
+    "that every pass runs (default False)",
+    "inductor": "dict of extra Inductor config patches, e.g. {'max_autotune': True}",
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    rope: bool = True
+    kernel: str = "auto"
+    report: ReportSink = False
+    inductor: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_user(cls, options: Mapping[str, Any] | None) -> "Options":
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(_HELP))
+        if unknown:
+            raise ValueError(f"mla backend: unknown option(s) {unknown}; valid options:\n{describe()}")
+        opts = cls(**options)
+        if not isinstance(opts.rope, bool):
+            raise ValueError(f"mla backend: option 'rope' must be a bool, got {opts.rope!r}")
+        if opts.kernel not in KERNEL_CHOICES:
+            raise ValueError(f"mla backend: option 'kernel' must be one of {KERNEL_CHOICES}, got {opts.kernel!r}")
+        if not (isinstance(opts.report, bool) or callable(opts.report)):
+            raise ValueError(f"mla backend: option 'report' must be a bool or a callable, got {opts.report!r}")
+        if not isinstance(opts.inductor, Mapping) or "joint_custom_pre_pass" in opts.inductor:
+            raise ValueError("mla backend: option 'inductor' must be a dict of Inductor config "
+                             "patches and may not set joint_custom_pre_pass (the mla passes run there)")
+        return opts
+
+    def cache_key(self) -> str:
+        """What changes the generated code (the report sink does not)."""
+        parts = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "report"}
+        parts["inductor"] = sorted((k, repr(v)) for k, v in self.inductor.items())
+        return repr(sorted(parts.items()))
+
+
+def describe() -> str:
+    return "\n".join(f"  {k}: {v}" for k, v in _HELP.items())

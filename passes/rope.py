@@ -1,0 +1,127 @@
+"""RoPE fusion: every recognised RoPE becomes `torch.ops.mla.rope`, and RoPEs
+that share cos/sin (q_pe and k_pe) are merged into one launch.
+
+The op is functional: the rotated tensor is new and the pre-RoPE tensor keeps
+its value for any later reader (seed 003b); nothing here mutates.
+"""
+from __future__ import annotations
+
+import contextlib
+import operator
+from collections import defaultdict
+
+import torch
+import torch.fx as fx
+
+from ..compat import detect_fake_mode
+from ..report import Match, NearMiss, PassRecord
+from .match_utils import NoMatch, aten, val
+from .rope_forms import SEARCHES, RopeMatch, check_operands
+
+rope_op = torch.ops.mla.rope.default
+
+
+def _call(graph: fx.Graph, target, args) -> fx.Node:
+    """A new node with its fake value, computed from its inputs' fake values."""
+    node = graph.call_function(target, args)
+    fake_args = fx.node.map_arg(args, lambda n: n.meta["val"])
+    tensors = []
+    fx.node.map_aggregate(fake_args, lambda a: tensors.append(a) if isinstance(a, torch.Tensor) else a)
+    with detect_fake_mode(tensors) or contextlib.nullcontext():
+        node.meta["val"] = target(*fake_args)
+    return node
+
+
+def _heads(m: RopeMatch) -> int:
+    """Heads: x's size along the innermost leading dim that cos/sin broadcast over."""
+    x = val(m.x).shape[:-1]
+    lead = val(m.cos).shape[:-1]
+    lead = (1,) * (len(x) - len(lead)) + tuple(lead)
+    for xs, cs in reversed(list(zip(x, lead))):
+        if cs == 1 and xs != 1:
+            return int(xs)
+    return 1
+
+
+def _describe(m: RopeMatch) -> dict:
+    x = val(m.x)
+    style = "interleaved" if m.interleaved_out else ("deinterleaved" if m.interleaved_in else "neox")
+    return {
+        "form": m.form, "style": style, "rotary_dim": int(x.shape[-1]), "heads": _heads(m),
+        "shape": tuple(x.shape), "dtype": str(x.dtype).replace("torch.", ""),
+        "cos_width": int(val(m.cos).shape[-1]),
+    }
+
+
+def _replace(graph: fx.Graph, m: RopeMatch, kernel: str) -> None:
+    with graph.inserting_before(m.output):
+        cos, sin = m.cos, m.sin
+        if m.complex_freqs:
+            as_real = _call(graph, aten.view_as_real.default, (m.cos,))
+            cos = _call(graph, aten.select.int, (as_real, -1, 0))
+            sin = _call(graph, aten.select.int, (as_real, -1, 1))
+        rope = _call(graph, rope_op, ([m.x], cos, sin, m.interleaved_in, m.interleaved_out, kernel))
+        rotated = _call(graph, operator.getitem, (rope, 0))
+    m.output.replace_all_uses_with(rotated)
+
+
+def fuse_rope(graph: fx.Graph, options, record: PassRecord) -> None:
+    for node in list(graph.nodes):
+        for pattern, looks_like, search in SEARCHES:
+            if node.op != "call_function" or not looks_like(node):
+                continue
+            try:
+                m = search(node)
+                check_operands(m)
+            except NoMatch as reason:
+                record.near_misses.append(NearMiss(pattern, str(node.target), str(reason)))
+                continue
+            record.matches.append(Match(pattern, _describe(m)))
+            _replace(graph, m, options.kernel)
+            break
+    graph.eliminate_dead_code()
+    _merge_launches(graph, record)
+
+
+def _merge_launches(graph: fx.Graph, record: PassRecord) -> None:
+    """One launch for RoPEs that share cos, sin and style (q_pe and k_pe)."""
+    groups: dict[tuple, list[fx.Node]] = defaultdict(list)
+    for node in graph.nodes:
+        if node.target is rope_op and len(node.args[0]) == 1:
+            groups[tuple(node.args[1:])].append(node)
+    for nodes in groups.values():
+        i = 0
+        while i + 1 < len(nodes):
+            first, second = nodes[i], nodes[i + 1]
+            at = _merge_point(graph, first, second)
+            if at is not None:
+                shapes = [tuple(val(n.args[0][0]).shape) for n in (first, second)]
+                _merge(graph, first, second, at)
+                record.matches.append(Match("rope.one_launch", {"tensors": 2, "shapes": shapes}))
+                i += 2
+            else:
+                i += 1
+
+
+def _merge_point(graph: fx.Graph, first: fx.Node, second: fx.Node) -> fx.Node | None:
+    """Where one op can replace both without reordering the graph: at `first`
+    when all of `second`'s inputs come before it, else at `second` when every
+    reader of `first`'s result comes after `second`; None when neither holds."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    if all(order[i] < order[first] for i in second.all_input_nodes):
+        return first
+    if all(order[r] > order[second] for item in first.users for r in item.users):
+        return second
+    return None
+
+
+def _merge(graph: fx.Graph, first: fx.Node, second: fx.Node, at: fx.Node) -> None:
+    xs = [first.args[0][0], second.args[0][0]]
+    with graph.inserting_before(at):
+        both = _call(graph, rope_op, (xs, *second.args[1:]))
+        outs = [_call(graph, operator.getitem, (both, i)) for i in range(2)]
+    for old, new in zip((first, second), outs):
+        for item in list(old.users):
+            item.replace_all_uses_with(new)
+            graph.erase_node(item)
+        graph.erase_node(old)
