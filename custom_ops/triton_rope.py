@@ -170,11 +170,18 @@ if triton is not None:
 
 
 # ------------------------------------------------------------------------ host side
+#
+# Host work is cached: a launch plan (grid, integer arguments, constexprs) is keyed
+# by the shapes, strides and flags alone, so a repeated call (every decode step)
+# costs a key, a dict look-up and the launch.
 
-def _bcast_strides(t: torch.Tensor, lead: tuple[int, ...]) -> list[int]:
-    """Strides of t's leading dims broadcast (as by expand) to `lead`: 0 where broadcast."""
-    off = len(lead) - (t.dim() - 1)
-    shape, stride = t.shape, t.stride()
+_PLANS: dict = {}
+_MAX_PLANS = 4096
+
+
+def _bcast_strides(shape, stride, lead) -> list[int]:
+    """Strides of a tensor's leading dims broadcast (as by expand) to `lead`: 0 where broadcast."""
+    off = len(lead) - (len(shape) - 1)
     out = []
     for k in range(len(lead)):
         kk = k - off
@@ -182,16 +189,20 @@ def _bcast_strides(t: torch.Tensor, lead: tuple[int, ...]) -> list[int]:
     return out
 
 
-def _segment(x: torch.Tensor, out: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """(n_rows, [S1, S2, S3], per-tensor [s0, s1, s2, s3, s_last] strides x4, max extent)."""
-    lead = tuple(x.shape[:-1])
-    cs, ss = _bcast_strides(cos, lead), _bcast_strides(sin, lead)
-    xs, os_ = x.stride(), out.stride()
+def _segment(xshape, xstride, ostride, cshape, cstride, sstride):
+    """One tensor's (n_rows, [S1, S2, S3], 4 x [s0, s1, s2, s3, s_last] strides, max extent).
+
+    Leading dims become 4 index dims: size-1 dims dropped, dims contiguous in x, out,
+    cos and sin alike merged, size-1 dims padded in front.
+    """
+    lead = xshape[:-1]
+    cs = _bcast_strides(cshape, cstride, lead)
+    ss = _bcast_strides(cshape, sstride, lead)
     dims: list[list[int]] = []  # [size, sx, so, sc, ss], outermost first
     for k, n in enumerate(lead):
         if n == 1:
             continue
-        cur = [n, xs[k], os_[k], cs[k], ss[k]]
+        cur = [n, xstride[k], ostride[k], cs[k], ss[k]]
         if dims:
             p = dims[-1]
             if all(p[i] == cur[i] * n for i in range(1, 5)):  # contiguous in all four
@@ -205,59 +216,83 @@ def _segment(x: torch.Tensor, out: torch.Tensor, cos: torch.Tensor, sin: torch.T
     dims = [[1, 0, 0, 0, 0]] * (_NDIM - len(dims)) + dims
     strides = []
     extent = n_rows
-    for i, (t, last) in enumerate(((x, xs[-1]), (out, os_[-1]), (cos, cos.stride(-1)), (sin, sin.stride(-1)))):
+    lasts = ((xshape[-1], xstride[-1]), (xshape[-1], ostride[-1]),
+             (cshape[-1], cstride[-1]), (cshape[-1], sstride[-1]))
+    for i, (width, last) in enumerate(lasts):
         st = [dm[i + 1] for dm in dims]
         strides += st + [last]
-        span = sum((dm[0] - 1) * s for dm, s in zip(dims, st)) + (t.shape[-1] - 1) * last
-        extent = max(extent, span)
+        extent = max(extent, sum((dm[0] - 1) * s for dm, s in zip(dims, st)) + (width - 1) * last)
     return n_rows, [dm[0] for dm in dims[1:]], strides, extent
 
 
 @functools.lru_cache(maxsize=None)
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # interpreter: few, small programs
+def _num_sms(device_index: int) -> int:
+    if device_index >= 0:
+        return torch.cuda.get_device_properties(device_index).multi_processor_count
+    return 4  # interpreter (CPU tensors): few, small programs
 
 
-def _config(total_rows: int, block_h: int, device: torch.device) -> tuple[int, int]:
-    """(BLOCK_R, num_warps): tiles of up to 8192 elements, at least ~4 programs per SM."""
-    max_r = max(1, 4096 // block_h)
-    want = triton.next_power_of_2(max(1, triton.cdiv(total_rows, 4 * _num_sms(device))))
-    block_r = max(1, min(max_r, want))
-    elems = 2 * block_h * block_r
-    num_warps = max(1, min(8, elems // 1024))
+def _config(total_rows: int, block_h: int, device_index: int) -> tuple[int, int]:
+    """(BLOCK_R, num_warps): about 8 elements of x per thread, tiles of 256..2048
+    elements, smaller tiles while that gives fewer than 2 programs per SM."""
+    width = 2 * block_h
+    max_r = max(1, 2048 // width)
+    min_r = max(1, 256 // width)
+    want = triton.next_power_of_2(max(1, triton.cdiv(total_rows, 2 * _num_sms(device_index))))
+    block_r = max(min_r, min(max_r, want))
+    num_warps = max(1, min(8, block_r * width // 256))
     return block_r, num_warps
 
 
-def rope_triton(xs, cos, sin, interleaved_in, interleaved_out, outs):
-    """Launch the kernel over all of `xs`; returns the launched kernel (None if empty)."""
-    d = xs[0].shape[-1]
+def _make_plan(key):
+    interleaved_in, interleaved_out, cshape, cstride, sstride, device_index, segs_key = key
+    d = segs_key[0][0][-1]
     half = d // 2
-    half_width = cos.shape[-1] != d
     segs = []
-    for x, out in zip(xs, outs):
-        assert x.shape[-1] == d, "mla.rope (triton): every x must share the rotary dim"
-        n_rows, sizes, strides, extent = _segment(x, out, cos, sin)
-        if n_rows:
-            segs.append((x, out, n_rows, sizes, strides, extent))
-    if not segs:
+    for xshape, xstride, ostride in segs_key:
+        if xshape[-1] != d:
+            raise ValueError("mla.rope (triton): every x must share the rotary dim")
+        n_rows, sizes, strides, extent = _segment(xshape, xstride, ostride, cshape, cstride, sstride)
+        segs.append((n_rows, sizes, strides, extent))
+    live = [i for i, sg in enumerate(segs) if sg[0] > 0]  # tensors with rows to rotate
+    if not live:
         return None
     block_h = triton.next_power_of_2(half)
-    total = sum(s[2] for s in segs)
-    block_r, num_warps = _config(total, block_h, xs[0].device)
-    int64 = max(s[5] for s in segs) + block_r > _INT32_MAX
-    nbs = [triton.cdiv(s[2], block_r) for s in segs]
-    args = []
-    for x, out, n_rows, sizes, strides, _ in segs:
-        args += [x, out, n_rows, *sizes, *strides]
-    has_second = len(segs) == 2
-    if not has_second:
-        args += args  # unused second segment: same values keep the specialization key stable
-    return _rope_kernel[(sum(nbs),)](
-        cos, sin, nbs[0], *args,
+    block_r, num_warps = _config(sum(segs[i][0] for i in live), block_h, device_index)
+    int64 = max(segs[i][3] for i in live) + block_r > _INT32_MAX
+    nbs = [triton.cdiv(segs[i][0], block_r) for i in live]
+    ints = [[segs[i][0], *segs[i][1], *segs[i][2]] for i in live]
+    if len(live) == 1:
+        ints.append([None] * len(ints[0]))  # no second segment: constexpr None arguments
+    constexprs = dict(
         HALF=half, BLOCK_R=block_r, BLOCK_H=block_h,
         INTERLEAVED_IN=bool(interleaved_in), INTERLEAVED_OUT=bool(interleaved_out),
-        HALF_WIDTH=half_width, INT64=int64, HAS_SECOND=has_second,
+        HALF_WIDTH=cshape[-1] != d, INT64=int64, HAS_SECOND=len(live) == 2,
         num_warps=num_warps,
+    )
+    return (sum(nbs),), nbs[0], live, ints, constexprs
+
+
+def rope_triton(xs, cos, sin, interleaved_in, interleaved_out, outs):
+    """Launch the kernel over all of `xs`; returns the launched kernel (None if nothing to do)."""
+    key = (interleaved_in, interleaved_out, tuple(cos.shape), cos.stride(), sin.stride(),
+           xs[0].get_device(),
+           tuple((tuple(x.shape), x.stride(), o.stride()) for x, o in zip(xs, outs)))
+    plan = _PLANS.get(key)
+    if plan is None:
+        if key not in _PLANS:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
+            plan = _PLANS[key] = _make_plan(key)
+        if plan is None:
+            return None
+    grid, nb0, live, ints, constexprs = plan
+    ptrs = [(xs[i], outs[i]) for i in live]
+    if len(ptrs) == 1:
+        ptrs.append((None, None))
+    return _rope_kernel[grid](
+        cos, sin, nb0,
+        ptrs[0][0], ptrs[0][1], *ints[0],
+        ptrs[1][0], ptrs[1][1], *ints[1],
+        **constexprs,
     )

@@ -22,6 +22,9 @@ def mla_backend(
     **_: Any,  # e.g. name= from torch 2.15; nothing else reaches a backend
 ):
     opts = Options.from_user(options)
+    if mode and opts.mode and mode != opts.mode:
+        raise ValueError(f"mla backend: mode={mode!r} and options['mode']={opts.mode!r} disagree")
+    mode = mode or opts.mode
     patches: dict[str, Any] = dict(list_mode_options(mode)) if mode else {}
     patches.update(opts.inductor)
     patches["joint_custom_pre_pass"] = MlaPassManager(opts)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Union
 
+from torch._inductor import list_mode_options
+
 from .lowering.kernel_choice import KERNEL_CHOICES
 
 ReportSink = Union[bool, Callable[[Any], None]]
@@ -16,6 +18,8 @@ _HELP = {
     "that receives each GraphReport; a report compiles without Inductor's caches so "
     "that every pass runs (default False)",
     "inductor": "dict of extra Inductor config patches, e.g. {'max_autotune': True}",
+    "mode": "an Inductor mode such as 'reduce-overhead' (torch.compile refuses mode= "
+    "together with options=, so it can be given here instead)",
 }
 
 
@@ -25,6 +29,7 @@ class Options:
     kernel: str = "auto"
     report: ReportSink = False
     inductor: Mapping[str, Any] = field(default_factory=dict)
+    mode: str | None = None
 
     @classmethod
     def from_user(cls, options: Mapping[str, Any] | None) -> "Options":
@@ -42,6 +47,9 @@ class Options:
         if not isinstance(opts.inductor, Mapping) or "joint_custom_pre_pass" in opts.inductor:
             raise ValueError("mla backend: option 'inductor' must be a dict of Inductor config "
                              "patches and may not set joint_custom_pre_pass (the mla passes run there)")
+        if opts.mode is not None and opts.mode not in list_mode_options():
+            raise ValueError(f"mla backend: option 'mode' must be one of {sorted(list_mode_options())}, "
+                             f"got {opts.mode!r}")
         return opts
 
     def cache_key(self) -> str:

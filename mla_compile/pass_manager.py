@@ -2,11 +2,12 @@
 single object there): it runs the enabled passes in order and reports."""
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
 import torch.fx as fx
-from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from .canonical import canonical_graph
 from .compat import TORCH_VERSION
@@ -50,5 +51,8 @@ class MlaPassManager(CustomGraphPass):
     def uuid(self) -> bytes:
         # Anything that changes the rewritten code must change this, or Inductor's
         # FX graph cache serves code compiled with other passes or kernels.
-        extra = f"{TORCH_VERSION}|{self.options.cache_key()}"
-        return get_hash_for_files(_source_files(), extra)
+        # (Inductor's get_hash_for_files memoises by path, so hash contents here.)
+        hasher = hashlib.sha256(f"{TORCH_VERSION}|{self.options.cache_key()}".encode())
+        for path in _source_files():
+            hasher.update(Path(path).read_bytes())
+        return hasher.digest()
