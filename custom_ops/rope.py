@@ -32,9 +32,9 @@ def validate_rope_args(xs, cos, sin, kernel) -> None:
         _check(d % 2 == 0 and d > 0, f"{name} rotary dim (last dim) must be even, got {d}")
         _check(cos.shape[-1] in (d, d // 2),
                f"cos/sin width must be {d} or {d // 2} for {name} of rotary dim {d}, got {cos.shape[-1]}")
-        lead = torch.broadcast_shapes(x.shape[:-1], cos.shape[:-1])
-        _check(lead == x.shape[:-1],
-               f"cos/sin leading shape {tuple(cos.shape[:-1])} must broadcast to {name}'s {tuple(x.shape[:-1])}")
+        lead, x_lead = cos.shape[:-1], x.shape[:-1]
+        _check(len(lead) <= len(x_lead) and all(c == 1 or c == n for c, n in zip(reversed(lead), reversed(x_lead))),
+               f"cos/sin leading shape {tuple(lead)} must broadcast to {name}'s {tuple(x_lead)}")
 
 
 def new_output(x: torch.Tensor) -> torch.Tensor:

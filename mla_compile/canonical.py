@@ -47,14 +47,17 @@ def _arg(value, names: dict) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def canonical_graph(graph: fx.Graph) -> str:
+def canonical_graph(graph: fx.Graph, keep_names: bool = False) -> str:
+    """Nodes are renumbered %0, %1, ... (stable across torch versions, for golden
+    graphs); `keep_names` keeps FX node names instead, so that a diff of one
+    graph before and after a pass shows only what the pass changed."""
     names: dict[fx.Node, str] = {}
     lines = []
     for node in graph.nodes:
         if node.op == "output":
             lines.append(f"return {_arg(node.args[0], names)}")
             continue
-        names[node] = f"%{len(names)}"
+        names[node] = f"%{node.name}" if keep_names else f"%{len(names)}"
         if node.op == "placeholder":
             rhs = "input"
         elif node.op == "get_attr":

@@ -12,6 +12,7 @@ import copy
 import functools
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .lowering.kernel_choice import KERNEL_CHOICES
+from .lowering.kernel_choice import KERNEL_CHOICES, select_backend
 
 PROG = "mla-compile"
 EXIT_USAGE = 2  # what argparse uses for a bad command line; a bad TARGET is one too
@@ -56,8 +57,12 @@ exit status: 0 on success, 2 for a bad command line or TARGET (missing file,
 module or function, or a function that does not return a (model, inputs) pair)."""
 
 
-class TargetError(Exception):
-    """A TARGET that cannot give (model, example_inputs): exit 2, no traceback."""
+class UsageError(Exception):
+    """A command line that cannot work: exit 2, the message, no traceback."""
+
+
+class TargetError(UsageError):
+    """A TARGET that cannot give (model, example_inputs)."""
 
 
 def _mode_choices() -> list[str]:
@@ -94,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--seed", metavar="N", type=int, default=0,
                       help="torch.manual_seed(N) before building the target (default: 0)")
     dump.add_argument("--mode", metavar="MODE", choices=_mode_choices(), default=None,
-                      help="torch.compile mode: one of %(choices)s (default: none given)")
+                      help="torch.compile mode: one of %(choices)s (default: none). torch.compile "
+                           "takes mode= or options=, not both, so both go to the registered 'mla' "
+                           "backend as torch.compile would pass them")
     dump.set_defaults(run=dump_command)
     return parser
 
@@ -103,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except TargetError as e:
+    except UsageError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -126,7 +133,8 @@ def _load_file_function(target: str, function: str) -> Callable:
         raise TargetError(f"cannot load {target} as a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    sys.path.insert(0, str(path.parent))  # as `python FILE` would: siblings import
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))  # as `python FILE` would: siblings import
     spec.loader.exec_module(module)  # errors in the file's own code keep their traceback
     fn = getattr(module, function, None)
     if fn is None:
@@ -168,6 +176,12 @@ def load_target(target: str, function: str | None) -> tuple[str, Callable]:
         label = target
     if not callable(fn):
         raise TargetError(f"{label} is not a function")
+    try:
+        inspect.signature(fn).bind()
+    except TypeError:
+        raise TargetError(f"{label} must be callable with no arguments") from None
+    except ValueError:
+        pass  # no signature to check (some builtins): just call it
     return label, fn
 
 
@@ -186,6 +200,23 @@ def build_target(label: str, fn: Callable) -> tuple[Callable, tuple]:
 
 
 # ------------------------------------------------------------------ compile and compare
+
+def _check_kernel(kernel: str, model: Callable, inputs: tuple) -> None:
+    """kernel='triton' where Triton cannot run fails only when the compiled code
+    first runs; say so before compiling."""
+    if kernel != "triton":
+        return
+    import torch
+
+    tensors = _tensors(inputs)
+    if isinstance(model, torch.nn.Module):
+        tensors += list(model.parameters()) + list(model.buffers())
+    for device in sorted({t.device for t in tensors}, key=str):
+        try:
+            select_backend(device, kernel)
+        except RuntimeError as e:
+            raise UsageError(f"--kernel triton: {e}") from None
+
 
 def _compile(model: Callable, options: dict, mode: str | None) -> Callable:
     import torch
@@ -217,8 +248,9 @@ def max_rel_error(actual, expected) -> float:
         if b.numel() == 0:
             continue
         a, b = a.detach().double().cpu(), b.detach().double().cpu()
-        diff = (a - b).abs().masked_fill(a.isnan() & b.isnan(), 0)  # NaN where eager has NaN is agreement
-        err, scale = diff.max().item(), b.nan_to_num(0.0).abs().max().item()
+        same = (a == b) | (a.isnan() & b.isnan())  # equal infs, NaN where eager has NaN: agreement
+        diff = (a - b).abs().masked_fill(same, 0)
+        err, scale = diff.max().item(), b.masked_fill(~b.isfinite(), 0).abs().max().item()
         if math.isnan(err):
             return math.inf
         if err:
@@ -269,6 +301,8 @@ def dump_command(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     model, inputs = build_target(label, fn)
+    if not args.no_rope:
+        _check_kernel(args.kernel, model, inputs)
 
     reports: list = []
     options = {"rope": not args.no_rope, "kernel": args.kernel, "report": reports.append}

@@ -2,6 +2,7 @@
 single object there): it runs the enabled passes in order and reports."""
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 from pathlib import Path
@@ -39,12 +40,16 @@ class MlaPassManager(CustomGraphPass):
                 continue
             record = PassRecord(graph_pass.name)
             if listening:
-                record.before = canonical_graph(graph)
+                record.before, named_before = canonical_graph(graph), canonical_graph(graph, keep_names=True)
             graph_pass.run(graph, self.options, record)
             graph.eliminate_dead_code()
             graph.lint()
             if listening:
                 record.after = canonical_graph(graph)
+                record.changes = "".join(difflib.unified_diff(
+                    named_before.splitlines(keepends=True),
+                    canonical_graph(graph, keep_names=True).splitlines(keepends=True),
+                    fromfile=f"before {graph_pass.name}", tofile=f"after {graph_pass.name}"))
             report.passes.append(record)
         report.emit(self.options.report)
 

@@ -5,7 +5,6 @@ A GraphReport goes to the user's `report` option, to the `mla_compile` logger
 """
 from __future__ import annotations
 
-import difflib
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,7 @@ class Match:
 @dataclass(frozen=True)
 class NearMiss:
     pattern: str
-    node: str                    # the anchor node, as the canonical printer names its op
+    node: str                    # the anchor node: its FX name (as in the diff) and op
     reason: str                  # why the matcher left it alone
 
 
@@ -34,13 +33,12 @@ class PassRecord:
     name: str
     matches: list[Match] = field(default_factory=list)
     near_misses: list[NearMiss] = field(default_factory=list)
-    before: str = ""             # canonical graph text, filled when someone listens
+    before: str = ""             # canonical graph texts (renumbered), filled when someone listens
     after: str = ""
+    changes: str = ""            # unified diff of the graph with FX node names kept
 
     def diff(self) -> str:
-        return "".join(difflib.unified_diff(
-            self.before.splitlines(keepends=True), self.after.splitlines(keepends=True),
-            fromfile=f"before {self.name}", tofile=f"after {self.name}"))
+        return self.changes
 
 
 @dataclass

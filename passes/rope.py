@@ -33,11 +33,13 @@ def _call(graph: fx.Graph, target, args) -> fx.Node:
 
 
 def _heads(m: RopeMatch) -> int:
-    """Heads: x's size along the innermost leading dim that cos/sin broadcast over."""
+    """Heads: x's size along the innermost leading dim that cos/sin broadcast
+    over, not counting the batch dim of a 4-D or 5-D x."""
     x = val(m.x).shape[:-1]
     lead = val(m.cos).shape[:-1]
     lead = (1,) * (len(x) - len(lead)) + tuple(lead)
-    for xs, cs in reversed(list(zip(x, lead))):
+    first = 1 if len(x) >= 3 else 0
+    for xs, cs in reversed(list(zip(x, lead))[first:]):
         if cs == 1 and xs != 1:
             return int(xs)
     return 1
@@ -53,19 +55,30 @@ def _describe(m: RopeMatch) -> dict:
     }
 
 
-def _replace(graph: fx.Graph, m: RopeMatch, kernel: str) -> None:
-    with graph.inserting_before(m.output):
-        cos, sin = m.cos, m.sin
-        if m.complex_freqs:
-            as_real = _call(graph, aten.view_as_real.default, (m.cos,))
-            cos = _call(graph, aten.select.int, (as_real, -1, 0))
+def _real_parts(graph: fx.Graph, freqs: fx.Node, made: dict) -> tuple[fx.Node, fx.Node]:
+    """cos/sin as views of complex freqs, made once per freqs node (right after
+    it) so that RoPEs sharing freqs also share cos/sin and one launch."""
+    if freqs not in made:
+        with graph.inserting_after(freqs):
+            as_real = _call(graph, aten.view_as_real.default, (freqs,))
+        with graph.inserting_after(as_real):
             sin = _call(graph, aten.select.int, (as_real, -1, 1))
+        with graph.inserting_after(as_real):
+            cos = _call(graph, aten.select.int, (as_real, -1, 0))
+        made[freqs] = (cos, sin)
+    return made[freqs]
+
+
+def _replace(graph: fx.Graph, m: RopeMatch, kernel: str, made: dict) -> None:
+    cos, sin = _real_parts(graph, m.cos, made) if m.complex_freqs else (m.cos, m.sin)
+    with graph.inserting_before(m.output):
         rope = _call(graph, rope_op, ([m.x], cos, sin, m.interleaved_in, m.interleaved_out, kernel))
         rotated = _call(graph, operator.getitem, (rope, 0))
     m.output.replace_all_uses_with(rotated)
 
 
 def fuse_rope(graph: fx.Graph, options, record: PassRecord) -> None:
+    made: dict = {}
     for node in list(graph.nodes):
         for pattern, looks_like, search in SEARCHES:
             if node.op != "call_function" or not looks_like(node):
@@ -74,10 +87,10 @@ def fuse_rope(graph: fx.Graph, options, record: PassRecord) -> None:
                 m = search(node)
                 check_operands(m)
             except NoMatch as reason:
-                record.near_misses.append(NearMiss(pattern, str(node.target), str(reason)))
+                record.near_misses.append(NearMiss(pattern, f"%{node.name} = {node.target}", str(reason)))
                 continue
             record.matches.append(Match(pattern, _describe(m)))
-            _replace(graph, m, options.kernel)
+            _replace(graph, m, options.kernel, made)
             break
     graph.eliminate_dead_code()
     _merge_launches(graph, record)

@@ -1,4 +1,5 @@
 """The backend as users reach it: entry point, options, modes, extra keywords."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -102,3 +103,20 @@ def test_inductor_options_pass_through():
                         options={"report": reports.append, "inductor": {"max_autotune": True}})(*args)
     torch.testing.assert_close(out, rope_fn(*args))
     assert reports[0].counts() == {"rope.neox": 1}
+
+
+def test_report_reaches_torch_logs_and_structured_trace(tmp_path):
+    script = textwrap.dedent("""
+        import torch
+        def f(x, cos, sin):
+            x1, x2 = x.chunk(2, dim=-1)
+            return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+        torch.compile(f, backend="mla")(torch.randn(2, 4, 8, 16), torch.randn(8, 16), torch.randn(8, 16))
+    """)
+    env = dict(os.environ, TORCH_LOGS="+mla_compile", TORCH_TRACE=str(tmp_path / "trace"),
+               TORCHINDUCTOR_FORCE_DISABLE_CACHES="1")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "matched rope.neox" in done.stderr
+    traces = "".join(p.read_text() for p in (tmp_path / "trace").iterdir())
+    assert '"name": "mla_compile_report"' in traces and "rope.neox" in traces
