@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from ..compat import known_equal
 from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_LEADING_DIMS = 4  # the kernel indexes rows through at most 4 leading dims
+
+
+def _same(a, b) -> bool:
+    """Equal sizes, for ints or (under fake tensors) SymInts, adding no guard."""
+    return len(a) == len(b) and all(known_equal(x, y) for x, y in zip(a, b))
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -18,7 +24,7 @@ def _check(cond: bool, msg: str) -> None:
 def validate_rope_args(xs, cos, sin, kernel) -> None:
     _check(1 <= len(xs) <= 2, f"xs must hold 1 or 2 tensors (q_pe and k_pe), got {len(xs)}")
     _check(kernel in KERNEL_CHOICES, f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
-    _check(cos.shape == sin.shape, f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must have one shape")
+    _check(_same(cos.shape, sin.shape), f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must have one shape")
     _check(cos.dtype in _FLOAT_DTYPES and sin.dtype in _FLOAT_DTYPES,
            f"cos/sin dtype must be one of {_FLOAT_DTYPES}, got {cos.dtype}/{sin.dtype}")
     for i, x in enumerate(xs):
@@ -33,7 +39,8 @@ def validate_rope_args(xs, cos, sin, kernel) -> None:
         _check(cos.shape[-1] in (d, d // 2),
                f"cos/sin width must be {d} or {d // 2} for {name} of rotary dim {d}, got {cos.shape[-1]}")
         lead, x_lead = cos.shape[:-1], x.shape[:-1]
-        _check(len(lead) <= len(x_lead) and all(c == 1 or c == n for c, n in zip(reversed(lead), reversed(x_lead))),
+        _check(len(lead) <= len(x_lead) and all(_same([c], [1]) or _same([c], [n])
+                                                for c, n in zip(reversed(lead), reversed(x_lead))),
                f"cos/sin leading shape {tuple(lead)} must broadcast to {name}'s {tuple(x_lead)}")
 
 

@@ -17,7 +17,12 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class NoMatch(Exception):
-    """The candidate is not the pattern; str(self) says why."""
+    """The candidate is not the pattern; str(self) says why. `structural`: it
+    failed on the kind of op; a check on the bound values says more."""
+
+    def __init__(self, reason: str, structural: bool = False):
+        super().__init__(reason)
+        self.structural = structural
 
 
 def require(cond: Any, reason: str) -> None:
@@ -30,7 +35,8 @@ def is_op(node: Any, *targets) -> bool:
 
 
 def expect_op(node: Any, *targets, what: str) -> fx.Node:
-    require(is_op(node, *targets), f"{what} is {describe(node)}, expected {' or '.join(map(str, targets))}")
+    if not is_op(node, *targets):
+        raise NoMatch(f"{what} is {describe(node)}, expected {' or '.join(map(str, targets))}", structural=True)
     return node
 
 
@@ -72,14 +78,18 @@ def orderings(node: fx.Node) -> list[tuple[Any, Any]]:
 
 
 def first_match(candidates: Iterable[T], match: Callable[[T], Any]) -> Any:
-    """The first candidate that matches; else NoMatch with the last reason."""
-    reason = "no candidate"
+    """The first candidate that matches; else NoMatch with the most telling
+    reason: the first that got past the op kinds, or the last one."""
+    failures = []
     for candidate in candidates:
         try:
             return match(candidate)
         except NoMatch as e:
-            reason = str(e)
-    raise NoMatch(reason)
+            failures.append(e)
+    telling = [e for e in failures if not e.structural]
+    if telling:
+        raise NoMatch(str(telling[0]))
+    raise NoMatch(str(failures[-1]) if failures else "no candidate", structural=True)
 
 
 def half_of(node: Any) -> tuple[fx.Node, str]:

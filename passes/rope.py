@@ -13,8 +13,9 @@ from collections import defaultdict
 import torch
 import torch.fx as fx
 
-from ..compat import detect_fake_mode
+from ..compat import detect_fake_mode, known_equal
 from ..report import Match, NearMiss, PassRecord
+from .canonicalize import dedupe_views
 from .match_utils import NoMatch, aten, val
 from .rope_forms import SEARCHES, RopeMatch, check_operands
 
@@ -32,7 +33,12 @@ def _call(graph: fx.Graph, target, args) -> fx.Node:
     return node
 
 
-def _heads(m: RopeMatch) -> int:
+def _plain(size) -> int | str:
+    """A size for the report: an int, or the symbol's text for a dynamic size."""
+    return size if isinstance(size, int) else str(size)
+
+
+def _heads(m: RopeMatch) -> int | str:
     """Heads: x's size along the innermost leading dim that cos/sin broadcast
     over, not counting the batch dim of a 4-D or 5-D x."""
     x = val(m.x).shape[:-1]
@@ -40,8 +46,8 @@ def _heads(m: RopeMatch) -> int:
     lead = (1,) * (len(x) - len(lead)) + tuple(lead)
     first = 1 if len(x) >= 3 else 0
     for xs, cs in reversed(list(zip(x, lead))[first:]):
-        if cs == 1 and xs != 1:
-            return int(xs)
+        if known_equal(cs, 1) and not known_equal(xs, 1):
+            return _plain(xs)
     return 1
 
 
@@ -50,7 +56,7 @@ def _describe(m: RopeMatch) -> dict:
     style = "interleaved" if m.interleaved_out else ("deinterleaved" if m.interleaved_in else "neox")
     return {
         "form": m.form, "style": style, "rotary_dim": int(x.shape[-1]), "heads": _heads(m),
-        "shape": tuple(x.shape), "dtype": str(x.dtype).replace("torch.", ""),
+        "shape": tuple(map(_plain, x.shape)), "dtype": str(x.dtype).replace("torch.", ""),
         "cos_width": int(val(m.cos).shape[-1]),
     }
 
@@ -78,6 +84,7 @@ def _replace(graph: fx.Graph, m: RopeMatch, kernel: str, made: dict) -> None:
 
 
 def fuse_rope(graph: fx.Graph, options, record: PassRecord) -> None:
+    dedupe_views(graph)
     made: dict = {}
     for node in list(graph.nodes):
         for pattern, looks_like, search in SEARCHES:
@@ -108,7 +115,7 @@ def _merge_launches(graph: fx.Graph, record: PassRecord) -> None:
             first, second = nodes[i], nodes[i + 1]
             at = _merge_point(graph, first, second)
             if at is not None:
-                shapes = [tuple(val(n.args[0][0]).shape) for n in (first, second)]
+                shapes = [tuple(map(_plain, val(n.args[0][0]).shape)) for n in (first, second)]
                 _merge(graph, first, second, at)
                 record.matches.append(Match("rope.one_launch", {"tensors": 2, "shapes": shapes}))
                 i += 2

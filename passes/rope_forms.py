@@ -222,5 +222,5 @@ def check_operands(m: RopeMatch) -> None:
     require(width in (d, d // 2), f"cos/sin width {width} is neither d={d} nor d/2")
     require(len(lead) <= x.dim() - 1, "cos/sin have more dims than x")
     for cs, xs in zip(reversed(lead), reversed(x.shape[:-1])):
-        require(cs == 1 or same_shape([cs], [xs]), f"cos/sin shape {tuple(lead)} does not broadcast to x's")
+        require(same_shape([cs], [1]) or same_shape([cs], [xs]), f"cos/sin shape {tuple(lead)} does not broadcast to x's")
     require(val(m.x).device == val(m.cos).device, "x and cos/sin are on different devices")

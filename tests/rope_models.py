@@ -118,6 +118,22 @@ def apply_rotary_emb(x, freqs_cis):
     return y.type_as(x)
 
 
+def reshape_for_broadcast(freqs_cis, x):
+    """Meta Llama: freqs_cis [S, D/2] -> [1, S, 1, D/2] for x [B, S, H, D/2]."""
+    shape = [d if i == 1 or i == x.ndim - 1 else 1 for i, d in enumerate(x.shape)]
+    return freqs_cis.view(*shape)
+
+
+def apply_rotary_emb_qk(xq, xk, freqs_cis):
+    """Meta Llama form: q and k rotated together, freqs viewed once for both."""
+    xq_ = torch.view_as_complex(xq.float().reshape(*xq.shape[:-1], -1, 2))
+    xk_ = torch.view_as_complex(xk.float().reshape(*xk.shape[:-1], -1, 2))
+    freqs_cis = reshape_for_broadcast(freqs_cis, xq_)
+    xq_out = torch.view_as_real(xq_ * freqs_cis).flatten(3)
+    xk_out = torch.view_as_real(xk_ * freqs_cis).flatten(3)
+    return xq_out.type_as(xq), xk_out.type_as(xk)
+
+
 # ------------------------------------------------------------ modules
 
 class _Base(nn.Module):
@@ -271,6 +287,26 @@ class DeepseekInferenceMLA(_Base):
         return torch.cat([q_nope, q_pe], dim=-1), kv, k_pe
 
 
+class LlamaComplexAttention(_Base):
+    """Meta Llama reference code, layout [B,S,H,D]: complex RoPE of q and k in one
+    apply_rotary_emb(xq, xk, freqs_cis), freqs_cis = cache[start_pos:start_pos+S];
+    k has one head (MQA)."""
+
+    def __init__(self, size: Size, dtype: torch.dtype, seed: int = 0, start_pos: int = 1):
+        super().__init__(size, dtype, seed)
+        self.start_pos = start_pos
+        self.wq = linear(HIDDEN, size.H * size.rope, dtype, self.gen)
+        self.wk = linear(HIDDEN, size.rope, dtype, self.gen)
+        self.register_buffer("freqs_cis", precompute_freqs_cis(size.rope), persistent=False)
+
+    def forward(self, x):
+        B, S, _ = x.shape
+        xq = self.wq(x).view(B, S, self.size.H, self.size.rope)
+        xk = self.wk(x).view(B, S, 1, self.size.rope)
+        freqs_cis = self.freqs_cis[self.start_pos : self.start_pos + S]
+        return apply_rotary_emb_qk(xq, xk, freqs_cis)
+
+
 class MlaNeoxBSHD(_Base):
     """MLA front, layout [B,S,H,D]: q_pe by slicing q[..., nope:], k_pe by slicing
     the latent projection; cos/sin = cache[:seq_len] broadcast [1,S,1,D]."""
@@ -382,6 +418,8 @@ SHAPES = [
     Shape("deinterleave", DeepseekV2Attention,
           {"rope.neox": 2, "rope.one_launch": 1}, "neox_deinterleave", "deinterleaved"),
     Shape("complex", DeepseekInferenceMLA,
+          {"rope.complex": 2, "rope.one_launch": 1}, "complex", "interleaved"),
+    Shape("complex_qk", LlamaComplexAttention,
           {"rope.complex": 2, "rope.one_launch": 1}, "complex", "interleaved"),
     Shape("mla_bshd", MlaNeoxBSHD,
           {"rope.neox": 2, "rope.one_launch": 1}, "neox", "neox"),
