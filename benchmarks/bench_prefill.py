@@ -1,0 +1,253 @@
+"""Benchmark the MLA prefill attention kernel against SDPA and Inductor.
+
+Run on a CUDA machine: `python benchmarks/bench_prefill.py` (mla_compile installed).
+DeepSeek shapes, bf16, causal: q = [q_nope 128 | q_pe 64], k = [k_nope 128 | k_pe 64]
+with k_pe shared by all heads, v 128. Inputs are the realistic strided views: q_nope /
+q_pe slices of a [B, S, H, 192] projection, k_nope / v of a [B, S, H, 256] kv_b
+projection, k_pe a slice of a [B, S, 576] kv_a projection, all transposed to [B, H, S, D].
+
+Compared (the same useful FLOPs for all, 2*B*H*S*S*(192 + 128) / 2):
+  mla        the kernel on the pieces
+  sdpa+prep  cat q and k (k_pe expanded), zero-pad v to 192, SDPA, crop to 128
+  sdpa       SDPA alone on tensors prepared outside the timed region
+  inductor   matmul / scale / mask / fp32 softmax / matmul through torch.compile
+             (skipped where its S x S scores would not fit comfortably)
+
+Prints correctness first (mla vs sdpa+prep on fresh random inputs, rel. L2 error,
+bf16 tolerance 2e-2), then a markdown table (also written to $OUT/prefill_bench.md when
+OUT is set). `--sweep` instead times a few kernel configs (tiles, warps, stages, TMA
+or pointer loads) on two shapes. Needs
+torch >= 2.11 and triton >= 3.6.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.testing
+
+from mla_compile.custom_ops.triton_prefill import (
+    _use_tma,
+    mla_prefill_attention,
+    mla_prefill_reference,
+)
+
+DN, DR, DV, D_LATENT = 128, 64, 128, 512
+DTYPE = torch.bfloat16
+MSCALE = 0.1 * math.log(40) + 1  # yarn, factor 40
+SCALE = (DN + DR) ** -0.5 * MSCALE**2
+# (B, H, S): B = 1 everywhere, plus a batch of 8 at the shortest length
+CASES = [(1, 16, 1024), (8, 16, 1024), (1, 128, 1024), (8, 128, 1024),
+         (1, 16, 4096), (1, 128, 4096), (1, 16, 8192), (1, 128, 8192)]
+INDUCTOR_MAX_SCORES = 2**31  # B*H*S*S elements; above this the S x S buffers get too big
+
+
+def make_inputs(B, H, S, device, seed):
+    g = torch.Generator(device=device).manual_seed(seed)
+    q_proj = torch.randn(B, S, H, DN + DR, device=device, dtype=DTYPE, generator=g)
+    kv_b = torch.randn(B, S, H, DN + DV, device=device, dtype=DTYPE, generator=g)
+    kv_a = torch.randn(B, S, D_LATENT + DR, device=device, dtype=DTYPE, generator=g)
+    q_nope = q_proj[..., :DN].transpose(1, 2)
+    q_pe = q_proj[..., DN:].transpose(1, 2)
+    k_nope = kv_b[..., :DN].transpose(1, 2)
+    v = kv_b[..., DN:].transpose(1, 2)
+    k_pe = kv_a[..., D_LATENT:]
+    return q_nope, q_pe, k_nope, k_pe, v
+
+
+def mla(qn, qr, kn, kr, v):
+    return mla_prefill_attention(qn, qr, kn, kr, v, SCALE, True)
+
+
+def sdpa_prep(qn, qr, kn, kr, v):
+    B, H, S, _ = kn.shape
+    q = torch.cat([qn, qr], dim=-1)
+    k = torch.cat([kn, kr[:, None].expand(B, H, S, DR)], dim=-1)
+    vp = F.pad(v, (0, q.shape[-1] - v.shape[-1]))
+    return q, k, vp
+
+
+def sdpa_full(qn, qr, kn, kr, v):
+    q, k, vp = sdpa_prep(qn, qr, kn, kr, v)
+    return F.scaled_dot_product_attention(q, k, vp, is_causal=True, scale=SCALE)[..., :DV]
+
+
+def eager_attention(qn, qr, kn, kr, v):
+    B, H, S, _ = kn.shape
+    q = torch.cat([qn, qr], dim=-1)
+    k = torch.cat([kn, kr[:, None].expand(B, H, S, DR)], dim=-1)
+    s = (q @ k.transpose(-1, -2)) * SCALE
+    keep = torch.ones(S, S, dtype=torch.bool, device=s.device).tril()
+    s = s.float().masked_fill(~keep, float("-inf"))
+    return s.softmax(dim=-1).to(v.dtype) @ v
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def bench(fn):
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def free():
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def sdpa_backend_name(args):
+    """Name SDPA's kernel for these inputs from the profiler's kernel names."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        F.scaled_dot_product_attention(*args, is_causal=True, scale=SCALE)
+        torch.cuda.synchronize()
+    names = [e.key for e in prof.key_averages()]
+    for tag in ("cudnn", "flash", "efficient", "mem_eff", "fmha"):
+        hit = [n for n in names if tag in n.lower()]
+        if hit:
+            return hit[0][:60]
+    return "unknown (" + ", ".join(n[:30] for n in names[:3]) + ")"
+
+
+def correctness(device):
+    print("\ncorrectness (rel. L2 error; bf16 tolerance 2e-2):")
+    ok = True
+    # small case also against the fp32 reference
+    ins = make_inputs(2, 4, 300, device, seed=7)
+    ref = mla_prefill_reference(*ins, SCALE, True)
+    e = rel_err(mla(*ins), ref)
+    e_ptr = rel_err(mla_prefill_attention(*ins, SCALE, True, tma=False), ref)
+    ok &= e < 2e-2 and e_ptr < 2e-2
+    print(f"  B=2 H=4 S=300: mla vs fp32 reference {e:.2e} (pointer loads forced: {e_ptr:.2e})")
+    for i, (B, H, S) in enumerate(CASES):
+        ins = make_inputs(B, H, S, device, seed=100 + i)
+        out = torch.full((B, H, S, DV), float("nan"), device=device, dtype=DTYPE)
+        mla_prefill_attention(*ins, SCALE, True, out=out)  # poisoned: every element written?
+        ref = sdpa_full(*ins)
+        e = rel_err(out, ref)
+        finite = bool(torch.isfinite(out).all())
+        ok &= e < 2e-2 and finite
+        print(f"  B={B} H={H} S={S}: mla vs sdpa+prep {e:.2e}, max abs "
+              f"{(out.float() - ref.float()).abs().max().item():.2e}, all finite {finite}")
+        del ins, out, ref
+        free()
+    print(f"correctness: {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
+def run_table(device, ok):
+    rows = []
+    backend = None
+    for B, H, S in CASES:
+        ins = make_inputs(B, H, S, device, seed=B * 10**6 + H * 10**4 + S)
+        flops = 2 * B * H * S * S * (DN + DR + DV) / 2
+        prepped = sdpa_prep(*ins)
+        if backend is None:
+            backend = sdpa_backend_name(prepped)
+        tma = _use_tma((ins[2], ins[3], ins[4]), (64, DN, DR, DV), True)
+        fns = {
+            "mla": lambda: mla(*ins),
+            "sdpa+prep": lambda: sdpa_full(*ins),
+            "sdpa": lambda: F.scaled_dot_product_attention(*prepped, is_causal=True, scale=SCALE),
+        }
+        times = {name: bench(fn) for name, fn in fns.items()}
+        del prepped
+        free()
+        if B * H * S * S <= INDUCTOR_MAX_SCORES:
+            torch._dynamo.reset()
+            compiled = torch.compile(eager_attention, backend="inductor", dynamic=False)
+            compiled(*ins)
+            times["inductor"] = bench(lambda: compiled(*ins))
+            del compiled
+            torch._dynamo.reset()
+        else:
+            times["inductor"] = None
+        del ins
+        free()
+        tf = {k: (flops / (t * 1e-3) / 1e12 if t else None) for k, t in times.items()}
+        fmt = lambda x, f: "-" if x is None else f.format(x)  # noqa: E731
+        rows.append((
+            f"{B}", f"{H}", f"{S}", "TMA" if tma else "ptr",
+            *(fmt(times[k], "{:.3f}") for k in ("mla", "sdpa+prep", "sdpa", "inductor")),
+            *(fmt(tf[k], "{:.0f}") for k in ("mla", "sdpa+prep", "sdpa", "inductor")),
+            f"{times['sdpa+prep'] / times['mla']:.2f}", f"{times['sdpa'] / times['mla']:.2f}",
+            fmt(times["inductor"] and times["inductor"] / times["mla"], "{:.2f}"),
+        ))
+        print(f"  B={B} H={H} S={S}: " + ", ".join(
+            f"{k} {fmt(t, '{:.3f}')} ms" for k, t in times.items()), flush=True)
+
+    head = ("B", "H", "S", "mla K/V loads", "mla ms", "sdpa+prep ms", "sdpa ms", "inductor ms",
+            "mla TF/s", "sdpa+prep TF/s", "sdpa TF/s", "inductor TF/s",
+            "sdpa+prep/mla", "sdpa/mla", "inductor/mla")
+    lines = [
+        f"device: {torch.cuda.get_device_name(device)}; torch {torch.__version__}; "
+        f"triton {triton.__version__}; bf16, causal, Dn/Dr/Dv = {DN}/{DR}/{DV}; "
+        f"SDPA kernel: {backend}; correctness {'PASS' if ok else 'FAIL'}",
+        "",
+        "TF/s counts the useful causal FLOPs 2*B*H*S*S*(192+128)/2 for every column; "
+        "ratios > 1 mean mla is faster.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+SWEEP = [(128, 64, 8, 3, False), (128, 64, 8, 3, True), (128, 64, 8, 2, True),
+         (128, 64, 8, 4, True), (128, 128, 8, 2, True), (128, 32, 8, 3, True),
+         (64, 64, 4, 3, True), (64, 64, 4, 2, True)]  # (BLOCK_M, BLOCK_N, warps, stages, tma)
+
+
+def sweep(device):
+    """Time the kernel configs of SWEEP on two shapes."""
+    for B, H, S in [(1, 128, 4096), (1, 16, 8192)]:
+        ins = make_inputs(B, H, S, device, seed=1)
+        ref = sdpa_full(*ins)
+        flops = 2 * B * H * S * S * (DN + DR + DV) / 2
+        t_sdpa = bench(lambda: sdpa_full(*ins))
+        print(f"\nB={B} H={H} S={S}: sdpa+prep {t_sdpa:.3f} ms")
+        for bm, bn, nw, ns, tma in SWEEP:
+            f = lambda: mla_prefill_attention(  # noqa: E731
+                *ins, SCALE, True, block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, tma=tma)
+            try:
+                e = rel_err(f(), ref)
+                t = bench(f)
+            except Exception as exc:  # out of shared memory, etc.
+                print(f"  {bm}x{bn} w{nw} s{ns} tma={tma}: failed ({type(exc).__name__})")
+                continue
+            print(f"  {bm}x{bn} w{nw} s{ns} tma={tma}: {t:.3f} ms {flops / t / 1e9:.0f} TF/s "
+                  f"x{t_sdpa / t:.2f} err {e:.1e}", flush=True)
+        del ins, ref
+        free()
+
+
+def main():
+    if not torch.cuda.is_available():
+        sys.exit("bench_prefill.py needs a CUDA device")
+    device = torch.device("cuda")
+    print(f"device: {torch.cuda.get_device_name(device)}")
+    print(f"torch {torch.__version__}, triton {triton.__version__}")
+    if "--sweep" in sys.argv:
+        sweep(device)
+        return 0
+    ok = correctness(device)
+    print("\ntiming (median ms):")
+    table = run_table(device, ok)
+    print()
+    print(table)
+    out_dir = os.environ.get("OUT")
+    if out_dir:
+        with open(os.path.join(out_dir, "prefill_bench.md"), "w") as fh:
+            fh.write(table + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
