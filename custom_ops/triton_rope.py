@@ -6,7 +6,7 @@ of the first tensor followed by those of the second, and each program rotates
 
 Host side, each tensor's leading dims (with cos/sin broadcast to them) become at most
 4 index dims: size-1 dims are dropped, dims that are contiguous in x, out, cos and
-sin alike are merged, and what is left is padded with size-1 dims in front. Triton
+sin alike are merged, and what is left is padded with size-1 dims behind. Triton
 specializes integer arguments equal to 1 (sizes, unit last-dim strides) as
 constants, so padded dims cost nothing and unit-stride rows get 16-byte loads.
 Offsets are int32 unless some tensor spans 2**31 elements, then int64.
@@ -171,12 +171,9 @@ if triton is not None:
 
 # ------------------------------------------------------------------------ host side
 #
-# Host work is cached: a launch plan (grid, integer arguments, constexprs) is keyed
-# by the shapes, strides and flags alone, so a repeated call (every decode step)
-# costs a key, a dict look-up and the launch.
-
-_PLANS: dict = {}
-_MAX_PLANS = 4096
+# A launch plan (grid, integer arguments, constexprs) depends on shapes, strides
+# and flags alone, so it is memoised: a repeated call (every decode step) costs a
+# key, a cache look-up and the launch.
 
 
 def _bcast_strides(shape, stride, lead) -> list[int]:
@@ -193,7 +190,7 @@ def _segment(xshape, xstride, ostride, cshape, cstride, sstride):
     """One tensor's (n_rows, [S1, S2, S3], 4 x [s0, s1, s2, s3, s_last] strides, max extent).
 
     Leading dims become 4 index dims: size-1 dims dropped, dims contiguous in x, out,
-    cos and sin alike merged, size-1 dims padded in front.
+    cos and sin alike merged, size-1 dims padded behind.
     """
     lead = xshape[:-1]
     cs = _bcast_strides(cshape, cstride, lead)
@@ -213,7 +210,9 @@ def _segment(xshape, xstride, ostride, cshape, cstride, sstride):
     n_rows = 1
     for dm in dims:
         n_rows *= dm[0]
-    dims = [[1, 0, 0, 0, 0]] * (_NDIM - len(dims)) + dims
+    # pad behind: the outermost real dim is i0, which needs no modulo in the kernel, and
+    # size-1 sizes are constants there (so 2 real dims cost one division, not two)
+    dims = dims + [[1, 0, 0, 0, 0]] * (_NDIM - len(dims))
     strides = []
     extent = n_rows
     lasts = ((xshape[-1], xstride[-1]), (xshape[-1], ostride[-1]),
@@ -232,18 +231,22 @@ def _num_sms(device_index: int) -> int:
     return 4  # interpreter (CPU tensors): few, small programs
 
 
-def _config(total_rows: int, block_h: int, device_index: int) -> tuple[int, int]:
-    """(BLOCK_R, num_warps): about 8 elements of x per thread, tiles of 256..2048
-    elements, smaller tiles while that gives fewer than 2 programs per SM."""
+def _config(total_rows: int, block_h: int, device_index: int, interleaved: bool) -> tuple[int, int]:
+    """(BLOCK_R, num_warps): tiles of at most 2048 elements of x, smaller while that
+    gives fewer than 2 programs per SM; 16 elements per thread (16-byte accesses to
+    each half row in 16 bits), 8 when a side is interleaved, whose split/join of
+    pairs measured faster with more warps (H100/H200, d=64 bf16)."""
     width = 2 * block_h
+    per_warp = 32 * (8 if interleaved else 16)
     max_r = max(1, 2048 // width)
-    min_r = max(1, 256 // width)
+    min_r = max(1, per_warp // width)
     want = triton.next_power_of_2(max(1, triton.cdiv(total_rows, 2 * _num_sms(device_index))))
     block_r = max(min_r, min(max_r, want))
-    num_warps = max(1, min(8, block_r * width // 256))
+    num_warps = max(1, min(8, block_r * width // per_warp))
     return block_r, num_warps
 
 
+@functools.lru_cache(maxsize=4096)
 def _make_plan(key):
     interleaved_in, interleaved_out, cshape, cstride, sstride, device_index, segs_key = key
     d = segs_key[0][0][-1]
@@ -258,7 +261,8 @@ def _make_plan(key):
     if not live:
         return None
     block_h = triton.next_power_of_2(half)
-    block_r, num_warps = _config(sum(segs[i][0] for i in live), block_h, device_index)
+    block_r, num_warps = _config(sum(segs[i][0] for i in live), block_h, device_index,
+                                 bool(interleaved_in or interleaved_out))
     int64 = max(segs[i][3] for i in live) + block_r > _INT32_MAX
     nbs = [triton.cdiv(segs[i][0], block_r) for i in live]
     ints = [[segs[i][0], *segs[i][1], *segs[i][2]] for i in live]
@@ -273,26 +277,17 @@ def _make_plan(key):
     return (sum(nbs),), nbs[0], live, ints, constexprs
 
 
-def rope_triton(xs, cos, sin, interleaved_in, interleaved_out, outs):
-    """Launch the kernel over all of `xs`; returns the launched kernel (None if nothing to do)."""
+def rope_triton(xs, cos, sin, interleaved_in, interleaved_out, outs) -> None:
+    """Launch the kernel over all of `xs` (nothing to do for empty tensors)."""
     key = (interleaved_in, interleaved_out, tuple(cos.shape), cos.stride(), sin.stride(),
            xs[0].get_device(),
            tuple((tuple(x.shape), x.stride(), o.stride()) for x, o in zip(xs, outs)))
-    plan = _PLANS.get(key)
+    plan = _make_plan(key)
     if plan is None:
-        if key not in _PLANS:
-            if len(_PLANS) >= _MAX_PLANS:
-                _PLANS.clear()
-            plan = _PLANS[key] = _make_plan(key)
-        if plan is None:
-            return None
+        return
     grid, nb0, live, ints, constexprs = plan
     ptrs = [(xs[i], outs[i]) for i in live]
     if len(ptrs) == 1:
         ptrs.append((None, None))
-    return _rope_kernel[grid](
-        cos, sin, nb0,
-        ptrs[0][0], ptrs[0][1], *ints[0],
-        ptrs[1][0], ptrs[1][1], *ints[1],
-        **constexprs,
-    )
+    _rope_kernel[grid](cos, sin, nb0, ptrs[0][0], ptrs[0][1], *ints[0],
+                       ptrs[1][0], ptrs[1][1], *ints[1], **constexprs)
