@@ -16,32 +16,38 @@ def _same(a, b) -> bool:
     return len(a) == len(b) and all(known_equal(x, y) for x, y in zip(a, b))
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"mla.rope: {msg}")
+def _error(msg: str) -> ValueError:
+    return ValueError(f"mla.rope: {msg}")
 
 
 def validate_rope_args(xs, cos, sin, kernel) -> None:
-    _check(1 <= len(xs) <= 2, f"xs must hold 1 or 2 tensors (q_pe and k_pe), got {len(xs)}")
-    _check(kernel in KERNEL_CHOICES, f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
-    _check(_same(cos.shape, sin.shape), f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must have one shape")
-    _check(cos.dtype in _FLOAT_DTYPES and sin.dtype in _FLOAT_DTYPES,
-           f"cos/sin dtype must be one of {_FLOAT_DTYPES}, got {cos.dtype}/{sin.dtype}")
+    """Every check names the argument; messages are built only on failure (this
+    runs on every call, decode steps included)."""
+    if not 1 <= len(xs) <= 2:
+        raise _error(f"xs must hold 1 or 2 tensors (q_pe and k_pe), got {len(xs)}")
+    if kernel not in KERNEL_CHOICES:
+        raise _error(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
+    if not _same(cos.shape, sin.shape):
+        raise _error(f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must have one shape")
+    if cos.dtype not in _FLOAT_DTYPES or sin.dtype not in _FLOAT_DTYPES:
+        raise _error(f"cos/sin dtype must be one of {_FLOAT_DTYPES}, got {cos.dtype}/{sin.dtype}")
+    width, lead = cos.shape[-1], cos.shape[:-1]
     for i, x in enumerate(xs):
-        name = f"xs[{i}]"
-        _check(x.dtype in _FLOAT_DTYPES, f"{name} dtype must be one of {_FLOAT_DTYPES}, got {x.dtype}")
-        _check(x.device == cos.device == sin.device,
-               f"{name} is on {x.device} but cos/sin are on {cos.device}/{sin.device}")
-        _check(1 <= x.dim() - 1 <= MAX_LEADING_DIMS,
-               f"{name} must have 1..{MAX_LEADING_DIMS} leading dims, got shape {tuple(x.shape)}")
+        if x.dtype not in _FLOAT_DTYPES:
+            raise _error(f"xs[{i}] dtype must be one of {_FLOAT_DTYPES}, got {x.dtype}")
+        if not x.device == cos.device == sin.device:
+            raise _error(f"xs[{i}] is on {x.device} but cos/sin are on {cos.device}/{sin.device}")
+        if not 1 <= x.dim() - 1 <= MAX_LEADING_DIMS:
+            raise _error(f"xs[{i}] must have 1..{MAX_LEADING_DIMS} leading dims, got shape {tuple(x.shape)}")
         d = x.shape[-1]
-        _check(d % 2 == 0 and d > 0, f"{name} rotary dim (last dim) must be even, got {d}")
-        _check(cos.shape[-1] in (d, d // 2),
-               f"cos/sin width must be {d} or {d // 2} for {name} of rotary dim {d}, got {cos.shape[-1]}")
-        lead, x_lead = cos.shape[:-1], x.shape[:-1]
-        _check(len(lead) <= len(x_lead) and all(_same([c], [1]) or _same([c], [n])
-                                                for c, n in zip(reversed(lead), reversed(x_lead))),
-               f"cos/sin leading shape {tuple(lead)} must broadcast to {name}'s {tuple(x_lead)}")
+        if d % 2 or d <= 0:
+            raise _error(f"xs[{i}] rotary dim (last dim) must be even, got {d}")
+        if width not in (d, d // 2):
+            raise _error(f"cos/sin width must be {d} or {d // 2} for xs[{i}] of rotary dim {d}, got {width}")
+        x_lead = x.shape[:-1]
+        if len(lead) > len(x_lead) or not all(
+                _same([c], [1]) or _same([c], [n]) for c, n in zip(reversed(lead), reversed(x_lead))):
+            raise _error(f"cos/sin leading shape {tuple(lead)} must broadcast to xs[{i}]'s {tuple(x_lead)}")
 
 
 def new_output(x: torch.Tensor) -> torch.Tensor:

@@ -47,13 +47,25 @@ def _arg(value, names: dict) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def _inputs_by_first_use(graph: fx.Graph) -> list[fx.Node]:
+    """Graph inputs in the order the computation first reads them: Dynamo's own
+    input order differs between torch versions, the order of the ops does not."""
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    first_use = {}
+    for i, node in enumerate(graph.nodes):
+        for used in node.all_input_nodes:
+            first_use.setdefault(used, i)
+    return sorted(inputs, key=lambda n: first_use.get(n, len(first_use) + inputs.index(n)))
+
+
 def canonical_graph(graph: fx.Graph, keep_names: bool = False) -> str:
     """Nodes are renumbered %0, %1, ... (stable across torch versions, for golden
     graphs); `keep_names` keeps FX node names instead, so that a diff of one
     graph before and after a pass shows only what the pass changed."""
     names: dict[fx.Node, str] = {}
     lines = []
-    for node in graph.nodes:
+    ordered = _inputs_by_first_use(graph) + [n for n in graph.nodes if n.op != "placeholder"]
+    for node in ordered:
         if node.op == "output":
             lines.append(f"return {_arg(node.args[0], names)}")
             continue

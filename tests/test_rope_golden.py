@@ -97,17 +97,17 @@ class TestRopeGolden(expecttest.TestCase):
             neox_slice, _randn(1, 2, 4, 8, seed=0), _randn(1, 1, 4, 8, seed=1),
             _randn(16, 8, seed=2), _randn(16, 8, seed=3))
         self.assertExpectedInline(graph, """\
-%0 : f32[1, 2, 4, 8] = input
+%0 : f32[16, 8] = input
 %1 : f32[16, 8] = input
-%2 : f32[16, 8] = input
+%2 : f32[1, 2, 4, 8] = input
 %3 : f32[1, 1, 4, 8] = input
-%4 : f32[4, 8] = aten.slice.Tensor(%1, 0, 0, 4)
+%4 : f32[4, 8] = aten.slice.Tensor(%0, 0, 0, 4)
 %5 : f32[1, 4, 8] = aten.unsqueeze.default(%4, 0)
 %6 : f32[1, 1, 4, 8] = aten.unsqueeze.default(%5, 1)
-%7 : f32[4, 8] = aten.slice.Tensor(%2, 0, 0, 4)
+%7 : f32[4, 8] = aten.slice.Tensor(%1, 0, 0, 4)
 %8 : f32[1, 4, 8] = aten.unsqueeze.default(%7, 0)
 %9 : f32[1, 1, 4, 8] = aten.unsqueeze.default(%8, 1)
-%10 : (f32[1, 2, 4, 8], f32[1, 1, 4, 8]) = mla.rope.default([%0, %3], %6, %9, False, False, 'auto')
+%10 : (f32[1, 2, 4, 8], f32[1, 1, 4, 8]) = mla.rope.default([%2, %3], %6, %9, False, False, 'auto')
 %11 : f32[1, 2, 4, 8] = getitem(%10, 0)
 %12 : f32[1, 1, 4, 8] = getitem(%10, 1)
 return (%11, %12)
@@ -173,14 +173,14 @@ return (%7, %8)
         graph = self.final_graph(
             complex_qk, _randn(1, 4, 2, 8, seed=0), _randn(1, 4, 1, 8, seed=1), _freqs(4, 4))
         self.assertExpectedInline(graph, """\
-%0 : f32[1, 4, 2, 8] = input
-%1 : f32[1, 4, 1, 8] = input
-%2 : c64[4, 4] = input
-%3 : c64[1, 4, 1, 4] = aten.view.default(%2, [1, 4, 1, 4])
+%0 : c64[4, 4] = input
+%1 : f32[1, 4, 2, 8] = input
+%2 : f32[1, 4, 1, 8] = input
+%3 : c64[1, 4, 1, 4] = aten.view.default(%0, [1, 4, 1, 4])
 %4 : f32[1, 4, 1, 4, 2] = aten.view_as_real.default(%3)
 %5 : f32[1, 4, 1, 4] = aten.select.int(%4, -1, 0)
 %6 : f32[1, 4, 1, 4] = aten.select.int(%4, -1, 1)
-%7 : (f32[1, 4, 2, 8], f32[1, 4, 1, 8]) = mla.rope.default([%0, %1], %5, %6, True, True, 'auto')
+%7 : (f32[1, 4, 2, 8], f32[1, 4, 1, 8]) = mla.rope.default([%1, %2], %5, %6, True, True, 'auto')
 %8 : f32[1, 4, 2, 8] = getitem(%7, 0)
 %9 : f32[1, 4, 1, 8] = getitem(%7, 1)
 return (%8, %9)
