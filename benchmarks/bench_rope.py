@@ -6,7 +6,9 @@ projection (q_nope 128 + q_pe 64), k_pe [T, 1, 64] a slice of a [T, 576] kv
 projection (latent 512 + rope 64), cos/sin [T, 1, 64] gathered by position ids
 from a [max_pos, 64] cache. Every implementation gets the same gathered cos/sin.
 
-Prints correctness first, then a markdown table (also written to $OUT/rope_bench.md
+Implementations: the op called directly ("mla"), the eager RoPE compiled with
+backend="mla" ("mla-backend", what a user runs), the same compiled with
+backend="inductor", and eager. Prints correctness first, then a markdown table (also written to $OUT/rope_bench.md
 when OUT is set). Needs torch >= 2.11 and triton >= 3.6.
 """
 from __future__ import annotations
@@ -90,7 +92,9 @@ def main():
     print(f"copy bandwidth (read+write): {copy_bw / 1e9:.0f} GB/s")
 
     compiled = torch.compile(neox_rope, backend="inductor", dynamic=False)
-    impls = {"mla": mla_rope, "inductor": compiled, "eager": neox_rope}
+    # the user's path: the same eager RoPE compiled with backend="mla" calls the op
+    through_backend = torch.compile(neox_rope, backend="mla", dynamic=False)
+    impls = {"mla": mla_rope, "mla-backend": through_backend, "inductor": compiled, "eager": neox_rope}
 
     # correctness first, on fresh random inputs (fresh seed per case)
     print("\ncorrectness (rel. L2 error vs fp32 reference; bf16 tolerance 1e-2):")
