@@ -13,7 +13,11 @@ MAX_LEADING_DIMS = 4  # the kernel indexes rows through at most 4 leading dims
 
 def _same(a, b) -> bool:
     """Equal sizes, for ints or (under fake tensors) SymInts, adding no guard."""
-    return len(a) == len(b) and all(known_equal(x, y) for x, y in zip(a, b))
+    if len(a) != len(b):
+        return False
+    if all(type(x) is int for x in a) and all(type(y) is int for y in b):
+        return tuple(a) == tuple(b)  # the common, real-tensor case: cheap
+    return all(known_equal(x, y) for x, y in zip(a, b))
 
 
 def _error(msg: str) -> ValueError:
