@@ -5,7 +5,7 @@ import is needed; importing this package gives the report types and options.
 """
 from .backend import mla_backend
 from .options import Options
-from .report import GraphReport, Match, NearMiss, PassRecord
+from .report import GraphReport, LeftAloneError, Match, NearMiss, PassRecord
 
 __version__ = "0.1.0"
-__all__ = ["mla_backend", "Options", "GraphReport", "Match", "NearMiss", "PassRecord"]
+__all__ = ["mla_backend", "Options", "GraphReport", "LeftAloneError", "Match", "NearMiss", "PassRecord"]

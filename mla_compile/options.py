@@ -18,6 +18,8 @@ _HELP = {
     "that receives each GraphReport; a report compiles without Inductor's caches so "
     "that every pass runs (default False)",
     "inductor": "dict of extra Inductor config patches, e.g. {'max_autotune': True}",
+    "strict": "bool: raise instead of leaving a look-alike subgraph alone, so that a user can "
+    "assert that the model was fully rewritten (default False)",
     "mode": "an Inductor mode such as 'reduce-overhead' (torch.compile refuses mode= "
     "together with options=, so it can be given here instead)",
 }
@@ -30,6 +32,7 @@ class Options:
     report: ReportSink = False
     inductor: Mapping[str, Any] = field(default_factory=dict)
     mode: str | None = None
+    strict: bool = False
 
     @classmethod
     def from_user(cls, options: Mapping[str, Any] | None) -> "Options":
@@ -42,6 +45,8 @@ class Options:
             raise ValueError(f"mla backend: option 'rope' must be a bool, got {opts.rope!r}")
         if opts.kernel not in KERNEL_CHOICES:
             raise ValueError(f"mla backend: option 'kernel' must be one of {KERNEL_CHOICES}, got {opts.kernel!r}")
+        if not isinstance(opts.strict, bool):
+            raise ValueError(f"mla backend: option 'strict' must be a bool, got {opts.strict!r}")
         if not (isinstance(opts.report, bool) or callable(opts.report)):
             raise ValueError(f"mla backend: option 'report' must be a bool or a callable, got {opts.report!r}")
         if not isinstance(opts.inductor, Mapping) or "joint_custom_pre_pass" in opts.inductor:

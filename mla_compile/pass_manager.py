@@ -14,7 +14,7 @@ from .canonical import canonical_graph
 from .compat import TORCH_VERSION
 from .options import Options
 from .passes import PIPELINE
-from .report import GraphReport, PassRecord, log
+from .report import GraphReport, LeftAloneError, PassRecord, log
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -52,6 +52,9 @@ class MlaPassManager(CustomGraphPass):
                     fromfile=f"before {graph_pass.name}", tofile=f"after {graph_pass.name}"))
             report.passes.append(record)
         report.emit(self.options.report)
+        if self.options.strict and report.near_misses:
+            raise LeftAloneError("mla backend (strict): subgraphs left alone:\n" + "\n".join(
+                f"  {n.pattern} at {n.node}: {n.reason}" for n in report.near_misses))
 
     def uuid(self) -> bytes:
         # Anything that changes the rewritten code must change this, or Inductor's

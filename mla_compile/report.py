@@ -15,6 +15,10 @@ from .compat import emit_structured_artifact
 log = logging.getLogger("mla_compile")
 
 
+class LeftAloneError(RuntimeError):
+    """options={"strict": True} and a pass left a look-alike subgraph alone."""
+
+
 @dataclass(frozen=True)
 class Match:
     pattern: str                 # e.g. "rope.neox"

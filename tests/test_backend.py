@@ -79,6 +79,7 @@ def test_unknown_option_lists_valid_ones():
     ({"rope": "yes"}, "'rope' must be a bool"),
     ({"report": 3}, "'report' must be a bool or a callable"),
     ({"mode": "fast"}, "'mode' must be one of"),
+    ({"strict": 1}, "'strict' must be a bool"),
     ({"inductor": {"joint_custom_pre_pass": None}}, "may not set joint_custom_pre_pass"),
 ])
 def test_bad_option_values(bad, message):
@@ -120,3 +121,20 @@ def test_report_reaches_torch_logs_and_structured_trace(tmp_path):
     assert "matched rope.neox" in done.stderr
     traces = "".join(p.read_text() for p in (tmp_path / "trace").iterdir())
     assert '"name": "mla_compile_report"' in traces and "rope.neox" in traces
+
+
+def test_strict_turns_left_alone_into_an_error():
+    def promoted(x, cos, sin):  # bf16 x, fp32 cos/sin: a type promotion the op can't express
+        return rope_fn(x, cos, sin)
+
+    args = (torch.randn(2, 4, 8, 16, dtype=torch.bfloat16), torch.randn(8, 16), torch.randn(8, 16))
+    reports = []
+    out = torch.compile(promoted, backend="mla", options={"report": reports.append})(*args)
+    torch.testing.assert_close(out, promoted(*args))
+    assert reports[0].counts() == {} and "type promotion" in reports[0].near_misses[0].reason
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=r"(?s)strict.*left alone.*rope.neox.*type promotion"):
+        torch.compile(promoted, backend="mla", options={"strict": True})(*args)
+    torch._dynamo.reset()
+    out = torch.compile(rope_fn, backend="mla", options={"strict": True})(*rope_inputs())
+    assert out.shape == (2, 4, 8, 16)

@@ -54,7 +54,8 @@ def uuid_of(**options) -> bytes:
 
 
 @pytest.mark.parametrize("change", [{"rope": False}, {"kernel": "reference"}, {"kernel": "triton"},
-                                    {"inductor": {"max_autotune": True}}, {"mode": "reduce-overhead"}])
+                                    {"inductor": {"max_autotune": True}}, {"mode": "reduce-overhead"},
+                                    {"strict": True}])
 def test_every_option_changes_the_uuid(change):
     assert uuid_of(**change) != uuid_of()
 
