@@ -18,6 +18,13 @@ walks its key blocks in two stages: the blocks entirely at or below the diagonal
 the ragged end of Sk with the causal and bounds masks. Key blocks wholly above the
 diagonal are never visited.
 
+An optional additive float `mask` (fp32, bf16 or fp16, broadcastable to
+[B, H, Sq, Sk], any strides: stride 0 over broadcast dims) follows transformers' eager
+attention, s = (q k^T) * scale + mask in fp32, then softmax; `causal` may be combined
+with it (both apply). With a mask every key block, also those of the "no mask" stage,
+loads its mask tile, and the online softmax runs in the natural-log domain (see
+_attend); without one (MASK is a constexpr) the kernel is the mask-less one above.
+
 Shapes: q_nope [B, H, Sq, Dn], q_pe [B, H, Sq, Dr], k_nope [B, H, Sk, Dn],
 k_pe [B, Sk, Dr], v [B, H, Sk, Dv] -> out [B, H, Sq, Dv]. Any strides (inputs are
 usually transposed views of [B, S, H, D] projections); head dims need not be powers
@@ -40,16 +47,20 @@ except ImportError:  # older triton: K/V tiles always come through pointer loads
     TensorDescriptor = None
 
 _LOG2E = 1.4426950408889634
+_MASK_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def mla_prefill_reference(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: bool,
-                          out: torch.Tensor | None = None) -> torch.Tensor:
-    """Plain PyTorch in fp32: concatenate q, broadcast k_pe, softmax, matmul."""
+                          out: torch.Tensor | None = None, *,
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain PyTorch in fp32: concatenate q, broadcast k_pe, add the mask, softmax, matmul."""
     B, H, Sq, _ = q_nope.shape
     Sk = k_nope.shape[2]
     q = torch.cat([q_nope, q_pe], dim=-1).float()
     k = torch.cat([k_nope, k_pe[:, None].expand(B, H, Sk, k_pe.shape[-1])], dim=-1).float()
     s = (q @ k.transpose(-1, -2)) * scale
+    if mask is not None:  # eager attention: additive, upcast to fp32
+        s = s + mask.float()
     if causal:  # top-left aligned, as SDPA's is_causal: key j visible to query i iff j <= i
         keep = torch.ones(Sq, Sk, dtype=torch.bool, device=s.device).tril()
         s = s.masked_fill(~keep, float("-inf"))
@@ -64,6 +75,8 @@ def mla_prefill_reference(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
 
 if triton is not None:
 
+    LOG2E: tl.constexpr = tl.constexpr(_LOG2E)
+
     @triton.jit
     def _dot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
         if UPCAST:  # interpreter only: its tl.dot multiplies bf16 bit patterns (triton 3.8)
@@ -73,21 +86,24 @@ if triton is not None:
         return r
 
     @triton.jit
-    def _attend(acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, b32, h32,
-                skn_n, skr_n, sv_n, lo, hi, Sk, offs_m, offs_n, dn_ok, dr_ok, dv_ok,
-                qk_scale, BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr,
+    def _attend(acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, b32, h32,
+                skn_n, skr_n, sv_n, smk_n, lo, hi, Sk, offs_m, offs_n, m_ok, dn_ok, dr_ok,
+                dv_ok, qk_scale, BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr,
                 BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
                 MASK_D: tl.constexpr, TMA: tl.constexpr, POS_SCALE: tl.constexpr,
-                PREC: tl.constexpr, UPCAST: tl.constexpr):
+                PREC: tl.constexpr, UPCAST: tl.constexpr, MASK: tl.constexpr):
         # key blocks [lo, hi): MASKED applies the causal and the j < Sk masks.
         # K tiles come transposed ([D, BLOCK_N]) to the dots. *_src are tensor
         # descriptors (TMA: out-of-range rows and columns read as zeros) or pointer
         # tiles at key 0, moved to `lo` (the unmasked stage always starts at 0; the
-        # masked one gets a run-time lo, multiplied in int64 for long sequences)
+        # masked one gets a run-time lo, multiplied in int64 for long sequences).
+        # MASK: mk_src is the additive mask's pointer tile, always pointer loads
         if MASKED and not TMA:
             kn_src += lo.to(tl.int64) * skn_n
             kr_src += lo.to(tl.int64) * skr_n
             v_src += lo.to(tl.int64) * sv_n
+        if MASKED and MASK:
+            mk_src += lo.to(tl.int64) * smk_n
         for start_n in range(lo, hi, BLOCK_N):
             cols = start_n + offs_n
             n_ok = cols < Sk
@@ -113,16 +129,44 @@ if triton is not None:
                 vv = tl.load(v_src)
             qk = _dot(qn, kn, None, PREC, UPCAST)
             qk = _dot(qr, kr, qk, PREC, UPCAST)
-            # scores in the log2 domain. Every row sees a finite score in its first
-            # visited block (key 0 or an earlier full block): m_new stays finite
-            if MASKED:
+            if MASK:
+                # additive mask: s = qk * scale + mask in fp32 as eager attention, and
+                # m_i, the row max, in the natural-log domain (qk_scale is the plain
+                # scale here): p = exp(s - m) is taken as exp2((s - m) * log2(e)), the
+                # difference formed BEFORE the log2(e) factor. finfo.min masks then stay
+                # exact: a row whose visible keys are all masked has s == finfo.min on
+                # each of them (fp32 absorbs the small qk * scale), so s - m == 0 and
+                # the softmax is uniform over them, as eager's; a masked key in a row
+                # with a larger max gets exp2(-huge or -inf) == 0, as eager's. A row
+                # with only -inf so far (a -inf mask) subtracts 0 instead of -inf:
+                # p == 0 and alpha == 0, no NaN unless the whole row is -inf (eager:
+                # NaN as well)
+                if MASKED:
+                    mk = tl.load(mk_src, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+                else:
+                    mk = tl.load(mk_src, mask=m_ok[:, None], other=0.0)
+                s = qk * qk_scale + mk.to(tl.float32)
+                if MASKED:
+                    ok = n_ok[None, :]
+                    if CAUSAL:
+                        ok = ok & (cols[None, :] <= offs_m[:, None])
+                    s = tl.where(ok, s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.math.exp2((s - m_sub[:, None]) * LOG2E)
+                alpha = tl.math.exp2((m_i - m_sub) * LOG2E)
+                mk_src += BLOCK_N * smk_n
+            # no mask: scores in the log2 domain. Every row sees a finite score in its
+            # first visited block (key 0 or an earlier full block): m_new stays finite
+            elif MASKED:
                 qk = qk * qk_scale
                 ok = n_ok[None, :]
                 if CAUSAL:
                     ok = ok & (cols[None, :] <= offs_m[:, None])
                 qk = tl.where(ok, qk, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(qk, 1))
-                qk = qk - m_new[:, None]
+                p = tl.math.exp2(qk - m_new[:, None])
+                alpha = tl.math.exp2(m_i - m_new)
             else:
                 # the row max of qk * scale is (max or min of qk) * scale, exactly
                 # (rounding is monotonic); then scale and subtract are one FMA
@@ -130,9 +174,8 @@ if triton is not None:
                     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
                 else:
                     m_new = tl.maximum(m_i, tl.min(qk, 1) * qk_scale)
-                qk = qk * qk_scale - m_new[:, None]
-            p = tl.math.exp2(qk)
-            alpha = tl.math.exp2(m_i - m_new)
+                p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+                alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
             acc = _dot(p.to(vv.dtype), vv, acc, PREC, UPCAST)
@@ -147,19 +190,21 @@ if triton is not None:
     # must stay a run-time value for its int64 product in _attend
     @triton.jit(do_not_specialize=["Sq", "Sk"])
     def _mla_prefill_fwd(
-        Qn, Qr, Kn, Kr, V, O,
+        Qn, Qr, Kn, Kr, V, O, Mk,
         sqn_b, sqn_h, sqn_m, sqn_d,
         sqr_b, sqr_h, sqr_m, sqr_d,
         skn_b, skn_h, skn_n, skn_d,
         skr_b, skr_n, skr_d,
         sv_b, sv_h, sv_n, sv_d,
         so_b, so_h, so_m, so_d,
+        smk_b, smk_h, smk_m, smk_n,
         H, Sq, Sk, qk_scale,
         DN: tl.constexpr, DR: tl.constexpr, DV: tl.constexpr,
         BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, MASK_D: tl.constexpr, TMA: tl.constexpr,
         POS_SCALE: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+        MASK: tl.constexpr,
     ):
         # heavy (late) query blocks first: the causal triangle then ends in small blocks
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -193,6 +238,10 @@ if triton is not None:
             kn_src = Kn + b * skn_b + h * skn_h + offs_n[None, :] * skn_n + offs_dn[:, None] * skn_d
             kr_src = Kr + b * skr_b + offs_n[None, :] * skr_n + offs_dr[:, None] * skr_d
             v_src = V + b * sv_b + h * sv_h + offs_n[:, None] * sv_n + offs_dv[None, :] * sv_d
+        if MASK:
+            mk_src = Mk + b * smk_b + h * smk_h + rows[:, None] * smk_m + offs_n[None, :] * smk_n
+        else:
+            mk_src = Mk
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -206,15 +255,15 @@ if triton is not None:
             hi = Sk
             full_end = (Sk // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attend(
-            acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, b32, h32,
-            skn_n, skr_n, sv_n, 0, full_end, Sk, offs_m, offs_n,
+            acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, b32, h32,
+            skn_n, skr_n, sv_n, smk_n, 0, full_end, Sk, offs_m, offs_n, m_ok,
             dn_ok, dr_ok, dv_ok, qk_scale, BDN, BDR, BDV, BLOCK_N,
-            False, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST)
+            False, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK)
         acc, l_i, m_i = _attend(
-            acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, b32, h32,
-            skn_n, skr_n, sv_n, full_end, hi, Sk, offs_m, offs_n,
+            acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, b32, h32,
+            skn_n, skr_n, sv_n, smk_n, full_end, hi, Sk, offs_m, offs_n, m_ok,
             dn_ok, dr_ok, dv_ok, qk_scale, BDN, BDR, BDV, BLOCK_N,
-            True, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST)
+            True, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK)
 
         out = acc / l_i[:, None]
         o_ptrs = O + b * so_b + h * so_h + rows[:, None] * so_m + offs_dv[None, :] * so_d
@@ -272,10 +321,17 @@ def _use_tma(ts, dims, on_gpu: bool) -> bool:
 def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: bool, *,
                           out: torch.Tensor | None = None, block_m: int | None = None,
                           block_n: int | None = None, num_warps: int | None = None,
-                          num_stages: int | None = None, tma: bool | None = None) -> torch.Tensor:
-    """softmax((q_nope k_nope^T + q_pe k_pe^T) * scale) @ v, per head, by the Triton kernel.
+                          num_stages: int | None = None, tma: bool | None = None,
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax((q_nope k_nope^T + q_pe k_pe^T) * scale + mask) @ v, per head, by the
+    Triton kernel.
 
-    Same semantics as `mla_prefill_reference` (causal is top-left aligned). `out`, if
+    Same semantics as `mla_prefill_reference` (causal is top-left aligned). `mask`, if
+    given, is an additive float mask (fp32, bf16 or fp16) broadcastable to
+    [B, H, Sq, Sk] (e.g. [B or 1, 1 or H, Sq, Sk], any strides), added in fp32 to the
+    scaled scores as in transformers' eager attention (0: visible, finfo.min: masked; a
+    row masked everywhere gets eager's uniform softmax); `causal` still applies on top
+    of it. `out`, if
     given, is written in place (any strides, e.g. a transposed [B, Sq, H, Dv] buffer);
     otherwise a contiguous [B, H, Sq, Dv] tensor of q_nope's dtype is returned. The
     keyword-only config arguments override `default_config` (tests, benchmarks);
@@ -301,6 +357,21 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
         raise ValueError("mla_prefill_attention: inputs must share one of fp16, bf16, fp32")
     if any(t.device != q_nope.device for t in ts):
         raise ValueError("mla_prefill_attention: inputs must be on one device")
+    mask_strides = (0, 0, 0, 0)
+    if mask is not None:
+        if mask.dtype not in _MASK_DTYPES:
+            raise ValueError("mla_prefill_attention: mask must be fp32, bf16 or fp16 "
+                             f"(additive), got {mask.dtype}")
+        if mask.device != q_nope.device:
+            raise ValueError("mla_prefill_attention: mask must be on the inputs' device")
+        try:
+            ok = torch.broadcast_shapes(mask.shape, (B, H, Sq, Sk)) == (B, H, Sq, Sk)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"mla_prefill_attention: mask {tuple(mask.shape)} does not "
+                             f"broadcast to [B, H, Sq, Sk] = {(B, H, Sq, Sk)}")
+        mask_strides = mask.expand(B, H, Sq, Sk).stride()  # 0 over broadcast dims
     if out is None:
         out = torch.empty(B, H, Sq, Dv, device=q_nope.device, dtype=q_nope.dtype)
     elif out.shape != (B, H, Sq, Dv) or out.dtype != q_nope.dtype:
@@ -331,15 +402,16 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
         v_src = desc(v, [1, 1, bn, bdv])
     grid = (triton.cdiv(Sq, bm), B * H)
     _mla_prefill_fwd[grid](
-        q_nope, q_pe, kn_src, kr_src, v_src, out,
+        q_nope, q_pe, kn_src, kr_src, v_src, out, q_nope if mask is None else mask,
         *q_nope.stride(), *q_pe.stride(), *k_nope.stride(), *k_pe.stride(),
-        *v.stride(), *out.stride(),
-        H, Sq, Sk, float(scale) * _LOG2E,
+        *v.stride(), *out.stride(), *mask_strides,
+        # the mask path keeps its scores in the natural-log domain (see _attend)
+        H, Sq, Sk, float(scale) * (_LOG2E if mask is None else 1.0),
         DN=Dn, DR=Dr, DV=Dv, BDN=bdn, BDR=bdr, BDV=bdv,
         BLOCK_M=bm, BLOCK_N=bn, CAUSAL=bool(causal),
         MASK_D=(bdn, bdr, bdv) != (Dn, Dr, Dv), TMA=bool(tma), POS_SCALE=float(scale) >= 0,
         PREC="ieee" if q_nope.dtype == torch.float32 else "tf32",
-        UPCAST=_interpreting() and q_nope.dtype == torch.bfloat16,
+        UPCAST=_interpreting() and q_nope.dtype == torch.bfloat16, MASK=mask is not None,
         num_warps=nw, num_stages=ns,
     )
     return out

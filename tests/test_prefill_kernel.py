@@ -247,3 +247,169 @@ def test_default_config_gpu_choices():
     assert cfg == (128, 64, 8, 3)
     bm, bn, _, _ = triton_prefill.default_config(128, 64, 128, torch.float32, 4096, True)
     assert bm <= 64 and bn <= 64
+
+
+# ------------------------------------------------------------------ additive masks
+# transformers' eager attention: s = (q k^T) * scale + mask in fp32, then softmax;
+# masked keys carry torch.finfo(dtype).min (finite), visible ones 0.
+# The kernel's exp2((s - m) * log2(e)) overflows to -inf on purpose for masked keys
+# (exp2 -> 0); under the interpreter numpy reports it: not a failure
+MASK_OVERFLOW_OK = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+
+
+def eager(ins, scale, mask, causal=False):
+    """softmax(q k^T * scale + mask) @ v computed as eager attention does (fp32)."""
+    qn, qr, kn, kr, v = ins
+    B, H, Sk, _ = kn.shape
+    q = torch.cat([qn, qr], dim=-1).float()
+    k = torch.cat([kn, kr[:, None].expand(B, H, Sk, kr.shape[-1])], dim=-1).float()
+    s = (q @ k.transpose(-1, -2)) * scale + mask.float()
+    if causal:
+        s = s.masked_fill(torch.ones_like(s, dtype=torch.bool).tril().logical_not(),
+                          float("-inf"))
+    return torch.softmax(s, dim=-1, dtype=torch.float32) @ v.float()
+
+
+def causal_additive(Sq, Sk, dtype=torch.float32):
+    keep = torch.ones(Sq, Sk, dtype=torch.bool, device=DEVICE).tril()
+    return torch.zeros(Sq, Sk, device=DEVICE, dtype=dtype).masked_fill(
+        ~keep, torch.finfo(dtype).min)[None, None]
+
+
+def random_mask(shape, gen, dtype=torch.float32, p=0.3):
+    """finfo.min at random (rate p) over small additive biases (ALiBi-like)."""
+    bias = 0.5 * torch.randn(*shape, generator=gen)
+    drop = torch.rand(*shape, generator=gen) < p
+    return bias.masked_fill(drop, torch.finfo(dtype).min).to(device=DEVICE, dtype=dtype)
+
+
+def check_mask(ins, scale, causal, mask, dtype, **cfg):
+    out = mla_prefill_attention(*ins, scale, causal, mask=mask, **{**BLOCKS, **cfg})
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    ref = mla_prefill_reference(*[t.float() for t in ins], scale, causal, mask=mask)
+    assert max_err(out, ref) < TOL[dtype]
+    assert max_err(ref, eager(ins, scale, mask, causal)) < 1e-5  # the reference is eager's math
+    return out, ref
+
+
+@MASK_OVERFLOW_OK
+@TMA
+@pytest.mark.parametrize("shape", [(2, 2, 37, 37), (1, 2, 21, 45), (1, 2, 40, 23)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_mask_causal_as_additive(shape, tma, gen):
+    # finfo.min above the diagonal == causal=True (top-left), also through the masked path
+    B, H, Sq, Sk = shape
+    ins = make(B, H, Sq, Sk, 16, 8, 16, gen)
+    out, _ = check_mask(ins, 0.25, False, causal_additive(Sq, Sk), torch.float32, tma=tma)
+    assert max_err(out, mla_prefill_attention(*ins, 0.25, True, **BLOCKS)) < 1e-5
+    assert max_err(out, mla_prefill_reference(*ins, 0.25, True)) < TOL[torch.float32]
+
+
+@MASK_OVERFLOW_OK
+def test_mask_padding(gen):
+    # batch element 1: left padding over a whole key block and right padding, as a
+    # [B, 1, Sq, Sk] expand of a [B, 1, 1, Sk] mask (stride 0 over heads and rows)
+    B, H, Sq, Sk = 2, 2, 29, 45
+    ins = make(B, H, Sq, Sk, 16, 8, 16, gen)
+    pad = torch.zeros(B, 1, 1, Sk, device=DEVICE)
+    pad[1, ..., :18] = torch.finfo(torch.float32).min
+    pad[1, ..., 40:] = torch.finfo(torch.float32).min
+    mask = pad.expand(B, 1, Sq, Sk)
+    out, _ = check_mask(ins, 0.3, False, mask, torch.float32)
+    # batch 0 untouched; batch 1 equals attention over keys 18..39 only
+    assert max_err(out[0], mla_prefill_attention(*[t[:1] for t in ins], 0.3, False,
+                                                 **BLOCKS)[0]) < 1e-5
+    sub = [t[1:, :, :, :] for t in ins[:2]] + [ins[2][1:, :, 18:40], ins[3][1:, 18:40],
+                                                ins[4][1:, :, 18:40]]
+    assert max_err(out[1], mla_prefill_reference(*sub, 0.3, False)[0]) < TOL[torch.float32]
+
+
+@MASK_OVERFLOW_OK
+@pytest.mark.parametrize("mshape", ["11", "B1", "BH"])
+def test_mask_broadcast_and_strides(mshape, gen):
+    B, H, Sq, Sk = 2, 3, 21, 37
+    ins = make(B, H, Sq, Sk, 16, 8, 16, gen)
+    mb, mh = (1 if mshape[0] == "1" else B), (1 if mshape[1] == "1" else H)
+    mask = random_mask((mb, mh, Sq, Sk), gen)
+    check_mask(ins, 0.25, False, mask, torch.float32)
+    if mshape == "BH":  # a sliced view of a longer mask (rows Sk + 11 apart), as
+        big = random_mask((mb, mh, Sq, Sk + 11), gen)  # eager's mask[..., :Sk]
+        check_mask(ins, 0.25, False, big[..., :Sk], torch.float32)
+    else:  # distinct per-(b, h) masks really are told apart
+        per = random_mask((B, H, Sq, Sk), gen)
+        out = mla_prefill_attention(*ins, 0.25, False, mask=per, **BLOCKS)
+        assert max_err(out, eager(ins, 0.25, per)) < TOL[torch.float32]
+
+
+@MASK_OVERFLOW_OK
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mask_half_precision(dtype, gen):
+    # mask in the inputs' dtype, with its own finfo.min (bf16's absorbs the scores in
+    # fp32 as fp32's does; fp16's -65504 does not, and eager keeps it as given)
+    B, H, Sq, Sk = 2, 2, 37, 45
+    ins = make(B, H, Sq, Sk, 32, 16, 32, gen, dtype=dtype)
+    check_mask(ins, 32**-0.5 + 0.05, False, random_mask((B, 1, Sq, Sk), gen, dtype), dtype)
+    check_mask(ins, 32**-0.5 + 0.05, True, random_mask((1, H, Sq, Sk), gen, dtype), dtype)
+
+
+@MASK_OVERFLOW_OK
+@TMA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mask_fully_masked_rows(dtype, tma, gen):
+    # rows masked everywhere: eager's softmax of all-equal finfo.min scores is uniform,
+    # i.e. the mean of v over all Sk keys (not NaN, not zeros)
+    B, H, Sq, Sk = 2, 2, 24, 37
+    ins = make(B, H, Sq, Sk, 16, 8, 16, gen, dtype=dtype)
+    mask = random_mask((B, 1, Sq, Sk), gen, dtype)
+    dead = [0, 5, 17, 23]
+    mask[0, :, dead] = torch.finfo(dtype).min
+    mask[1, :, 9] = torch.finfo(dtype).min
+    out, ref = check_mask(ins, 0.25, False, mask, dtype, tma=tma)
+    mean_v = ins[4].float().mean(dim=2, keepdim=True)  # [B, H, 1, Dv]
+    for b, rows in ((0, dead), (1, [9])):
+        assert max_err(out[b, :, rows], mean_v[b].expand(H, len(rows), -1)) < TOL[dtype]
+        assert max_err(ref[b, :, rows], mean_v[b].expand(H, len(rows), -1)) < 1e-5
+    # with causal=True as well: uniform over the keys j <= i
+    out = mla_prefill_attention(*ins, 0.25, True, mask=mask, tma=tma, **BLOCKS)
+    assert max_err(out, eager(ins, 0.25, mask, causal=True)) < TOL[dtype]
+    for i in dead:
+        assert max_err(out[0, :, i], ins[4][0, :, : i + 1].float().mean(dim=1)) < TOL[dtype]
+
+
+@MASK_OVERFLOW_OK
+@pytest.mark.parametrize("shape", [(2, 2, 37, 37), (1, 2, 13, 40), (1, 2, 40, 21)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_mask_with_causal(shape, gen):
+    # both apply: causal on top of a random pattern (packed sequences + padding)
+    B, H, Sq, Sk = shape
+    ins = make(B, H, Sq, Sk, 16, 8, 16, gen)
+    mask = random_mask((B, 1, Sq, Sk), gen)
+    check_mask(ins, 0.25, True, mask, torch.float32)
+    # block-diagonal packed sequences (no mask on their own) plus causal == causal per segment
+    seg = torch.arange(max(Sq, Sk), device=DEVICE) // 16
+    packed = torch.zeros(1, 1, Sq, Sk, device=DEVICE).masked_fill(
+        seg[:Sq, None] != seg[None, :Sk], torch.finfo(torch.float32).min)
+    check_mask(ins, 0.25, True, packed, torch.float32)
+
+
+@MASK_OVERFLOW_OK
+def test_mask_minus_inf(gen):
+    # -inf masks too: a row whose first key blocks are all -inf must not turn to NaN
+    B, H, Sq, Sk = 1, 2, 20, 50
+    ins = make(B, H, Sq, Sk, 16, 8, 16, gen)
+    mask = torch.zeros(B, 1, Sq, Sk, device=DEVICE)
+    mask[..., :35] = float("-inf")
+    mask[..., 3, 35:] = torch.finfo(torch.float32).min  # -inf and finfo.min in one row
+    check_mask(ins, 0.25, False, mask, torch.float32)
+
+
+@MASK_OVERFLOW_OK
+def test_mask_rejects_bad(gen):
+    ins = make(1, 2, 8, 8, 16, 8, 16, gen)
+    with pytest.raises(ValueError):  # does not broadcast to [B, H, Sq, Sk]
+        mla_prefill_attention(*ins, 0.25, True, mask=torch.zeros(1, 1, 8, 7, device=DEVICE))
+    with pytest.raises(ValueError):
+        mla_prefill_attention(*ins, 0.25, True, mask=torch.zeros(1, 3, 8, 8, device=DEVICE))
+    with pytest.raises(ValueError):  # boolean masks are not additive
+        mla_prefill_attention(*ins, 0.25, True, mask=torch.ones(1, 1, 8, 8, device=DEVICE,
+                                                                dtype=torch.bool))
