@@ -1,6 +1,7 @@
 """Fused ops in namespace `mla` (`torch.ops.mla.*`); importing registers them."""
+from . import prefill_attention  # noqa: F401  (registers torch.ops.mla.prefill_attention)
 from . import rope  # noqa: F401  (registers torch.ops.mla.rope)
 from .backend import KernelBackend
-from .reference import ReferenceBackend, rope_reference
+from .reference import ReferenceBackend, prefill_attention_reference, rope_reference
 
-__all__ = ["KernelBackend", "ReferenceBackend", "rope_reference"]
+__all__ = ["KernelBackend", "ReferenceBackend", "prefill_attention_reference", "rope_reference"]

@@ -36,3 +36,25 @@ class KernelBackend(ABC):
         Semantics are those of `reference.rope_reference`; inputs were validated
         by the op, and cos/sin broadcast against each x's leading dims.
         """
+
+    @classmethod
+    @abstractmethod
+    def prefill_attention(
+        cls,
+        q_nope: torch.Tensor,
+        q_pe: torch.Tensor,
+        c_kv: torch.Tensor,
+        k_pe: torch.Tensor,
+        w_uk: torch.Tensor,
+        w_uv: torch.Tensor,
+        scale: float,
+        causal: bool,
+        form: str,
+        out: torch.Tensor,
+    ) -> None:
+        """MLA attention over the latent `c_kv` into the preallocated `out`.
+
+        Semantics are those of `reference.prefill_attention_reference`; `form` is
+        how to compute it ("decompressed" or "absorbed"), not what. Inputs were
+        validated by the op.
+        """

@@ -48,6 +48,51 @@ def rope_reference(
     return out.to(x.dtype)
 
 
+def _softmax(scores: torch.Tensor, causal: bool) -> torch.Tensor:
+    if causal:  # top-left aligned, as SDPA's is_causal: key j visible to query i iff j <= i
+        keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def prefill_attention_reference(
+    q_nope: torch.Tensor,
+    q_pe: torch.Tensor,
+    c_kv: torch.Tensor,
+    k_pe: torch.Tensor,
+    w_uk: torch.Tensor,
+    w_uv: torch.Tensor,
+    scale: float,
+    causal: bool,
+    form: str,
+) -> torch.Tensor:
+    """MLA attention, per head h, computing in float32:
+
+        k_nope = c_kv @ w_uk[h]^T,  v = c_kv @ w_uv[h]^T
+        out = softmax((q_nope @ k_nope^T + q_pe @ k_pe^T) * scale) @ v
+
+    q_nope [B,H,Sq,Dn], q_pe [B,H,Sq,Dr], c_kv [B,Sk,R], k_pe [B,Sk,Dr] (one head,
+    shared), w_uk [H,Dn,R], w_uv [H,Dv,R] -> [B,H,Sq,Dv] in q_nope's dtype. `scale` is
+    used as given. "decompressed" builds k_nope and v; "absorbed" moves the weights to
+    the query and output side instead (q_nope @ w_uk[h] scores against c_kv itself,
+    and the latent output goes through w_uv[h]^T): the same function.
+    """
+    qn, qr, c, kr, wk, wv = (t.float() for t in (q_nope, q_pe, c_kv, k_pe, w_uk, w_uv))
+    rope_scores = qr @ kr[:, None].transpose(-1, -2)  # k_pe broadcast over heads
+    if form == "decompressed":
+        k_nope = torch.einsum("bsr,hdr->bhsd", c, wk)
+        v = torch.einsum("bsr,hdr->bhsd", c, wv)
+        p = _softmax((qn @ k_nope.transpose(-1, -2) + rope_scores) * scale, causal)
+        out = p @ v
+    elif form == "absorbed":
+        q_lat = torch.einsum("bhqd,hdr->bhqr", qn, wk)
+        p = _softmax((q_lat @ c[:, None].transpose(-1, -2) + rope_scores) * scale, causal)
+        out = torch.einsum("bhqr,hvr->bhqv", p @ c[:, None], wv)
+    else:
+        raise ValueError(f"form must be 'decompressed' or 'absorbed', got {form!r}")
+    return out.to(q_nope.dtype)
+
+
 class ReferenceBackend(KernelBackend):
     name: ClassVar[str] = "reference"
 
@@ -59,3 +104,9 @@ class ReferenceBackend(KernelBackend):
     def rope(cls, xs, cos, sin, interleaved_in, interleaved_out, outs) -> None:
         for x, out in zip(xs, outs):
             out.copy_(rope_reference(x, cos, sin, interleaved_in, interleaved_out))
+
+    @classmethod
+    def prefill_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
+                          out) -> None:
+        out.copy_(prefill_attention_reference(
+            q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form))

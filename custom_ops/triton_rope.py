@@ -1,4 +1,4 @@
-"""Triton backend: the RoPE kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
+"""The Triton RoPE kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1).
 
 One launch rotates every tensor of `xs` (q_pe and k_pe): the grid is the row blocks
 of the first tensor followed by those of the second, and each program rotates
@@ -14,12 +14,8 @@ Offsets are int32 unless some tensor spans 2**31 elements, then int64.
 from __future__ import annotations
 
 import functools
-import os
-from typing import ClassVar
 
 import torch
-
-from .backend import KernelBackend
 
 try:
     import triton
@@ -29,22 +25,6 @@ except ImportError:  # Triton is optional on CPU: the reference runs instead
 
 _NDIM = 4  # index dims per segment after padding (the op allows 1..4 leading dims)
 _INT32_MAX = 2**31 - 1
-
-
-class TritonBackend(KernelBackend):
-    name: ClassVar[str] = "triton"
-
-    @classmethod
-    def supports(cls, device: torch.device) -> bool:
-        if triton is None:
-            return False
-        if device.type == "cuda":
-            return True
-        return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
-
-    @classmethod
-    def rope(cls, xs, cos, sin, interleaved_in, interleaved_out, outs) -> None:
-        rope_triton(xs, cos, sin, interleaved_in, interleaved_out, outs)
 
 
 # --------------------------------------------------------------------------- kernel

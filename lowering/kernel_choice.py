@@ -5,7 +5,7 @@ import torch
 
 from ..custom_ops.backend import KernelBackend
 from ..custom_ops.reference import ReferenceBackend
-from ..custom_ops.triton_rope import TritonBackend
+from ..custom_ops.triton_backend import TritonBackend
 
 KERNEL_CHOICES = ("auto", "triton", "reference")
 

@@ -67,7 +67,8 @@ def test_report_sink_does_not_change_the_uuid():
 def test_kernel_and_pass_sources_are_hashed(tmp_path, monkeypatch):
     files = pass_manager._source_files()
     names = {os.path.basename(f) for f in files}
-    assert {"rope.py", "rope_forms.py", "triton_rope.py", "reference.py", "kernel_choice.py"} <= names
+    assert {"rope.py", "rope_forms.py", "triton_rope.py", "reference.py", "kernel_choice.py",
+            "triton_backend.py", "prefill_attention.py", "attention_form.py"} <= names
     fake_source = tmp_path / "kernel.py"
     fake_source.write_text("A = 1\n")
     monkeypatch.setattr(pass_manager, "_source_files", lambda: (*files, str(fake_source)))

@@ -17,7 +17,7 @@ triton = pytest.importorskip("triton")
 from mla_compile.custom_ops import rope as _rope_op  # noqa: E402,F401  (registers torch.ops.mla.rope)
 from mla_compile.custom_ops import triton_rope  # noqa: E402
 from mla_compile.custom_ops.reference import rope_reference  # noqa: E402
-from mla_compile.custom_ops.triton_rope import TritonBackend  # noqa: E402
+from mla_compile.custom_ops.triton_backend import TritonBackend  # noqa: E402
 
 
 def _pick_device():

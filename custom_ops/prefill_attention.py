@@ -1,0 +1,98 @@
+"""`torch.ops.mla.prefill_attention`: MLA attention straight from the latent c_kv.
+
+One op for both ways of computing it (`form`, chosen by
+`lowering.attention_form.choose_attention_form`): "decompressed" expands c_kv into
+per-head K and V and runs flash attention over q/k dim Dn+Dr and v dim Dv;
+"absorbed" folds w_uk into the query and w_uv into the output and attends over the
+latent itself (dim R+Dr), which is cheaper for short queries over long keys.
+Semantics: `reference.prefill_attention_reference`; causal is top-left aligned
+(SDPA's is_causal), and `scale` is used exactly as given.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..compat import known_equal
+from ..lowering.attention_form import FORMS
+from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# (argument, rank, layout) in the op's argument order
+_LAYOUTS = (("q_nope", 4, "[B, H, Sq, Dn]"), ("q_pe", 4, "[B, H, Sq, Dr]"),
+            ("c_kv", 3, "[B, Sk, R]"), ("k_pe", 3, "[B, Sk, Dr]"),
+            ("w_uk", 3, "[H, Dn, R]"), ("w_uv", 3, "[H, Dv, R]"))
+
+
+def _error(msg: str) -> ValueError:
+    return ValueError(f"mla.prefill_attention: {msg}")
+
+
+def _shape_is(shape, expected: tuple, symbolic: bool) -> bool:
+    """Equal sizes; under fake tensors sizes may be SymInts, compared adding no guard."""
+    if not symbolic:
+        return shape == expected  # real tensors: plain ints, one tuple comparison
+    return all(known_equal(a, b) for a, b in zip(shape, expected))
+
+
+def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel,
+                          symbolic: bool = True) -> None:
+    """Every check names the argument; messages are built only on failure (this runs
+    on every call). `symbolic=False` (the real kernel's call) promises int sizes."""
+    if kernel not in KERNEL_CHOICES:
+        raise _error(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
+    if form not in FORMS:
+        raise _error(f"form must be one of {FORMS}, got {form!r}")
+    ts = (q_nope, q_pe, c_kv, k_pe, w_uk, w_uv)
+    for t, (name, rank, layout) in zip(ts, _LAYOUTS):
+        if t.dim() != rank:
+            raise _error(f"{name} must be {rank}-D {layout}, got shape {tuple(t.shape)}")
+    dtype, device = q_nope.dtype, q_nope.device
+    if dtype not in _FLOAT_DTYPES:
+        raise _error(f"q_nope dtype must be one of {_FLOAT_DTYPES}, got {dtype}")
+    for t, (name, _, _) in zip(ts, _LAYOUTS):
+        if t.dtype != dtype:
+            raise _error(f"{name} dtype {t.dtype} differs from q_nope's {dtype}")
+        if t.device != device:
+            raise _error(f"{name} is on {t.device} but q_nope is on {device}")
+    B, H, Sq, Dn = q_nope.shape
+    Sk, R = c_kv.shape[1], c_kv.shape[2]
+    Dr, Dv = q_pe.shape[3], w_uv.shape[1]
+    expected = (None, (B, H, Sq, Dr), (B, Sk, R), (B, Sk, Dr), (H, Dn, R), (H, Dv, R))
+    for t, want, (name, _, layout) in zip(ts, expected, _LAYOUTS):
+        if want is not None and not _shape_is(t.shape, want, symbolic):
+            raise _error(f"{name} must be {layout} = {want} to agree with the other inputs, "
+                         f"got {tuple(t.shape)}")
+
+
+def new_output(q_nope: torch.Tensor, w_uv: torch.Tensor) -> torch.Tensor:
+    """[B, H, Sq, Dv], contiguous, in q's dtype (fake and real agree)."""
+    B, H, Sq, _ = q_nope.shape
+    return q_nope.new_empty(B, H, Sq, w_uv.shape[1])
+
+
+@torch.library.custom_op("mla::prefill_attention", mutates_args=())
+def prefill_attention(
+    q_nope: torch.Tensor,
+    q_pe: torch.Tensor,
+    c_kv: torch.Tensor,
+    k_pe: torch.Tensor,
+    w_uk: torch.Tensor,
+    w_uv: torch.Tensor,
+    scale: float,
+    causal: bool,
+    form: str,
+    kernel: str = "auto",
+) -> torch.Tensor:
+    """MLA attention of q over the latent c_kv (see `reference.prefill_attention_reference`)."""
+    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, symbolic=False)
+    out = new_output(q_nope, w_uv)
+    backend = select_backend(q_nope.device, kernel)
+    backend.prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, out)
+    return out
+
+
+@prefill_attention.register_fake
+def _prefill_attention_fake(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
+                            kernel="auto"):
+    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel)
+    return new_output(q_nope, w_uv)

@@ -1,0 +1,52 @@
+"""Triton backend: the ops' Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1).
+
+The kernels live in their own modules (`triton_rope`, `triton_prefill`); this class
+only routes each op to its kernel, plus the PyTorch glue around it.
+"""
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+import torch
+
+from .backend import KernelBackend
+from .reference import prefill_attention_reference
+from .triton_prefill import mla_prefill_attention
+from .triton_rope import rope_triton
+
+try:
+    import triton
+except ImportError:  # Triton is optional on CPU: the reference runs instead
+    triton = None
+
+
+class TritonBackend(KernelBackend):
+    name: ClassVar[str] = "triton"
+
+    @classmethod
+    def supports(cls, device: torch.device) -> bool:
+        if triton is None:
+            return False
+        if device.type == "cuda":
+            return True
+        return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+    @classmethod
+    def rope(cls, xs, cos, sin, interleaved_in, interleaved_out, outs) -> None:
+        rope_triton(xs, cos, sin, interleaved_in, interleaved_out, outs)
+
+    @classmethod
+    def prefill_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
+                          out) -> None:
+        if form == "absorbed":
+            # No Triton kernel for the absorbed form yet (the decode kernel brings one):
+            # the PyTorch reference is the documented fallback, exact but in fp32.
+            out.copy_(prefill_attention_reference(
+                q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form))
+            return
+        # decompress in the input dtype: one GEMM each for K and V, [B, H, Sk, D] views
+        # of [B, Sk, H, D] results (the kernel takes any strides)
+        k_nope = torch.einsum("bsr,hdr->bhsd", c_kv, w_uk)
+        v = torch.einsum("bsr,hdr->bhsd", c_kv, w_uv)
+        mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale, causal, out=out)
