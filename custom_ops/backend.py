@@ -50,9 +50,11 @@ class KernelBackend(ABC):
         scale: float,
         causal: bool,
         form: str,
+        mask: torch.Tensor | None,
         out: torch.Tensor,
     ) -> None:
-        """MLA attention over the latent `c_kv` into the preallocated `out`.
+        """MLA attention over the latent `c_kv` into the preallocated `out`
+        (`mask`: optional additive mask broadcasting to [B, H, Sq, Sk]).
 
         Semantics are those of `reference.prefill_attention_reference`; `form` is
         how to compute it ("decompressed" or "absorbed"), not what. Inputs were

@@ -6,7 +6,9 @@ per-head K and V and runs flash attention over q/k dim Dn+Dr and v dim Dv;
 "absorbed" folds w_uk into the query and w_uv into the output and attends over the
 latent itself (dim R+Dr), which is cheaper for short queries over long keys.
 Semantics: `reference.prefill_attention_reference`; causal is top-left aligned
-(SDPA's is_causal), and `scale` is used exactly as given.
+(SDPA's is_causal), `scale` is used exactly as given, and an optional additive
+`mask` (what eager attention adds to the scaled scores) broadcasts to
+[B, H, Sq, Sk].
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def _shape_is(shape, expected: tuple, symbolic: bool) -> bool:
     return all(known_equal(a, b) for a, b in zip(shape, expected))
 
 
-def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel,
+def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask=None,
                           symbolic: bool = True) -> None:
     """Every check names the argument; messages are built only on failure (this runs
     on every call). `symbolic=False` (the real kernel's call) promises int sizes."""
@@ -62,6 +64,14 @@ def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel,
         if want is not None and not _shape_is(t.shape, want, symbolic):
             raise _error(f"{name} must be {layout} = {want} to agree with the other inputs, "
                          f"got {tuple(t.shape)}")
+    if mask is not None:
+        if mask.dtype not in _FLOAT_DTYPES or mask.device != device:
+            raise _error(f"mask must be a float tensor on {device} (additive), "
+                         f"got {mask.dtype} on {mask.device}")
+        full = (B, H, Sq, Sk)
+        if mask.dim() > 4 or not all(known_equal(m, 1) or known_equal(m, n)
+                                     for m, n in zip(reversed(mask.shape), reversed(full))):
+            raise _error(f"mask {tuple(mask.shape)} must broadcast to [B, H, Sq, Sk] = {full}")
 
 
 def new_output(q_nope: torch.Tensor, w_uv: torch.Tensor) -> torch.Tensor:
@@ -82,17 +92,18 @@ def prefill_attention(
     causal: bool,
     form: str,
     kernel: str = "auto",
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MLA attention of q over the latent c_kv (see `reference.prefill_attention_reference`)."""
-    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, symbolic=False)
+    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask, symbolic=False)
     out = new_output(q_nope, w_uv)
     backend = select_backend(q_nope.device, kernel)
-    backend.prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, out)
+    backend.prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, out)
     return out
 
 
 @prefill_attention.register_fake
 def _prefill_attention_fake(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                            kernel="auto"):
-    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel)
+                            kernel="auto", mask=None):
+    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask)
     return new_output(q_nope, w_uv)

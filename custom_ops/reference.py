@@ -48,7 +48,9 @@ def rope_reference(
     return out.to(x.dtype)
 
 
-def _softmax(scores: torch.Tensor, causal: bool) -> torch.Tensor:
+def _softmax(scores: torch.Tensor, causal: bool, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is not None:  # eager attention: additive, upcast to fp32, before the causal fill
+        scores = scores + mask.float()
     if causal:  # top-left aligned, as SDPA's is_causal: key j visible to query i iff j <= i
         keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
         scores = scores.masked_fill(~keep, float("-inf"))
@@ -65,12 +67,14 @@ def prefill_attention_reference(
     scale: float,
     causal: bool,
     form: str,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MLA attention, per head h, computing in float32:
 
         k_nope = c_kv @ w_uk[h]^T,  v = c_kv @ w_uv[h]^T
-        out = softmax((q_nope @ k_nope^T + q_pe @ k_pe^T) * scale) @ v
+        out = softmax((q_nope @ k_nope^T + q_pe @ k_pe^T) * scale + mask) @ v
 
+    `mask` (optional) is additive and broadcasts to [B, H, Sq, Sk].
     q_nope [B,H,Sq,Dn], q_pe [B,H,Sq,Dr], c_kv [B,Sk,R], k_pe [B,Sk,Dr] (one head,
     shared), w_uk [H,Dn,R], w_uv [H,Dv,R] -> [B,H,Sq,Dv] in q_nope's dtype. `scale` is
     used as given. "decompressed" builds k_nope and v; "absorbed" moves the weights to
@@ -82,11 +86,11 @@ def prefill_attention_reference(
     if form == "decompressed":
         k_nope = torch.einsum("bsr,hdr->bhsd", c, wk)
         v = torch.einsum("bsr,hdr->bhsd", c, wv)
-        p = _softmax((qn @ k_nope.transpose(-1, -2) + rope_scores) * scale, causal)
+        p = _softmax((qn @ k_nope.transpose(-1, -2) + rope_scores) * scale, causal, mask)
         out = p @ v
     elif form == "absorbed":
         q_lat = torch.einsum("bhqd,hdr->bhqr", qn, wk)
-        p = _softmax((q_lat @ c[:, None].transpose(-1, -2) + rope_scores) * scale, causal)
+        p = _softmax((q_lat @ c[:, None].transpose(-1, -2) + rope_scores) * scale, causal, mask)
         out = torch.einsum("bhqr,hvr->bhqv", p @ c[:, None], wv)
     else:
         raise ValueError(f"form must be 'decompressed' or 'absorbed', got {form!r}")
@@ -107,6 +111,6 @@ class ReferenceBackend(KernelBackend):
 
     @classmethod
     def prefill_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                          out) -> None:
+                          mask, out) -> None:
         out.copy_(prefill_attention_reference(
-            q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form))
+            q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask))

@@ -187,3 +187,48 @@ def _bad(**change):
 def test_invalid_arguments_are_named(change, message):
     with pytest.raises(ValueError, match=f"mla.prefill_attention: {message}"):
         op(**_bad(**change))
+
+
+def padding_mask(B, Sq, Sk, dtype, gen):
+    """transformers' eager mask: 0 where visible, finfo.min elsewhere; causal plus left
+    padding of a random length for each batch row (row 0 unpadded), [B, 1, Sq, Sk]."""
+    visible = torch.ones(Sq, Sk, dtype=torch.bool).tril(Sk - Sq).expand(B, 1, Sq, Sk).clone()
+    for b in range(1, B):
+        visible[b, :, :, : int(torch.randint(1, Sk, (1,), generator=gen))] = False
+    mask = torch.zeros(B, 1, Sq, Sk, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
+    return mask.to(DEVICE)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_additive_mask_matches_eager(kernel, form, dtype, gen):
+    B, H, Sq, Sk = 3, 2, 9, 9
+    q_nope, q_pe, c_kv, k_pe, kv_b = mla_inputs(B, H, Sq, Sk, gen, dtype)
+    mask = padding_mask(B, Sq, Sk, dtype, gen)
+    scale = (DIMS["Dn"] + DIMS["Dr"]) ** -0.5
+    w_uk, w_uv = split_kv_b(kv_b, H, DIMS["Dn"], DIMS["Dv"])
+    out = op(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, False, form, kernel, mask)
+    # eager attention as transformers writes it: scores * scale + mask, fp32 softmax
+    kv = F.linear(c_kv, kv_b).view(B, Sk, H, -1).transpose(1, 2)
+    k_nope, v = kv.split([DIMS["Dn"], DIMS["Dv"]], dim=-1)
+    key = torch.cat((k_nope, k_pe[:, None].expand(B, H, Sk, -1)), dim=-1)
+    query = torch.cat((q_nope, q_pe), dim=-1)
+    weights = torch.matmul(query, key.transpose(2, 3)) * scale + mask
+    expected = torch.matmul(F.softmax(weights, dim=-1, dtype=torch.float32).to(dtype), v)
+    tol = TOL[dtype]
+    torch.testing.assert_close(out.float(), expected.float(), rtol=tol, atol=tol)
+    torch.library.opcheck(op.default, (q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, False,
+                                       form, kernel, mask))
+
+
+@pytest.mark.parametrize("mask, message", [
+    (lambda m: m.bool(), "mask must be a float tensor"),
+    (lambda m: m[:, :, :, :4], r"mask \(2, 1, 3, 4\) must broadcast to \[B, H, Sq, Sk\]"),
+    (lambda m: m.expand(2, 3, 3, 5), r"mask \(2, 3, 3, 5\) must broadcast"),
+])
+def test_invalid_mask_is_named(mask, message):
+    args = _bad()
+    args["mask"] = mask(torch.zeros(2, 1, 3, 5))
+    with pytest.raises(ValueError, match=f"mla.prefill_attention: {message}"):
+        op(**args)
