@@ -229,6 +229,6 @@ def test_additive_mask_matches_eager(kernel, form, dtype, gen):
 ])
 def test_invalid_mask_is_named(mask, message):
     args = _bad()
-    args["mask"] = mask(torch.zeros(2, 1, 3, 5))
+    args["mask"] = mask(torch.zeros(2, 1, 3, 5, device=DEVICE))
     with pytest.raises(ValueError, match=f"mla.prefill_attention: {message}"):
         op(**args)
