@@ -17,6 +17,7 @@ import torch.nn.functional as F  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
+from kernel_device import kernel_test_device  # noqa: E402
 from mla_compile.custom_ops import triton_prefill  # noqa: E402
 from mla_compile.custom_ops.triton_prefill import (  # noqa: E402
     mla_prefill_attention,
@@ -24,19 +25,7 @@ from mla_compile.custom_ops.triton_prefill import (  # noqa: E402
 )
 
 
-def _pick_device():
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:  # pragma: no cover - interpreter needs numpy
-        InterpretedFunction = ()
-    if InterpretedFunction and isinstance(triton_prefill._mla_prefill_fwd, InterpretedFunction):
-        return torch.device("cpu")
-    if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available():
-        return torch.device("cuda")
-    return None
-
-
-DEVICE = _pick_device()
+DEVICE = kernel_test_device(triton_prefill._mla_prefill_fwd)
 pytestmark = pytest.mark.skipif(
     DEVICE is None,
     reason="the Triton prefill kernel was imported without TRITON_INTERPRET=1 and there is "

@@ -14,25 +14,14 @@ import torch  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
+from kernel_device import kernel_test_device  # noqa: E402
 from mla_compile.custom_ops import rope as _rope_op  # noqa: E402,F401  (registers torch.ops.mla.rope)
 from mla_compile.custom_ops import triton_rope  # noqa: E402
 from mla_compile.custom_ops.reference import rope_reference  # noqa: E402
 from mla_compile.custom_ops.triton_backend import TritonBackend  # noqa: E402
 
 
-def _pick_device():
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:  # pragma: no cover - interpreter needs numpy
-        InterpretedFunction = ()
-    if InterpretedFunction and isinstance(triton_rope._rope_kernel, InterpretedFunction):
-        return torch.device("cpu")
-    if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available():
-        return torch.device("cuda")
-    return None
-
-
-DEVICE = _pick_device()
+DEVICE = kernel_test_device(triton_rope._rope_kernel)
 pytestmark = pytest.mark.skipif(
     DEVICE is None,
     reason="the Triton RoPE kernel was imported without TRITON_INTERPRET=1 and there is no "
