@@ -65,7 +65,9 @@ def _real_parts(graph: fx.Graph, freqs: fx.Node, made: dict) -> tuple[fx.Node, f
     """cos/sin as views of complex freqs, made once per freqs node (right after
     it) so that RoPEs sharing freqs also share cos/sin and one launch."""
     if freqs not in made:
-        with graph.inserting_after(freqs):
+        # after freqs, or after the last input when freqs is one (inputs stay first)
+        anchor = freqs if freqs.op != "placeholder" else [n for n in graph.nodes if n.op == "placeholder"][-1]
+        with graph.inserting_after(anchor):
             as_real = _call(graph, aten.view_as_real.default, (freqs,))
         with graph.inserting_after(as_real):
             sin = _call(graph, aten.select.int, (as_real, -1, 1))
