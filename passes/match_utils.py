@@ -106,9 +106,11 @@ def half_of(node: Any) -> tuple[fx.Node, str]:
         if start == d // 2 and end == d:
             return base, "hi"
         raise NoMatch(f"slice [{start}:{end}] is not a half of the last dim ({d})")
-    require(is_op(node, operator.getitem), f"{describe(node)} is not a slice or split of the last dim")
+    if not is_op(node, operator.getitem):  # the wrong kind of op: let a telling reason win
+        raise NoMatch(f"{describe(node)} is not a slice or split of the last dim", structural=True)
     split, index = node.args
-    require(is_op(split, aten.split.Tensor, aten.split_with_sizes.default), f"getitem of {describe(split)}")
+    if not is_op(split, aten.split.Tensor, aten.split_with_sizes.default):
+        raise NoMatch(f"getitem of {describe(split)}", structural=True)
     base, sizes, dim = (list(split.args) + [0])[:3]
     d = val(base).shape[-1]
     require(is_last_dim(dim, base), "split is not along the last dim")

@@ -19,7 +19,9 @@ Vocabulary (see passes/rope_forms.py for the recognised shapes):
            complex         view_as_complex(x.float().reshape(..., -1, 2)) * freqs_cis
            gptj_stack      even/odd pairs stacked back interleaved (stack + flatten): a real
                            RoPE the passes do not recognise (yet): "either"
-  look-alikes (expect "leave"; `near_miss` says whether the report must hold one)
+  look-alikes (expect "leave"; `near_miss_required` says whether the report must hold
+           a near miss; about a quarter of the programs are look-alikes, each name equally
+           likely, then a style and dtype it applies to)
            other_tensor    rotate_half(other) / the second pair element from another tensor
            not_half        rotate_half slicing at k != d/2
            alpha           add(..., alpha=2)
@@ -32,6 +34,10 @@ Vocabulary (see passes/rope_forms.py for the recognised shapes):
            lower           fp32 x with bf16 cos/sin (result fp32 = x's dtype)
            partial         only x[..., :R] is rotated, cat'ed with x[..., R:]
            conj            complex with freqs.conj() ("either")
+
+Inputs are random (randn activations; cos/sin the cos and sin of an independent random
+angle per entry, so a full-width cos does not repeat its halves and any mixup of halves,
+cos/sin or pair order changes the numbers; complex freqs = polar(1, random angle)).
 """
 from __future__ import annotations
 
@@ -115,6 +121,9 @@ class Program:
 
     def __repr__(self) -> str:  # what hypothesis prints for a failing example; the source comes with it
         return f"Program<{self.describe()}, seed={self.seed}>"
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # hypothesis' pretty printer
+        printer.text(repr(self))
 
     # ------------------------------------------------------------ knowledge
     @property
@@ -380,7 +389,8 @@ def _apply_body(p: Program) -> list[str]:
                  "unflatten": f"{to_f}.unflatten(-1, (-1, 2))"}[sp["pairs"]]
         freqs = "cos.conj()" if p.conj else "cos"
         prod = f"{freqs} * xc" if sp["mul1"] else f"xc * {freqs}"
-        flat = {"neg": ".flatten(-2)", "pos": f".flatten({_ndim(p) - 1})", "reshape": ".reshape(x.shape)"}[sp["flatten"]]
+        flat = {"neg": ".flatten(-2)", "pos": f".flatten({_ndim(p) - 1})",
+                "reshape": ".reshape(x.shape)"}[sp["flatten"]]
         lines += [f"xc = torch.view_as_complex({pairs})", f"out = torch.view_as_real({prod}){flat}"]
         if look != "no_type_as":
             back = {"type_as": ".type_as(x)", "to": ".to(x.dtype)", "none": ""}[sp["back"]]
@@ -471,7 +481,8 @@ def _k_lines(p: Program) -> list[str]:
     else:
         lines = [f"k_pe = latent[..., {LATENT}:]"]
     if p.k_view == "unsqueeze":
-        lines.append(f"k_pe = k_pe.unsqueeze({ {'BHSD': 1, 'BSHD': 2, 'THD': 1}[p.layout] })")
+        dim = {"BHSD": 1, "BSHD": 2, "THD": 1}[p.layout]
+        lines.append(f"k_pe = k_pe.unsqueeze({dim})")
     else:
         lines.append({"BHSD": f"k_pe = k_pe.view({B}, {S}, 1, {W}).transpose(1, 2)",
                       "BSHD": f"k_pe = k_pe.view({B}, {S}, 1, {W})",
@@ -483,7 +494,8 @@ def render(p: Program) -> str:
     parts = ["import torch\n"]
     if p.style in NEOX_FAMILY:
         parts.append(_rotate_half(p))
-    parts.append("def apply_rope(x, cos, sin, other=None):\n" + textwrap.indent("\n".join(_apply_body(p)), "    ") + "\n")
+    apply_body = textwrap.indent("\n".join(_apply_body(p)), "    ")
+    parts.append(f"def apply_rope(x, cos, sin, other=None):\n{apply_body}\n")
     args = [name for name, _, _ in p.input_specs()]
     body = _cos_lines(p) + _q_lines(p) + _k_lines(p)
     sin = "None" if p.style == "complex" else "sin"

@@ -310,3 +310,19 @@ def test_automatic_dynamic_second_seq_len():
     assert len(reports) == 2
     for report in reports:
         assert report.counts() == {"rope.neox": 2, "rope.one_launch": 1}, report.format()
+
+
+def test_pairs_near_miss_names_the_real_cause():
+    """With sin written first in a product, the reason must still be the wrong hi
+    term, not an operand that failed as a pair element (found by the fuzzer)."""
+    def wrong_hi(x, cos, sin):
+        a, b = x[..., :4], x[..., 4:]
+        return torch.cat((a * cos - sin * b, a * cos + b * sin), dim=-1)
+
+    args = (torch.randn(2, 3, 2, 8), torch.randn(3, 1, 4), torch.randn(3, 1, 4))
+    reports = []
+    out = torch.compile(wrong_hi, backend="mla", options={"report": reports.append})(*args)
+    torch.testing.assert_close(out, wrong_hi(*args))
+    assert reports[0].counts() == {}
+    assert [n.reason for n in reports[0].near_misses] == [
+        "hi is not b*cos + a*sin with the lo half's a, b, cos, sin"]
