@@ -12,6 +12,9 @@ from typing import ClassVar
 import torch
 
 
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what every kernel takes
+
+
 class KernelBackend(ABC):
     name: ClassVar[str]
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import torch
 
-from ..compat import known_equal
+from ..compat import known_broadcasts_to, known_same_shape
 from ..lowering.attention_form import FORMS
 from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
+from .backend import KERNEL_DTYPES
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # (argument, rank, layout) in the op's argument order
 _LAYOUTS = (("q_nope", 4, "[B, H, Sq, Dn]"), ("q_pe", 4, "[B, H, Sq, Dr]"),
             ("c_kv", 3, "[B, Sk, R]"), ("k_pe", 3, "[B, Sk, Dr]"),
@@ -29,15 +29,7 @@ def _error(msg: str) -> ValueError:
     return ValueError(f"mla.prefill_attention: {msg}")
 
 
-def _shape_is(shape, expected: tuple, symbolic: bool) -> bool:
-    """Equal sizes; under fake tensors sizes may be SymInts, compared adding no guard."""
-    if not symbolic:
-        return shape == expected  # real tensors: plain ints, one tuple comparison
-    return all(known_equal(a, b) for a, b in zip(shape, expected))
-
-
-def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask=None,
-                          symbolic: bool = True) -> None:
+def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask=None) -> None:
     """Every check names the argument; messages are built only on failure (this runs
     on every call). `symbolic=False` (the real kernel's call) promises int sizes."""
     if kernel not in KERNEL_CHOICES:
@@ -49,8 +41,8 @@ def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, ma
         if t.dim() != rank:
             raise _error(f"{name} must be {rank}-D {layout}, got shape {tuple(t.shape)}")
     dtype, device = q_nope.dtype, q_nope.device
-    if dtype not in _FLOAT_DTYPES:
-        raise _error(f"q_nope dtype must be one of {_FLOAT_DTYPES}, got {dtype}")
+    if dtype not in KERNEL_DTYPES:
+        raise _error(f"q_nope dtype must be one of {KERNEL_DTYPES}, got {dtype}")
     for t, (name, _, _) in zip(ts, _LAYOUTS):
         if t.dtype != dtype:
             raise _error(f"{name} dtype {t.dtype} differs from q_nope's {dtype}")
@@ -61,16 +53,15 @@ def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, ma
     Dr, Dv = q_pe.shape[3], w_uv.shape[1]
     expected = (None, (B, H, Sq, Dr), (B, Sk, R), (B, Sk, Dr), (H, Dn, R), (H, Dv, R))
     for t, want, (name, _, layout) in zip(ts, expected, _LAYOUTS):
-        if want is not None and not _shape_is(t.shape, want, symbolic):
+        if want is not None and not known_same_shape(t.shape, want):
             raise _error(f"{name} must be {layout} = {want} to agree with the other inputs, "
                          f"got {tuple(t.shape)}")
     if mask is not None:
-        if mask.dtype not in _FLOAT_DTYPES or mask.device != device:
+        if mask.dtype not in KERNEL_DTYPES or mask.device != device:
             raise _error(f"mask must be a float tensor on {device} (additive), "
                          f"got {mask.dtype} on {mask.device}")
         full = (B, H, Sq, Sk)
-        if mask.dim() > 4 or not all(known_equal(m, 1) or known_equal(m, n)
-                                     for m, n in zip(reversed(mask.shape), reversed(full))):
+        if not known_broadcasts_to(mask.shape, full):
             raise _error(f"mask {tuple(mask.shape)} must broadcast to [B, H, Sq, Sk] = {full}")
 
 
@@ -95,7 +86,7 @@ def prefill_attention(
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MLA attention of q over the latent c_kv (see `reference.prefill_attention_reference`)."""
-    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask, symbolic=False)
+    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask)
     out = new_output(q_nope, w_uv)
     backend = select_backend(q_nope.device, kernel)
     backend.prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, out)

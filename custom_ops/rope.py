@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ..compat import known_equal
+from ..compat import known_broadcasts_to, known_same_shape
 from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
+from .backend import KERNEL_DTYPES
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_LEADING_DIMS = 4  # the kernel indexes rows through at most 4 leading dims
-
-
-def _same(a, b) -> bool:
-    """Equal sizes, for ints or (under fake tensors) SymInts, adding no guard."""
-    if len(a) != len(b):
-        return False
-    if all(type(x) is int for x in a) and all(type(y) is int for y in b):
-        return tuple(a) == tuple(b)  # the common, real-tensor case: cheap
-    return all(known_equal(x, y) for x, y in zip(a, b))
 
 
 def _error(msg: str) -> ValueError:
@@ -31,14 +22,14 @@ def validate_rope_args(xs, cos, sin, kernel) -> None:
         raise _error(f"xs must hold 1 or 2 tensors (q_pe and k_pe), got {len(xs)}")
     if kernel not in KERNEL_CHOICES:
         raise _error(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
-    if not _same(cos.shape, sin.shape):
+    if not known_same_shape(cos.shape, sin.shape):
         raise _error(f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must have one shape")
-    if cos.dtype not in _FLOAT_DTYPES or sin.dtype not in _FLOAT_DTYPES:
-        raise _error(f"cos/sin dtype must be one of {_FLOAT_DTYPES}, got {cos.dtype}/{sin.dtype}")
+    if cos.dtype not in KERNEL_DTYPES or sin.dtype not in KERNEL_DTYPES:
+        raise _error(f"cos/sin dtype must be one of {KERNEL_DTYPES}, got {cos.dtype}/{sin.dtype}")
     width, lead = cos.shape[-1], cos.shape[:-1]
     for i, x in enumerate(xs):
-        if x.dtype not in _FLOAT_DTYPES:
-            raise _error(f"xs[{i}] dtype must be one of {_FLOAT_DTYPES}, got {x.dtype}")
+        if x.dtype not in KERNEL_DTYPES:
+            raise _error(f"xs[{i}] dtype must be one of {KERNEL_DTYPES}, got {x.dtype}")
         if not x.device == cos.device == sin.device:
             raise _error(f"xs[{i}] is on {x.device} but cos/sin are on {cos.device}/{sin.device}")
         if not 1 <= x.dim() - 1 <= MAX_LEADING_DIMS:
@@ -48,10 +39,8 @@ def validate_rope_args(xs, cos, sin, kernel) -> None:
             raise _error(f"xs[{i}] rotary dim (last dim) must be even, got {d}")
         if width not in (d, d // 2):
             raise _error(f"cos/sin width must be {d} or {d // 2} for xs[{i}] of rotary dim {d}, got {width}")
-        x_lead = x.shape[:-1]
-        if len(lead) > len(x_lead) or not all(
-                _same([c], [1]) or _same([c], [n]) for c, n in zip(reversed(lead), reversed(x_lead))):
-            raise _error(f"cos/sin leading shape {tuple(lead)} must broadcast to xs[{i}]'s {tuple(x_lead)}")
+        if not known_broadcasts_to(lead, x.shape[:-1]):
+            raise _error(f"cos/sin leading shape {tuple(lead)} must broadcast to xs[{i}]'s {tuple(x.shape[:-1])}")
 
 
 def new_output(x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 TORCH_VERSION = torch.__version__
 
-__all__ = ["TORCH_VERSION", "detect_fake_mode", "known_equal", "emit_structured_artifact"]
+__all__ = ["TORCH_VERSION", "detect_fake_mode", "known_equal", "known_same_shape",
+           "known_broadcasts_to", "statically_known_true", "emit_structured_artifact"]
 
 
 def known_equal(a: Any, b: Any) -> bool:
@@ -18,6 +19,23 @@ def known_equal(a: Any, b: Any) -> bool:
     if isinstance(a, int) and isinstance(b, int):
         return a == b
     return statically_known_true(a == b)
+
+
+def known_same_shape(a, b) -> bool:
+    """Equal shapes, for ints or SymInts, adding no guard (ints: one tuple compare,
+    the cheap path every real-tensor call takes)."""
+    if len(a) != len(b):
+        return False
+    if all(type(x) is int for x in a) and all(type(y) is int for y in b):
+        return tuple(a) == tuple(b)
+    return all(known_equal(x, y) for x, y in zip(a, b))
+
+
+def known_broadcasts_to(shape, target) -> bool:
+    """`shape` broadcasts to `target` without enlarging it (sizes aligned from the
+    right are 1 or equal), adding no guard."""
+    return len(shape) <= len(target) and all(
+        known_equal(s, 1) or known_equal(s, t) for s, t in zip(reversed(shape), reversed(target)))
 
 
 def emit_structured_artifact(name: str, payload: dict) -> None:

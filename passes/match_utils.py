@@ -8,12 +8,12 @@ from typing import Any, Callable, Iterable, TypeVar
 import torch
 import torch.fx as fx
 
-from ..compat import known_equal
+from ..compat import known_same_shape as same_shape  # noqa: F401  (for the searches)
+from ..custom_ops.backend import KERNEL_DTYPES as FLOAT_DTYPES  # noqa: F401  (what the ops take)
 
 aten = torch.ops.aten
 prims = torch.ops.prims
 T = TypeVar("T")
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class NoMatch(Exception):
@@ -50,10 +50,6 @@ def val(node: fx.Node) -> torch.Tensor:
     value = node.meta.get("val") if isinstance(node, fx.Node) else None
     require(isinstance(value, torch.Tensor), f"no tensor metadata on {describe(node)}")
     return value
-
-
-def same_shape(a, b) -> bool:
-    return len(a) == len(b) and all(known_equal(x, y) for x, y in zip(a, b))
 
 
 def norm_dim(dim: int, ndim: int) -> int:

@@ -101,7 +101,6 @@ def fuse_rope(graph: fx.Graph, options, record: PassRecord) -> None:
             record.matches.append(Match(pattern, _describe(m)))
             _replace(graph, m, options.kernel, made)
             break
-    graph.eliminate_dead_code()
     _merge_launches(graph, record)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from ..compat import known_broadcasts_to
 from .match_utils import (
     FLOAT_DTYPES, NoMatch, aten, expect_op, first_match, half_of, is_last_dim, is_op,
     orderings, plain_binary, prims, require, same_shape, strided_half_of, val,
@@ -220,7 +221,5 @@ def check_operands(m: RopeMatch) -> None:
         require(same_shape(c.shape, s.shape), f"cos {tuple(c.shape)} and sin {tuple(s.shape)} differ in shape")
         width, lead = c.shape[-1], c.shape[:-1]
     require(width in (d, d // 2), f"cos/sin width {width} is neither d={d} nor d/2")
-    require(len(lead) <= x.dim() - 1, "cos/sin have more dims than x")
-    for cs, xs in zip(reversed(lead), reversed(x.shape[:-1])):
-        require(same_shape([cs], [1]) or same_shape([cs], [xs]), f"cos/sin shape {tuple(lead)} does not broadcast to x's")
+    require(known_broadcasts_to(lead, x.shape[:-1]), f"cos/sin shape {tuple(lead)} does not broadcast to x's")
     require(val(m.x).device == val(m.cos).device, "x and cos/sin are on different devices")
