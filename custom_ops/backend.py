@@ -54,10 +54,12 @@ class KernelBackend(ABC):
         causal: bool,
         form: str,
         mask: torch.Tensor | None,
+        zero_empty_rows: bool,
         out: torch.Tensor,
     ) -> None:
         """MLA attention over the latent `c_kv` into the preallocated `out`
-        (`mask`: optional additive mask broadcasting to [B, H, Sq, Sk]).
+        (`mask`: optional additive mask broadcasting to [B, H, Sq, Sk];
+        `zero_empty_rows`: a row with every score -inf gives 0, not NaN).
 
         Semantics are those of `reference.prefill_attention_reference`; `form` is
         how to compute it ("decompressed" or "absorbed"), not what. Inputs were

@@ -8,7 +8,8 @@ latent itself (dim R+Dr), which is cheaper for short queries over long keys.
 Semantics: `reference.prefill_attention_reference`; causal is top-left aligned
 (SDPA's is_causal), `scale` is used exactly as given, and an optional additive
 `mask` (what eager attention adds to the scaled scores) broadcasts to
-[B, H, Sq, Sk].
+[B, H, Sq, Sk]. `zero_empty_rows` gives 0 for a query row whose scores are all
+-inf (SDPA's safe softmax; eager softmax gives NaN there).
 """
 from __future__ import annotations
 
@@ -84,17 +85,19 @@ def prefill_attention(
     form: str,
     kernel: str = "auto",
     mask: torch.Tensor | None = None,
+    zero_empty_rows: bool = False,
 ) -> torch.Tensor:
     """MLA attention of q over the latent c_kv (see `reference.prefill_attention_reference`)."""
     validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask)
     out = new_output(q_nope, w_uv)
     backend = select_backend(q_nope.device, kernel)
-    backend.prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, out)
+    backend.prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask,
+                              zero_empty_rows, out)
     return out
 
 
 @prefill_attention.register_fake
 def _prefill_attention_fake(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                            kernel="auto", mask=None):
+                            kernel="auto", mask=None, zero_empty_rows=False):
     validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask)
     return new_output(q_nope, w_uv)

@@ -48,13 +48,17 @@ def rope_reference(
     return out.to(x.dtype)
 
 
-def _softmax(scores: torch.Tensor, causal: bool, mask: torch.Tensor | None) -> torch.Tensor:
+def _softmax(scores: torch.Tensor, causal: bool, mask: torch.Tensor | None,
+             zero_empty_rows: bool) -> torch.Tensor:
     if mask is not None:  # eager attention: additive, upcast to fp32, before the causal fill
         scores = scores + mask.float()
     if causal:  # top-left aligned, as SDPA's is_causal: key j visible to query i iff j <= i
         keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
         scores = scores.masked_fill(~keep, float("-inf"))
-    return torch.softmax(scores, dim=-1)
+    p = torch.softmax(scores, dim=-1)
+    if zero_empty_rows:  # SDPA's safe softmax: a row with no visible key gives 0, not NaN
+        p = p.masked_fill((scores == float("-inf")).all(-1, keepdim=True), 0.0)
+    return p
 
 
 def prefill_attention_reference(
@@ -68,13 +72,16 @@ def prefill_attention_reference(
     causal: bool,
     form: str,
     mask: torch.Tensor | None = None,
+    zero_empty_rows: bool = False,
 ) -> torch.Tensor:
     """MLA attention, per head h, computing in float32:
 
         k_nope = c_kv @ w_uk[h]^T,  v = c_kv @ w_uv[h]^T
         out = softmax((q_nope @ k_nope^T + q_pe @ k_pe^T) * scale + mask) @ v
 
-    `mask` (optional) is additive and broadcasts to [B, H, Sq, Sk].
+    `mask` (optional) is additive and broadcasts to [B, H, Sq, Sk]; with
+    `zero_empty_rows` a query row whose scores are all -inf gives 0 (SDPA's safe
+    softmax) instead of NaN.
     q_nope [B,H,Sq,Dn], q_pe [B,H,Sq,Dr], c_kv [B,Sk,R], k_pe [B,Sk,Dr] (one head,
     shared), w_uk [H,Dn,R], w_uv [H,Dv,R] -> [B,H,Sq,Dv] in q_nope's dtype. `scale` is
     used as given. "decompressed" builds k_nope and v; "absorbed" moves the weights to
@@ -86,11 +93,11 @@ def prefill_attention_reference(
     if form == "decompressed":
         k_nope = torch.einsum("bsr,hdr->bhsd", c, wk)
         v = torch.einsum("bsr,hdr->bhsd", c, wv)
-        p = _softmax((qn @ k_nope.transpose(-1, -2) + rope_scores) * scale, causal, mask)
+        p = _softmax((qn @ k_nope.transpose(-1, -2) + rope_scores) * scale, causal, mask, zero_empty_rows)
         out = p @ v
     elif form == "absorbed":
         q_lat = torch.einsum("bhqd,hdr->bhqr", qn, wk)
-        p = _softmax((q_lat @ c[:, None].transpose(-1, -2) + rope_scores) * scale, causal, mask)
+        p = _softmax((q_lat @ c[:, None].transpose(-1, -2) + rope_scores) * scale, causal, mask, zero_empty_rows)
         out = torch.einsum("bhqr,hvr->bhqv", p @ c[:, None], wv)
     else:
         raise ValueError(f"form must be 'decompressed' or 'absorbed', got {form!r}")
@@ -111,6 +118,6 @@ class ReferenceBackend(KernelBackend):
 
     @classmethod
     def prefill_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                          mask, out) -> None:
+                          mask, zero_empty_rows, out) -> None:
         out.copy_(prefill_attention_reference(
-            q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask))
+            q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows))

@@ -38,15 +38,16 @@ class TritonBackend(KernelBackend):
 
     @classmethod
     def prefill_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                          mask, out) -> None:
+                          mask, zero_empty_rows, out) -> None:
         if form == "absorbed":
             # No Triton kernel for the absorbed form yet (the decode kernel brings one):
             # the PyTorch reference is the documented fallback, exact but in fp32.
             out.copy_(prefill_attention_reference(
-                q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask))
+                q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows))
             return
         # decompress in the input dtype: one GEMM each for K and V, [B, H, Sk, D] views
         # of [B, Sk, H, D] results (the kernel takes any strides)
         k_nope = torch.einsum("bsr,hdr->bhsd", c_kv, w_uk)
         v = torch.einsum("bsr,hdr->bhsd", c_kv, w_uv)
-        mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale, causal, mask=mask, out=out)
+        mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale, causal, mask=mask,
+                              zero_empty_rows=zero_empty_rows, out=out)

@@ -204,7 +204,7 @@ if triton is not None:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, MASK_D: tl.constexpr, TMA: tl.constexpr,
         POS_SCALE: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-        MASK: tl.constexpr,
+        MASK: tl.constexpr, ZERO_EMPTY: tl.constexpr,
     ):
         # heavy (late) query blocks first: the causal triangle then ends in small blocks
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -265,7 +265,10 @@ if triton is not None:
             dn_ok, dr_ok, dv_ok, qk_scale, BDN, BDR, BDV, BLOCK_N,
             True, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK)
 
-        out = acc / l_i[:, None]
+        if ZERO_EMPTY:  # SDPA's safe softmax: a row with no visible key (all -inf) is 0
+            out = tl.where(l_i[:, None] > 0, acc / l_i[:, None], 0.0)
+        else:
+            out = acc / l_i[:, None]
         o_ptrs = O + b * so_b + h * so_h + rows[:, None] * so_m + offs_dv[None, :] * so_d
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=m_ok[:, None] & dv_ok[None, :])
 
@@ -322,9 +325,11 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
                           out: torch.Tensor | None = None, block_m: int | None = None,
                           block_n: int | None = None, num_warps: int | None = None,
                           num_stages: int | None = None, tma: bool | None = None,
-                          mask: torch.Tensor | None = None) -> torch.Tensor:
+                          mask: torch.Tensor | None = None,
+                          zero_empty_rows: bool = False) -> torch.Tensor:
     """softmax((q_nope k_nope^T + q_pe k_pe^T) * scale + mask) @ v, per head, by the
-    Triton kernel.
+    Triton kernel (`zero_empty_rows`: a row whose scores are all -inf gives 0, as
+    SDPA's safe softmax, instead of NaN).
 
     Same semantics as `mla_prefill_reference` (causal is top-left aligned). `mask`, if
     given, is an additive float mask (fp32, bf16 or fp16) broadcastable to
@@ -412,6 +417,7 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
         MASK_D=(bdn, bdr, bdv) != (Dn, Dr, Dv), TMA=bool(tma), POS_SCALE=float(scale) >= 0,
         PREC="ieee" if q_nope.dtype == torch.float32 else "tf32",
         UPCAST=_interpreting() and q_nope.dtype == torch.bfloat16, MASK=mask is not None,
+        ZERO_EMPTY=bool(zero_empty_rows),
         num_warps=nw, num_stages=ns,
     )
     return out

@@ -232,3 +232,28 @@ def test_invalid_mask_is_named(mask, message):
     args["mask"] = mask(torch.zeros(2, 1, 3, 5, device=DEVICE))
     with pytest.raises(ValueError, match=f"mla.prefill_attention: {message}"):
         op(**args)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("form", FORMS)
+def test_zero_empty_rows_is_sdpa_safe_softmax(kernel, form, gen):
+    """A query row with every key masked by -inf: SDPA's safe softmax gives 0 there
+    (zero_empty_rows=True), plain softmax NaN (False); other rows agree with SDPA."""
+    B, H, Sq, Sk = 2, 2, 5, 6
+    q_nope, q_pe, c_kv, k_pe, kv_b = mla_inputs(B, H, Sq, Sk, gen)
+    keep = torch.ones(B, 1, Sq, Sk, dtype=torch.bool, device=DEVICE)
+    keep[1, :, 2] = False  # batch 1, query 2 sees nothing
+    mask = torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, float("-inf"))
+    scale = (DIMS["Dn"] + DIMS["Dr"]) ** -0.5
+    w_uk, w_uv = split_kv_b(kv_b, H, DIMS["Dn"], DIMS["Dv"])
+    args = (q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, False, form, kernel, mask)
+    zeroed = op(*args, True)
+    kv = F.linear(c_kv, kv_b).view(B, Sk, H, -1).transpose(1, 2)
+    k_nope, v = kv.split([DIMS["Dn"], DIMS["Dv"]], dim=-1)
+    key = torch.cat((k_nope, k_pe[:, None].expand(B, H, Sk, -1)), dim=-1)
+    expected = F.scaled_dot_product_attention(torch.cat((q_nope, q_pe), -1), key, v, attn_mask=keep, scale=scale)
+    torch.testing.assert_close(zeroed, expected, rtol=1e-4, atol=1e-4)
+    assert (zeroed[1, :, 2] == 0).all()
+    plain = op(*args, False)
+    assert plain[1, :, 2].isnan().all() and not plain[0].isnan().any()
+    torch.testing.assert_close(plain[0], expected[0], rtol=1e-4, atol=1e-4)
