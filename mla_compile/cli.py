@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: example)")
     dump.add_argument("--no-rope", action="store_true",
                       help="switch the RoPE pass off (backend option rope=False)")
+    dump.add_argument("--no-attention", action="store_true",
+                      help="switch the MLA attention pass off (backend option attention=False)")
     dump.add_argument("--kernel", choices=KERNEL_CHOICES, default="auto",
                       help="which kernels the fused ops run (backend option kernel; default: auto)")
     dump.add_argument("--full", action="store_true",
@@ -301,11 +303,12 @@ def dump_command(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     model, inputs = build_target(label, fn)
-    if not args.no_rope:
+    if not (args.no_rope and args.no_attention):
         _check_kernel(args.kernel, model, inputs)
 
     reports: list = []
-    options = {"rope": not args.no_rope, "kernel": args.kernel, "report": reports.append}
+    passes = {"rope": not args.no_rope, "attention": not args.no_attention}
+    options = {**passes, "kernel": args.kernel, "report": reports.append}
     torch._dynamo.reset()
     with torch.no_grad():
         expected = model(*copy.deepcopy(inputs))
@@ -315,7 +318,7 @@ def dump_command(args: argparse.Namespace) -> int:
     counts: Counter = Counter()
     for report in reports:
         counts.update(report.counts())
-    settings = {"rope": not args.no_rope, "kernel": args.kernel, "mode": args.mode or "none", "seed": args.seed}
+    settings = {**passes, "kernel": args.kernel, "mode": args.mode or "none", "seed": args.seed}
     if args.json:
         text = _format_json(label, settings, reports, counts, rel)
     else:

@@ -11,7 +11,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 TORCH_VERSION = torch.__version__
 
 __all__ = ["TORCH_VERSION", "detect_fake_mode", "known_equal", "known_same_shape",
-           "known_broadcasts_to", "statically_known_true", "emit_structured_artifact"]
+           "known_broadcasts_to", "statically_known_true", "emit_structured_artifact", "is_joint_graph"]
 
 
 def known_equal(a: Any, b: Any) -> bool:
@@ -48,3 +48,9 @@ def emit_structured_artifact(name: str, payload: dict) -> None:
         metadata_fn=lambda: {"name": name, "encoding": "json"},
         payload_fn=lambda: json.dumps(payload, sort_keys=True),
     )
+
+
+def is_joint_graph(graph) -> bool:
+    """A training graph: AOTAutograd's joint forward/backward, whose backward inputs
+    are placeholders named tangents_* (all versions 2.11 .. 2.15)."""
+    return any(n.op == "placeholder" and n.name.startswith("tangents") for n in graph.nodes)

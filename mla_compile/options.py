@@ -12,6 +12,8 @@ ReportSink = Union[bool, Callable[[Any], None]]
 
 _HELP = {
     "rope": "bool: fuse RoPE subgraphs into torch.ops.mla.rope (default True)",
+    "attention": "bool: fuse MLA attention (q_nope, q_pe, the latent c_kv, k_pe and the kv "
+    "up-projection) into torch.ops.mla.prefill_attention (default True)",
     "kernel": f"one of {KERNEL_CHOICES}: which kernels the fused ops run (default 'auto'; "
     "'reference' forces the PyTorch reference implementations)",
     "report": "False, True (print each graph's match report to stderr) or a callable "
@@ -28,6 +30,7 @@ _HELP = {
 @dataclass(frozen=True)
 class Options:
     rope: bool = True
+    attention: bool = True
     kernel: str = "auto"
     report: ReportSink = False
     inductor: Mapping[str, Any] = field(default_factory=dict)
@@ -41,8 +44,9 @@ class Options:
         if unknown:
             raise ValueError(f"mla backend: unknown option(s) {unknown}; valid options:\n{describe()}")
         opts = cls(**options)
-        if not isinstance(opts.rope, bool):
-            raise ValueError(f"mla backend: option 'rope' must be a bool, got {opts.rope!r}")
+        for name in ("rope", "attention"):
+            if not isinstance(getattr(opts, name), bool):
+                raise ValueError(f"mla backend: option '{name}' must be a bool, got {getattr(opts, name)!r}")
         if opts.kernel not in KERNEL_CHOICES:
             raise ValueError(f"mla backend: option 'kernel' must be one of {KERNEL_CHOICES}, got {opts.kernel!r}")
         if not isinstance(opts.strict, bool):

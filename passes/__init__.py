@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .attention import fuse_attention
 from .rope import fuse_rope
 
 
@@ -14,4 +15,4 @@ class GraphPass:
     run: Callable        # (graph, options, record: PassRecord) -> None
 
 
-PIPELINE = (GraphPass("rope", "rope", fuse_rope),)
+PIPELINE = (GraphPass("rope", "rope", fuse_rope), GraphPass("attention", "attention", fuse_attention))

@@ -6,36 +6,20 @@ its value for any later reader (seed 003b); nothing here mutates.
 """
 from __future__ import annotations
 
-import contextlib
 import operator
 from collections import defaultdict
 
 import torch
 import torch.fx as fx
 
-from ..compat import detect_fake_mode, known_equal
+from ..compat import known_equal
 from ..report import Match, NearMiss, PassRecord
 from .canonicalize import dedupe_views
+from .graph_edit import call_with_meta as _call, plain_size as _plain
 from .match_utils import NoMatch, aten, val
 from .rope_forms import SEARCHES, RopeMatch, check_operands
 
 rope_op = torch.ops.mla.rope.default
-
-
-def _call(graph: fx.Graph, target, args) -> fx.Node:
-    """A new node with its fake value, computed from its inputs' fake values."""
-    node = graph.call_function(target, args)
-    fake_args = fx.node.map_arg(args, lambda n: n.meta["val"])
-    tensors = []
-    fx.node.map_aggregate(fake_args, lambda a: tensors.append(a) if isinstance(a, torch.Tensor) else a)
-    with detect_fake_mode(tensors) or contextlib.nullcontext():
-        node.meta["val"] = target(*fake_args)
-    return node
-
-
-def _plain(size) -> int | str:
-    """A size for the report: an int, or the symbol's text for a dynamic size."""
-    return size if isinstance(size, int) else str(size)
 
 
 def _heads(m: RopeMatch) -> int | str:

@@ -23,7 +23,7 @@ from mla_compile import GraphReport, Match, NearMiss, PassRecord, cli
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "dump_target.py"
 CONSOLE_SCRIPT = Path(sys.executable).parent / "mla-compile"
-FLAGS = ("--function", "--no-rope", "--kernel", "--full", "--json", "--seed", "--mode")
+FLAGS = ("--function", "--no-rope", "--no-attention", "--kernel", "--full", "--json", "--seed", "--mode")
 EXPECTED_COUNTS = "matches: 3 (rope.neox=2, rope.one_launch=1)"
 TIMEOUT_S = 600
 
@@ -47,7 +47,7 @@ def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
 def runs(tmp_path_factory):
     """text: `python -m mla_compile dump FILE`; again: the same through the console
     script (or `-m` once more where there is none), for determinism; module:
-    `dump_target:example --no-rope --json` from a directory holding that module."""
+    `dump_target:example --no-rope --no-attention --json` from a directory holding that module."""
     plain = tmp_path_factory.mktemp("cwd")
     with_module = tmp_path_factory.mktemp("module_cwd")
     shutil.copy(EXAMPLE, with_module / "dump_target.py")
@@ -56,7 +56,7 @@ def runs(tmp_path_factory):
     procs = {
         "text": _start([*dump_m, EXAMPLE], plain),
         "again": _start([*again, EXAMPLE], plain),
-        "module": _start([*dump_m, "dump_target:example", "--no-rope", "--json"], with_module),
+        "module": _start([*dump_m, "dump_target:example", "--no-rope", "--no-attention", "--json"], with_module),
     }
     try:
         results = {name: _finish(p) for name, p in procs.items()}
@@ -75,7 +75,7 @@ def runs(tmp_path_factory):
 def test_dump_file_target(runs):
     out = runs["text"].stdout
     assert out.startswith("mla-compile dump dump_target.py:example\n")
-    assert "options: rope=True, kernel=auto, mode=none, seed=0" in out
+    assert "options: rope=True, attention=True, kernel=auto, mode=none, seed=0" in out
     assert "=== graph 0 ===" in out and "=== graph 1 ===" not in out
     # the diff: the decomposed neox RoPE goes, one mla.rope launch for q_pe and k_pe comes
     assert "--- before rope\n+++ after rope\n@@ " in out
@@ -114,7 +114,7 @@ def test_console_script(runs):
 def test_dump_module_target_no_rope_json(runs):
     doc = json.loads(runs["module"].stdout)
     assert doc["target"] == "dump_target:example"
-    assert doc["options"] == {"kernel": "auto", "mode": "none", "rope": False, "seed": 0}
+    assert doc["options"] == {"attention": False, "kernel": "auto", "mode": "none", "rope": False, "seed": 0}
     assert doc["counts"] == {}
     assert len(doc["graphs"]) == 1
     assert doc["graphs"][0] == {"counts": {}, "passes": []}  # no pass ran

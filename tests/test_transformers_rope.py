@@ -38,6 +38,6 @@ def test_every_layer_rope_fused(family, extra, form, impl):
         expected = model(ids, use_cache=False).logits
         actual = torch.compile(model, backend="mla", options={"report": reports.append})(ids, use_cache=False).logits
     layers = TINY["num_hidden_layers"]
-    assert [r.counts() for r in reports] == [{form: 2 * layers, "rope.one_launch": layers}]
+    assert [r.counts() for r in reports] == [{form: 2 * layers, "rope.one_launch": layers, "attention.mla": layers}]
     assert reports[0].near_misses == []
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)

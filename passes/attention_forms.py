@@ -1,0 +1,349 @@
+"""Attention calls as the aten graph has them, each read into one AttentionCall:
+softmax(q k^T * scale + mask) v over roles (L..., q|k, d|v), where L are the batch
+axes of the scores (batch and heads, in the scores' order).
+
+Two search functions, one per anchor:
+  - `search_eager`: the P @ V `bmm` of eager attention (matmul or einsum, both
+    decomposed into view/permute + bmm), and SDPA's math decomposition on CPU;
+  - `search_sdpa`: a fused SDPA op (CPU flash, CUDA flash / efficient / cudnn),
+    with V zero-padded to the q/k dim and the output cropped, or not.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+import torch.fx as fx
+
+from ..compat import known_equal
+from .layout import Axis, AxisMap, trace_axes
+from .match_utils import NoMatch, aten, describe, expect_op, is_op, norm_dim, prims, require, val
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A value read through views and scalar multiplies: `axes[i]` is the axis of
+    `base` that role i indexes (None: constant along it); value = base * factor."""
+    base: fx.Node
+    axes: AxisMap
+    factor: float = 1.0
+    factors: tuple = ()          # the scalar multiplies peeled, for the report
+    upcast: bool = False         # read through a cast to a wider float (SDPA's math in fp32)
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    q: Operand                   # roles (L..., q, d)
+    k: Operand                   # roles (L..., k, d)
+    v: Operand                   # roles (L..., k, v)
+    batch: tuple                 # the sizes of L
+    scale: float                 # everything multiplying q k^T, read from the graph
+    scale_factors: tuple         # (where, factor) of each multiply, for the report
+    mask: Optional[fx.Node]      # additive, broadcasting to (L..., q, k)
+    causal: bool                 # top-left causal (SDPA's is_causal)
+    zero_empty_rows: bool        # SDPA's safe softmax: all -inf row -> 0
+    upcast: bool                 # q, k, v read through casts to a wider float
+    output: fx.Node              # the node the fused result replaces
+    kind: str                    # "eager" or "sdpa"
+
+
+class NotAttention(NoMatch):
+    """The anchor is no attention at all (a bmm with no softmax before it)."""
+
+
+_SCALAR_MULS = {aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar}
+
+
+def _scalar_factor(node: fx.Node) -> Optional[float]:
+    """c for x * c or x / c with a Python number c (the graph's own constant)."""
+    if not is_op(node, *_SCALAR_MULS) or len(node.args) != 2:
+        return None
+    c = node.args[1]
+    if isinstance(c, bool) or not isinstance(c, (int, float)):
+        return None
+    if node.target in (aten.div.Tensor, aten.div.Scalar):
+        return 1.0 / c if c != 0 else None
+    return float(c)
+
+
+def compose(outer: AxisMap, inner: AxisMap) -> AxisMap:
+    """Axes over an intermediate node, re-expressed over that node's own base."""
+    out = []
+    for a in outer:
+        b = None if a is None else inner[a.base_axis]
+        out.append(None if b is None else Axis(b.base_axis, b.inner * a.inner, a.size, b.base_size))
+    return tuple(out)
+
+
+def _is_upcast(node: fx.Node) -> bool:
+    inner = _unconvert(node, once=True)
+    return inner is not node and val(inner).element_size() < val(node).element_size()
+
+
+def trace_operand(node: fx.Node) -> Operand:
+    """Follow views, scalar multiplies and upcasts back to the first other op."""
+    base, axes = trace_axes(node)
+    factor, factors, upcast = 1.0, [], False
+    while (c := _scalar_factor(base)) is not None or _is_upcast(base):
+        if c is not None:
+            factor *= c
+            factors.append(c)
+        upcast = upcast or c is None
+        base, inner = trace_axes(base.args[0])
+        axes = compose(axes, inner)
+    return Operand(base, axes, factor, tuple(factors), upcast)
+
+
+def _groups(shape, targets, what: str) -> list[list[int]]:
+    """Axes of `shape` that a row-major view merges into each of `targets`."""
+    groups, i = [], 0
+    for t in targets:
+        group, prod = [], 1
+        while i < len(shape) and (not known_equal(prod, t) or (group and known_equal(shape[i], 1))):
+            group.append(i)
+            prod = prod * shape[i]
+            i += 1
+        require(known_equal(prod, t), f"{what}: view of {tuple(shape)} to {tuple(targets)} is not a row-major merge")
+        groups.append(group)
+    require(all(known_equal(shape[j], 1) for j in range(i, len(shape))), f"{what}: trailing axes")
+    return groups
+
+
+def unflatten_operand(node: fx.Node, batch: tuple, what: str) -> Operand:
+    """A bmm operand [N, X, Y] (N = prod(batch)) as roles (batch..., x, y) of its source."""
+    src = node.args[0] if is_op(node, aten.view.default, aten._unsafe_view.default,
+                                aten.reshape.default) else node
+    shape = val(src).shape
+    N, X, Y = val(node).shape
+    g_n, g_x, g_y = _groups(shape, (N, X, Y), what)
+    role_axes: list[Optional[int]] = []
+    big = [j for j in g_n if not known_equal(shape[j], 1)]
+    want = [i for i, s in enumerate(batch) if not known_equal(s, 1)]
+    require(len(big) == len(want) and all(known_equal(shape[j], batch[i]) for j, i in zip(big, want)),
+            f"{what}: batch axes {tuple(shape[j] for j in g_n)} do not split as the scores' {batch}")
+    by_role = dict(zip(want, big))
+    role_axes = [by_role.get(i) for i in range(len(batch))]
+    for g in (g_x, g_y):
+        big = [j for j in g if not known_equal(shape[j], 1)]
+        require(len(big) <= 1, f"{what}: a matrix axis merges several axes")
+        role_axes.append(big[0] if big else None)
+    op = trace_operand(src)
+    return replace(op, axes=tuple(None if j is None else op.axes[j] for j in role_axes))
+
+
+# ------------------------------------------------------------------ softmax
+
+def _is_last_dims(dims, node) -> bool:
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    return len(dims) == 1 and norm_dim(dims[0], val(node).dim()) == val(node).dim() - 1
+
+
+def _unconvert(node: fx.Node, once: bool = False) -> fx.Node:
+    """Skip dtype conversions between float types (softmax in fp32 and back)."""
+    while is_op(node, prims.convert_element_type.default) or (
+            is_op(node, aten._to_copy.default) and set(node.kwargs) <= {"dtype"}):
+        if not (val(node.args[0]).is_floating_point() and val(node).is_floating_point()):
+            break
+        node = node.args[0]
+        if once:
+            break
+    return node
+
+
+def parse_softmax(node: fx.Node) -> tuple[fx.Node, bool]:
+    """(softmax input, zero_empty_rows) of a last-dim softmax, decomposed or not."""
+    node = _unconvert(node)
+    zero_empty = False
+    if is_op(node, aten.where.self):  # SDPA's safe softmax: where(no key visible, 0, p)
+        cond, zero, node = node.args
+        require(is_op(zero, aten.full.default) and zero.args[1] == 0, "safe-softmax fill is not 0")
+        any_ = expect_op(expect_op(cond, aten.logical_not.default, what="safe-softmax condition").args[0],
+                         aten.any.dim, what="safe-softmax row test")
+        eq = expect_op(expect_op(any_.args[0], aten.logical_not.default, what="safe-softmax test").args[0],
+                       aten.eq.Scalar, what="safe-softmax test")
+        require(eq.args[1] == -math.inf and _is_last_dims(any_.args[1], any_), "safe-softmax test")
+        zero_empty, checked = True, eq.args[0]
+    if is_op(node, aten._softmax.default):
+        require(_is_last_dims(node.args[1], node), "softmax is not over the last dim")
+        x = node.args[0]
+    else:
+        exp = expect_op(node, aten.div.Tensor, what="softmax").args[0]
+        total = expect_op(node.args[1], aten.sum.dim_IntList, what="softmax denominator")
+        expect_op(exp, aten.exp.default, what="softmax numerator")
+        require(total.args[0] is exp and _is_last_dims(total.args[1], total), "softmax sum is not of its exp")
+        sub = expect_op(exp.args[0], aten.sub.Tensor, what="softmax shift")
+        x, amax = sub.args
+        require(is_op(amax, aten.amax.default) and amax.args[0] is x and _is_last_dims(amax.args[1], amax),
+                "softmax shift is not the row max")
+    require(not zero_empty or checked is x, "safe-softmax tests another tensor")
+    return x, zero_empty
+
+
+# ------------------------------------------------------------------ eager attention
+
+def _scores_axes_ok(axes: AxisMap, batch: tuple) -> bool:
+    """The scores node is the bmm's [N, M, P] with N split row-major into `batch`."""
+    inner = 1
+    for a, size in reversed(list(zip(axes[:len(batch)], batch))):
+        if a is not None and not (a.base_axis == 0 and known_equal(a.inner, inner)):
+            return False
+        inner = inner * size
+    return all(a is None or (a.base_axis == i and a.whole) for i, a in zip((1, 2), axes[-2:]))
+
+
+def _parse_logits(x: fx.Node) -> tuple[fx.Node, Optional[fx.Node], list]:
+    """softmax input -> (scores node, additive mask, scale factors), reading
+    x = scores * c (or / c) + mask, in any operand order, dtype casts skipped."""
+    mask, factors = None, []
+    x = _unconvert(x)
+    if is_op(x, aten.add.Tensor) and x.kwargs.get("alpha", 1) == 1:
+        a, b = x.args
+        scores_side = [(s, m) for s, m in ((a, b), (b, a)) if isinstance(m, fx.Node) and _reaches_bmm(s)]
+        require(scores_side, "the softmax input adds no scores")
+        x, mask = scores_side[0]
+        require(val(mask).is_floating_point(), f"mask of dtype {val(mask).dtype} is not additive")
+        x = _unconvert(x)
+    while (c := _scalar_factor(x)) is not None:
+        factors.append(("scores", c))
+        x = _unconvert(x.args[0])
+    if _runtime_scalar_factor(x):
+        raise NoMatch("the scores are scaled by a runtime 0-d tensor (with dynamic=True, Dynamo makes "
+                      "float attributes graph inputs); the fused op needs the scale as a constant: "
+                      "use torch._dynamo.mark_dynamic on the inputs, or "
+                      "torch._dynamo.config.specialize_float = True")
+    return x, mask, factors
+
+
+def _runtime_scalar_factor(node) -> bool:
+    return (is_op(node, aten.mul.Tensor, aten.div.Tensor) and isinstance(node.args[1], fx.Node)
+            and val(node.args[1]).dim() == 0)
+
+
+def _reaches_bmm(node) -> bool:
+    """Whether node is scores: a bmm seen through views, casts and scalar multiplies."""
+    while isinstance(node, fx.Node):
+        if _unconvert(node) is not node:
+            node = _unconvert(node)
+        elif _scalar_factor(node) is not None or _runtime_scalar_factor(node):
+            node = node.args[0]
+        else:
+            try:
+                return is_op(trace_axes(node)[0], aten.bmm.default)
+            except NoMatch:
+                return False
+    return False
+
+
+def _refuse_sliced_softmax(node: fx.Node) -> None:
+    """P sliced out of a wider softmax (attention sinks: extra logits that take
+    probability mass) is attention the fused op cannot express."""
+    if is_op(node, aten.slice.Tensor):
+        try:
+            parse_softmax(trace_axes(node.args[0])[0])
+        except NoMatch:
+            return
+        raise NoMatch("probabilities are a slice of a wider softmax (extra logits, e.g. attention sinks)")
+
+
+def search_eager(pv: fx.Node) -> AttentionCall:
+    """Anchor: the P @ V bmm of an attention."""
+    p3, v3 = pv.args
+    p_src = p3.args[0] if is_op(p3, aten.view.default, aten._unsafe_view.default) else p3
+    try:
+        p_base, _ = trace_axes(p_src)
+    except NoMatch as e:
+        raise NotAttention(str(e)) from None
+    _refuse_sliced_softmax(p_base)
+    try:
+        x, zero_empty = parse_softmax(p_base)
+    except NoMatch as e:
+        raise NotAttention(str(e)) from None
+    batch = tuple(val(p_base).shape[:-2])
+    probs = unflatten_operand(p3, batch, "probabilities")
+    require(tuple(val(x).shape) == tuple(val(p_base).shape), "softmax input broadcasts the scores")
+    require(probs.base is p_base and probs.factor == 1.0 and all(
+        a is None or (a.base_axis == i and a.whole) for i, a in enumerate(probs.axes)),
+        "P @ V does not read the softmax in the scores' layout")
+    scores, mask, factors = _parse_logits(x)
+    qk, s_axes = trace_axes(scores)
+    expect_op(qk, aten.bmm.default, what="scores")
+    require(len(val(scores).shape) == len(batch) + 2 and _scores_axes_ok(s_axes, batch),
+            "scores are not the q k^T bmm in the softmax's layout")
+    q = unflatten_operand(qk.args[0], batch, "query")
+    kt = unflatten_operand(qk.args[1], batch, "key")
+    k = replace(kt, axes=kt.axes[:-2] + (kt.axes[-1], kt.axes[-2]))
+    v = unflatten_operand(v3, batch, "value")
+    factors += [("query", c) for c in q.factors] + [("key", c) for c in k.factors]
+    require(v.factor == 1.0, "value is scaled")
+    return AttentionCall(q, k, v, batch, math.prod(c for _, c in factors), tuple(factors),
+                         mask, False, zero_empty, q.upcast or k.upcast or v.upcast, pv, "matmul")
+
+
+# ------------------------------------------------------------------ fused SDPA
+
+def _sdpa_args(node: fx.Node) -> tuple:
+    """(q, k, v, mask, dropout_p, causal, scale) of a fused SDPA op."""
+    a, kw, t = node.args, node.kwargs, node.target
+
+    def arg(i, default):
+        return a[i] if len(a) > i else default
+
+    if t is aten._scaled_dot_product_flash_attention_for_cpu.default:
+        return a[0], a[1], a[2], kw.get("attn_mask"), arg(3, 0.0), arg(4, False), kw.get("scale")
+    if t is aten._scaled_dot_product_flash_attention.default:
+        return a[0], a[1], a[2], None, arg(3, 0.0), arg(4, False), kw.get("scale")
+    if t in (aten._scaled_dot_product_efficient_attention.default,
+             aten._scaled_dot_product_cudnn_attention.default):
+        return a[0], a[1], a[2], a[3], arg(5, 0.0), arg(6, False), kw.get("scale")
+    raise NoMatch(f"{describe(node)} is not a fused SDPA op", structural=True)
+
+
+SDPA_OPS = tuple(getattr(aten, name).default for name in (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention")
+    if hasattr(aten, name))
+
+
+def _unpad_value(v: Operand) -> tuple[Operand, object]:
+    """V zero-padded at the end of its last dim -> (V unpadded, its width)."""
+    if not is_op(v.base, aten.constant_pad_nd.default):
+        return v, None
+    pad = list(v.base.args[1])
+    value = v.base.args[2] if len(v.base.args) > 2 else 0
+    require(len(pad) == 2 and pad[0] == 0 and value == 0, f"value padding {pad} (value {value}) is not zeros at the end")
+    require(v.axes[-1] is not None and v.axes[-1].base_axis == val(v.base).dim() - 1 and v.axes[-1].whole,
+            "padding is not along the value dim")
+    inner = trace_operand(v.base.args[0])
+    width = val(v.base.args[0]).shape[-1]
+    axes = compose(v.axes[:-1] + (Axis(v.axes[-1].base_axis, 1, width, width),), inner.axes)
+    return replace(inner, axes=axes), width
+
+
+def search_sdpa(node: fx.Node) -> AttentionCall:
+    q_arg, k_arg, v_arg, mask, dropout, causal, scale = _sdpa_args(node)
+    require(dropout == 0, f"dropout_p={dropout}")
+    require(mask is None or val(mask).is_floating_point(),
+            "boolean SDPA mask (only additive float masks are carried)")
+    q, k, v = trace_operand(q_arg), trace_operand(k_arg), trace_operand(v_arg)
+    v, width = _unpad_value(v)
+    outs = [u for u in node.users if is_op(u, operator.getitem) and u.args[1] == 0]
+    require(len(outs) == 1, "SDPA output is not read once")
+    out = outs[0]
+    if width is not None:  # the crop that undoes the padding is what gets replaced
+        crops = list(out.users)
+        require(len(crops) == 1 and is_op(crops[0], aten.slice.Tensor), "padded output is not cropped")
+        _, dim, start, end = (list(crops[0].args) + [None])[:4]
+        require(norm_dim(dim, val(out).dim()) == val(out).dim() - 1 and start in (0, None)
+                and known_equal(val(crops[0]).shape[-1], width), "output crop does not undo the value padding")
+        out = crops[0]
+    batch = tuple(val(q_arg).shape[:-2])
+    d = val(q_arg).shape[-1]
+    given = scale if scale is not None else 1.0 / math.sqrt(d) if isinstance(d, int) else None
+    require(given is not None, "default SDPA scale of a dynamic head dim")
+    factors = [("sdpa", given)] + [("query", c) for c in q.factors] + [("key", c) for c in k.factors]
+    require(v.factor == 1.0, "value is scaled")
+    return AttentionCall(q, k, v, batch, math.prod(c for _, c in factors), tuple(factors),
+                         mask, bool(causal), False, q.upcast or k.upcast or v.upcast, out, "sdpa")

@@ -1,0 +1,150 @@
+"""Golden graphs: the canonical text of the graph after the mla passes, one per MLA
+attention code shape, from the rotated q_pe / k_pe and the latent c_kv to the
+attention output (static shapes, so the text is deterministic).
+
+Regenerate after an intended change with
+    EXPECTTEST_ACCEPT=1 python -m pytest tests/test_attention_golden.py
+and review the diff.
+"""
+from __future__ import annotations
+
+import expecttest
+import torch
+import torch.nn.functional as F
+
+B, S, H, DN, DR, DV, R = 1, 4, 2, 4, 2, 4, 6
+SCALE = (DN + DR) ** -0.5
+
+
+def _randn(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _inputs():
+    """q_nope [B,S,H,DN], rotated q_pe [B,S,H,DR], latent c_kv [B,S,R], rotated k_pe
+    [B,S,DR], kv_b_proj weight [H*(DN+DV), R], causal additive mask."""
+    mask = torch.full((S, S), float("-inf")).triu(1)[None, None]
+    return (_randn(B, S, H, DN, seed=0), _randn(B, S, H, DR, seed=4), _randn(B, S, R, seed=1),
+            _randn(B, S, DR, seed=2), _randn(H * (DN + DV), R, seed=3) * R ** -0.5, mask)
+
+
+def hf_eager(q_nope, q_pe, c_kv, k_pe, w_kv_b, mask):
+    """transformers DeepseekV3Attention: [B,H,S,D], key new_empty + copy_, matmul * scale
+    + additive mask, fp32 softmax, matmul."""
+    q_nope, q_pe = q_nope.transpose(1, 2), q_pe.transpose(1, 2)
+    kv = F.linear(c_kv, w_kv_b).view(B, S, H, DN + DV).transpose(1, 2)
+    k_nope, v = kv.split([DN, DV], dim=-1)
+    k_pe = k_pe.view(B, 1, S, DR).expand(-1, H, -1, -1)
+    query = torch.cat([q_nope, q_pe], dim=-1)
+    key = k_pe.new_empty(B, H, S, DN + DR)
+    key[..., :DN].copy_(k_nope)
+    key[..., DN:].copy_(k_pe)
+    scores = torch.matmul(query, key.transpose(2, 3)) * SCALE + mask
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(probs, v).transpose(1, 2).reshape(B, S, H * DV)
+
+
+def sdpa_padded_v(q_nope, q_pe, c_kv, k_pe, w_kv_b, mask):
+    """flash-attention style: key cat with expand, V zero-padded to DN+DR, SDPA with
+    is_causal, output cropped."""
+    q = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)
+    kv = F.linear(c_kv, w_kv_b).view(B, S, H, DN + DV).transpose(1, 2)
+    k_nope, v = kv.split([DN, DV], dim=-1)
+    key = torch.cat([k_nope, k_pe.view(B, 1, S, DR).expand(-1, H, -1, -1)], dim=-1)
+    v = F.pad(v, [0, DN + DR - DV])
+    out = F.scaled_dot_product_attention(q, key, v, is_causal=True, scale=SCALE)[..., :DV]
+    return out.transpose(1, 2).reshape(B, S, H * DV)
+
+
+def bshd_einsum(q_nope, q_pe, c_kv, k_pe, w_kv_b, mask):
+    """DeepSeek inference code: [B,S,H,D], key cat with an expand over [B,S,H], einsum."""
+    q = torch.cat([q_nope, q_pe], dim=-1)
+    kv = F.linear(c_kv, w_kv_b).view(B, S, H, DN + DV)
+    k_nope, v = kv.split([DN, DV], dim=-1)
+    key = torch.cat([k_nope, k_pe.unsqueeze(2).expand(B, S, H, DR)], dim=-1)
+    scores = torch.einsum("bshd,bthd->bhst", q, key) * SCALE + mask
+    probs = scores.softmax(dim=-1)
+    return torch.einsum("bhst,bthd->bshd", probs, v).reshape(B, S, H * DV)
+
+
+class TestAttentionGolden(expecttest.TestCase):
+    def setUp(self):
+        super().setUp()
+        torch._dynamo.reset()
+
+    def tearDown(self):
+        torch._dynamo.reset()
+        super().tearDown()
+
+    def final_graph(self, fn) -> str:
+        inputs, reports = _inputs(), []
+        with torch.no_grad():
+            out = torch.compile(fn, backend="mla", dynamic=False, options={"report": reports.append})(*inputs)
+            torch.testing.assert_close(out, fn(*inputs), rtol=1e-5, atol=1e-5)
+        self.assertEqual(len(reports), 1)
+        self.assertEqual(reports[0].counts(), {"attention.mla": 1})
+        return reports[0].final_graph
+
+    def test_hf_eager(self):
+        self.assertExpectedInline(self.final_graph(hf_eager), """\
+%0 : f32[1, 4, 2, 4] = input
+%1 : f32[1, 4, 2, 2] = input
+%2 : f32[16, 6] = input
+%3 : f32[1, 4, 6] = input
+%4 : f32[1, 4, 2] = input
+%5 : f32[1, 1, 4, 4] = input
+%6 : f32[1, 2, 4, 4] = aten.permute.default(%0, [0, 2, 1, 3])
+%7 : f32[1, 2, 4, 2] = aten.permute.default(%1, [0, 2, 1, 3])
+%8 : f32[2, 8, 6] = aten.view.default(%2, [2, 8, 6])
+%9 : f32[2, 4, 6] = aten.slice.Tensor(%8, 1, 0, 4)
+%10 : f32[2, 4, 6] = aten.slice.Tensor(%8, 1, 4, 8)
+%11 : f32[1, 2, 4, 4] = mla.prefill_attention.default(%6, %7, %3, %4, %9, %10, 0.408248, False, 'decompressed', 'auto', %5, False)
+%12 : f32[2, 4, 4] = aten.reshape.default(%11, [2, 4, 4])
+%13 : f32[1, 2, 4, 4] = aten.view.default(%12, [1, 2, 4, 4])
+%14 : f32[1, 4, 2, 4] = aten.permute.default(%13, [0, 2, 1, 3])
+%15 : f32[1, 4, 2, 4] = aten.clone.default(%14, memory_format=torch.contiguous_format)
+%16 : f32[1, 4, 8] = aten.view.default(%15, [1, 4, 8])
+return (%16)
+""")
+
+    def test_sdpa_padded_v(self):
+        self.assertExpectedInline(self.final_graph(sdpa_padded_v), """\
+%0 : f32[1, 4, 2, 4] = input
+%1 : f32[1, 4, 2, 2] = input
+%2 : f32[16, 6] = input
+%3 : f32[1, 4, 6] = input
+%4 : f32[1, 4, 2] = input
+%5 : f32[1, 2, 4, 4] = aten.permute.default(%0, [0, 2, 1, 3])
+%6 : f32[1, 2, 4, 2] = aten.permute.default(%1, [0, 2, 1, 3])
+%7 : f32[2, 8, 6] = aten.view.default(%2, [2, 8, 6])
+%8 : f32[2, 4, 6] = aten.slice.Tensor(%7, 1, 0, 4)
+%9 : f32[2, 4, 6] = aten.slice.Tensor(%7, 1, 4, 8)
+%10 : f32[1, 2, 4, 4] = mla.prefill_attention.default(%5, %6, %3, %4, %8, %9, 0.408248, True, 'decompressed', 'auto', None, False)
+%11 : f32[1, 4, 2, 4] = aten.permute.default(%10, [0, 2, 1, 3])
+%12 : f32[1, 4, 2, 4] = aten.clone.default(%11, memory_format=torch.contiguous_format)
+%13 : f32[1, 4, 8] = aten.view.default(%12, [1, 4, 8])
+return (%13)
+""")
+
+    def test_bshd_einsum(self):
+        self.assertExpectedInline(self.final_graph(bshd_einsum), """\
+%0 : f32[1, 4, 2, 4] = input
+%1 : f32[1, 4, 2, 2] = input
+%2 : f32[16, 6] = input
+%3 : f32[1, 4, 6] = input
+%4 : f32[1, 4, 2] = input
+%5 : f32[1, 1, 4, 4] = input
+%6 : f32[1, 2, 4, 4] = aten.permute.default(%0, [0, 2, 1, 3])
+%7 : f32[1, 2, 4, 2] = aten.permute.default(%1, [0, 2, 1, 3])
+%8 : f32[2, 8, 6] = aten.view.default(%2, [2, 8, 6])
+%9 : f32[2, 4, 6] = aten.slice.Tensor(%8, 1, 0, 4)
+%10 : f32[2, 4, 6] = aten.slice.Tensor(%8, 1, 4, 8)
+%11 : f32[1, 2, 4, 4] = mla.prefill_attention.default(%6, %7, %3, %4, %9, %10, 0.408248, False, 'decompressed', 'auto', %5, False)
+%12 : f32[2, 4, 4] = aten.reshape.default(%11, [2, 4, 4])
+%13 : f32[2, 4, 1, 1, 4] = aten.view.default(%12, [2, 4, 1, 1, 4])
+%14 : f32[1, 4, 2, 4, 1] = aten.permute.default(%13, [3, 1, 0, 4, 2])
+%15 : f32[1, 4, 2, 4] = aten.view.default(%14, [1, 4, 2, 4])
+%16 : f32[1, 4, 2, 4] = aten.clone.default(%15, memory_format=torch.contiguous_format)
+%17 : f32[1, 4, 8] = aten.view.default(%16, [1, 4, 8])
+return (%17)
+""")
