@@ -10,6 +10,8 @@ kv_b_proj's weight [H*256, 512]. The code, as models write it:
          to 192, SDPA(is_causal), output cropped to 128 (flash-attention paths)
   eager  the same key, matmul * scale + additive causal mask, fp32 softmax, matmul
          (transformers' eager attention; skipped where its S x S scores get too big)
+Variants: mla(code) = backend="mla", inductor(code) = default torch.compile, eager(sdpa)
+= the SDPA code uncompiled (F.scaled_dot_product_attention on the padded math).
 Columns: median ms and TFLOP/s over the useful FLOPs (decompression 2*S*512*H*256 plus
 causal attention 2*H*S*S*(192+128)/2), and the ratio to Inductor on the SDPA code (its
 best: SDPA's flash / cuDNN kernel). The report of each mla compile is checked: one
@@ -80,12 +82,13 @@ def main() -> None:
         small = H * S * S <= EAGER_MAX_SCORES
         with torch.no_grad():
             ref = sdpa_code(*inputs).float()
-            variants = [("inductor(sdpa)", sdpa_code, "inductor"), ("mla(sdpa)", sdpa_code, "mla")]
+            variants = [("inductor(sdpa)", sdpa_code, "inductor"), ("mla(sdpa)", sdpa_code, "mla"),
+                        ("eager(sdpa)", sdpa_code, None)]
             if small:
                 variants += [("inductor(eager)", eager_code, "inductor"), ("mla(eager)", eager_code, "mla")]
             base = None
             for name, fn, backend in variants:
-                fn_c, reports = compiled(fn, backend)
+                fn_c, reports = compiled(fn, backend) if backend else (fn, [])
                 out = fn_c(*inputs).float()
                 err = ((out - ref).norm() / ref.norm()).item()
                 if backend == "mla":

@@ -67,9 +67,11 @@ def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, ma
 
 
 def new_output(q_nope: torch.Tensor, w_uv: torch.Tensor) -> torch.Tensor:
-    """[B, H, Sq, Dv], contiguous, in q's dtype (fake and real agree)."""
+    """[B, H, Sq, Dv] in q's dtype, laid out in memory as [B, Sq, H, Dv] (fake and real
+    agree): models transpose the output back to [B, Sq, H * Dv] for o_proj, which is
+    then a view, not a copy."""
     B, H, Sq, _ = q_nope.shape
-    return q_nope.new_empty(B, H, Sq, w_uv.shape[1])
+    return q_nope.new_empty(B, Sq, H, w_uv.shape[1]).transpose(1, 2)
 
 
 @torch.library.custom_op("mla::prefill_attention", mutates_args=())

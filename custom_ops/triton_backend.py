@@ -21,6 +21,24 @@ except ImportError:  # Triton is optional on CPU: the reference runs instead
     triton = None
 
 
+def decompress(c_kv: torch.Tensor, w_uk: torch.Tensor, w_uv: torch.Tensor):
+    """k_nope [B, H, Sk, Dn] and v [B, H, Sk, Dv] in the input dtype, as [B, H, Sk, D]
+    views of [B, Sk, H, D] GEMM results (the kernel takes any strides). When w_uk and
+    w_uv are the two windows of one row-major [H, Dn + Dv, R] weight (kv_b_proj's, as
+    the pass passes them), that is one GEMM with the whole weight, as the model's."""
+    B, Sk, R = c_kv.shape
+    H, Dn, _ = w_uk.shape
+    Dv = w_uv.shape[1]
+    D = Dn + Dv
+    adjacent = (w_uk.stride() == w_uv.stride() == (D * R, R, 1)
+                and w_uv.data_ptr() == w_uk.data_ptr() + Dn * R * w_uk.element_size())
+    if adjacent:
+        weight = w_uk.as_strided((H * D, R), (R, 1))
+        kv = torch.matmul(c_kv, weight.t()).view(B, Sk, H, D).transpose(1, 2)
+        return kv[..., :Dn], kv[..., Dn:]
+    return torch.einsum("bsr,hdr->bhsd", c_kv, w_uk), torch.einsum("bsr,hdr->bhsd", c_kv, w_uv)
+
+
 class TritonBackend(KernelBackend):
     name: ClassVar[str] = "triton"
 
@@ -45,9 +63,6 @@ class TritonBackend(KernelBackend):
             out.copy_(prefill_attention_reference(
                 q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows))
             return
-        # decompress in the input dtype: one GEMM each for K and V, [B, H, Sk, D] views
-        # of [B, Sk, H, D] results (the kernel takes any strides)
-        k_nope = torch.einsum("bsr,hdr->bhsd", c_kv, w_uk)
-        v = torch.einsum("bsr,hdr->bhsd", c_kv, w_uv)
+        k_nope, v = decompress(c_kv, w_uk, w_uv)
         mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale, causal, mask=mask,
                               zero_empty_rows=zero_empty_rows, out=out)
