@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 
 from .backend import KernelBackend
-from .reference import prefill_attention_reference
+from .triton_decode import mla_decode_attention
 from .triton_prefill import mla_prefill_attention
 from .triton_rope import rope_triton
 
@@ -57,11 +57,11 @@ class TritonBackend(KernelBackend):
     @classmethod
     def prefill_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
                           mask, zero_empty_rows, out) -> None:
-        if form == "absorbed":
-            # No Triton kernel for the absorbed form yet (the decode kernel brings one):
-            # the PyTorch reference is the documented fallback, exact but in fp32.
-            out.copy_(prefill_attention_reference(
-                q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows))
+        if form == "absorbed":  # q into latent space, attend over the latent, then w_uv
+            q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
+            o_lat = mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, mask=mask,
+                                         zero_empty_rows=zero_empty_rows)
+            out.copy_(torch.einsum("bhqr,hvr->bhqv", o_lat, w_uv))
             return
         k_nope, v = decompress(c_kv, w_uk, w_uv)
         mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale, causal, mask=mask,
