@@ -58,3 +58,24 @@ def test_static_cache_steps_absorbed_and_few_compiles():
     params = attention_params(reports)
     assert len(params) == LAYERS * len(reports)
     assert all(p["form"] == "absorbed" and (p["Sq"], p["Sk"]) == (1, 32) for p in params)
+
+
+def test_dynamic_cache_ten_steps_one_dynamic_graph():
+    """The context grows every step: after one recompile the graph is dynamic in the
+    key length (no recompile per step) and still fused, absorbed, equal to eager."""
+    model = build("v3", "eager")
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(2))
+    reports = []
+    compiled = torch.compile(model, backend="mla", options={"report": reports.append})
+    with torch.no_grad():
+        first = model(ids, use_cache=True)
+        cache_eager, cache_compiled = first.past_key_values, copy.deepcopy(first.past_key_values)
+        token = first.logits[:, -1:].argmax(-1)
+        for _ in range(10):
+            expected = model(token, past_key_values=cache_eager, use_cache=True).logits
+            actual = compiled(token, past_key_values=cache_compiled, use_cache=True).logits
+            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+            token = expected[:, -1:].argmax(-1)
+    assert len(reports) == 2, f"{len(reports)} compiles"
+    last = attention_params(reports[1:])
+    assert len(last) == LAYERS and all(p["form"] == "absorbed" and not isinstance(p["Sk"], int) for p in last)
