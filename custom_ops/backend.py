@@ -17,6 +17,8 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what every ker
 
 class KernelBackend(ABC):
     name: ClassVar[str]
+    # values of lowering.cache_layout.CacheLayout this backend reads (it picks one)
+    cache_layouts: ClassVar[tuple] = ("normal",)
 
     @classmethod
     @abstractmethod

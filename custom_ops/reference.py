@@ -106,6 +106,7 @@ def prefill_attention_reference(
 
 class ReferenceBackend(KernelBackend):
     name: ClassVar[str] = "reference"
+    cache_layouts: ClassVar[tuple] = ("normal", "shuffle")
 
     @classmethod
     def supports(cls, device: torch.device) -> bool:

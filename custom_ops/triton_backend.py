@@ -41,6 +41,7 @@ def decompress(c_kv: torch.Tensor, w_uk: torch.Tensor, w_uv: torch.Tensor):
 
 class TritonBackend(KernelBackend):
     name: ClassVar[str] = "triton"
+    cache_layouts: ClassVar[tuple] = ("normal", "shuffle")
 
     @classmethod
     def supports(cls, device: torch.device) -> bool:

@@ -44,15 +44,27 @@ if triton is not None:
         return r
 
     @triton.jit
+    def _paged_offsets(TABLE, st_b, SEQ, b, t, dims, PAGE: tl.constexpr, W: tl.constexpr,
+                       TT: tl.constexpr, VEC: tl.constexpr):
+        """Element offsets of (key t, dim) of sequence b in a paged cache: the page from
+        the block table, then `cache_layout.element_offset`'s formula inside the page."""
+        blk = tl.load(TABLE + b * st_b + t // PAGE, mask=t < tl.load(SEQ + b), other=0).to(tl.int64)
+        tok = t % PAGE
+        inner = (((tok // TT) * (W // VEC))[:, None] + dims[None, :] // VEC) * (TT * VEC) \
+            + (tok % TT)[:, None] * VEC + dims[None, :] % VEC
+        return (blk * (PAGE * W))[:, None] + inner
+
+    @triton.jit
     def _decode_split(
-        QL, QR, C, KR, MK, OP, LSE,
+        QL, QR, C, KR, MK, OP, LSE, TABLE, SEQ,
         sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d,
         sc_b, sc_t, sc_r, skr_b, skr_t, skr_d,
-        smk_b, smk_h, smk_q, smk_n,
+        smk_b, smk_h, smk_q, smk_n, st_b,
         H, Sq, Sk, keys_per_split, scale,
         R: tl.constexpr, DR: tl.constexpr, BR: tl.constexpr, BDR: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, MASK: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+        PAGED: tl.constexpr, PAGE: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr,
     ):
         rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)  # (query, head) pairs
         b = tl.program_id(1).to(tl.int64)
@@ -71,15 +83,23 @@ if triton is not None:
         m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_H], tl.float32)
         acc = tl.zeros([BLOCK_H, BR], tl.float32)
+        if PAGED:  # ragged: each sequence has its own length
+            Sk = tl.load(SEQ + b)
         lo = split * keys_per_split
         hi_key = tl.minimum(lo + keys_per_split, Sk)
         for n0 in range(lo, hi_key, BLOCK_N):
             t = n0 + tl.arange(0, BLOCK_N)
             t_ok = t < hi_key
-            c = tl.load(C + b * sc_b + t[:, None].to(tl.int64) * sc_t + offs_r[None, :] * sc_r,
-                        mask=t_ok[:, None] & r_ok[None, :], other=0.0)
-            kr = tl.load(KR + b * skr_b + t[:, None].to(tl.int64) * skr_t + offs_d[None, :] * skr_d,
-                         mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+            if PAGED:  # C is the cache: latent dims [0, R), rope dims [R, R + DR)
+                c = tl.load(C + _paged_offsets(TABLE, st_b, SEQ, b, t, offs_r, PAGE, R + DR, TT, VEC),
+                            mask=t_ok[:, None] & r_ok[None, :], other=0.0)
+                kr = tl.load(C + _paged_offsets(TABLE, st_b, SEQ, b, t, R + offs_d, PAGE, R + DR, TT, VEC),
+                             mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+            else:
+                c = tl.load(C + b * sc_b + t[:, None].to(tl.int64) * sc_t + offs_r[None, :] * sc_r,
+                            mask=t_ok[:, None] & r_ok[None, :], other=0.0)
+                kr = tl.load(KR + b * skr_b + t[:, None].to(tl.int64) * skr_t + offs_d[None, :] * skr_d,
+                             mask=t_ok[:, None] & d_ok[None, :], other=0.0)
             s = _dot(ql, tl.trans(c), None, PREC, UPCAST)
             s = _dot(qr, tl.trans(kr), s, PREC, UPCAST) * scale
             if MASK:  # additive, in fp32, before any exp: finfo.min stays exact
@@ -153,6 +173,7 @@ def choose_splits(batch: int, row_groups: int, kv_len: int, block_n: int, progra
 
 def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
                          mask: torch.Tensor | None = None, zero_empty_rows: bool = False,
+                         paged: tuple | None = None,
                          out: torch.Tensor | None = None, splits: int | None = None,
                          block_h: int | None = None, block_n: int | None = None,
                          num_warps: int | None = None, num_stages: int | None = None,
@@ -162,9 +183,25 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
     q_lat [B, H, Sq, R], q_pe [B, H, Sq, Dr], c_kv [B, Sk, R], k_pe [B, Sk, Dr] (one dtype,
     any strides), mask broadcasting to [B, H, Sq, Sk] -> o_lat [B, H, Sq, R] in q's
     dtype (or written into `out`). `splits` / block sizes override the defaults (tests).
+
+    `paged=(cache, block_table, seq_lens, page, (tt, vec))` reads the keys from a paged
+    cache instead (c_kv and k_pe are then None): cache [num_blocks, page * (R + Dr)],
+    sequence b's key t in block block_table[b, t // page], laid out inside the page by
+    `lowering.cache_layout` (tt, vec); seq_lens [B] int32 (ragged).
     """
     B, H, Sq, R = q_lat.shape
-    Sk, Dr = c_kv.shape[1], q_pe.shape[-1]
+    Dr = q_pe.shape[-1]
+    if paged is not None:
+        cache, table, seq_lens, page, (tt, vec) = paged
+        Sk = int(table.shape[1]) * page  # an upper bound: each program reads its own length
+        c_kv = k_pe = cache
+        seq_arg, table_arg, st_b = seq_lens, table, table.stride(0)
+        c_strides = kr_strides = (0, 0, 0)
+    else:
+        Sk = c_kv.shape[1]
+        page, tt, vec, st_b = 1, 1, 1, 0
+        seq_arg = table_arg = q_lat  # unused pointers
+        c_strides, kr_strides = c_kv.stride(), k_pe.stride()
     if out is None:
         out = torch.empty(B, H, Sq, R, device=q_lat.device, dtype=q_lat.dtype)
     if out.numel() == 0:
@@ -188,13 +225,14 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
     mk_strides = mk.stride() if mk is not None else (0, 0, 0, 0)
     br, bdr = max(16, triton.next_power_of_2(R)), max(16, triton.next_power_of_2(Dr))
     _decode_split[(groups, B, splits)](
-        q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, partial, lse,
-        *q_lat.stride(), *q_pe.stride(), *c_kv.stride(), *k_pe.stride(), *mk_strides,
+        q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, partial, lse, table_arg, seq_arg,
+        *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *mk_strides, st_b,
         H, Sq, Sk, keys_per_split, float(scale),
         R=R, DR=Dr, BR=br, BDR=bdr, BLOCK_H=block_h, BLOCK_N=bn,
         CAUSAL=bool(causal), MASK=mask is not None,
         PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
         UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16,
+        PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec,
         num_warps=num_warps or 4, num_stages=num_stages or 2,
     )
     brc = min(br, 128)
