@@ -118,13 +118,16 @@ class PagedLatentCache:
 
     @classmethod
     def allocate(cls, num_blocks: int, block_size: int, latent_dim: int, rope_dim: int,
-                 dtype: torch.dtype = torch.bfloat16, device="cpu", kernel: str = "auto") -> "PagedLatentCache":
+                 dtype: torch.dtype = torch.bfloat16, device="cpu", kernel: str = "auto",
+                 layout: CacheLayout | None = None) -> "PagedLatentCache":
+        """`layout`: None lets lowering choose (the backend's preference); NORMAL or
+        SHUFFLE asks for one, checked against the block size and the backend."""
         for name, v in (("num_blocks", num_blocks), ("block_size", block_size),
                         ("latent_dim", latent_dim), ("rope_dim", rope_dim)):
             if not isinstance(v, int) or v < 1:
                 raise _error(f"{name} must be a positive int, got {v!r}")
         device = torch.device(device)
-        layout = choose_cache_layout(block_size, select_backend(device, kernel))
+        layout = choose_cache_layout(block_size, select_backend(device, kernel), layout)
         width = latent_dim + rope_dim
         layout_params(layout, width, dtype)  # raises for a width the layout cannot tile
         data = torch.zeros(num_blocks, block_size * width, dtype=dtype, device=device)

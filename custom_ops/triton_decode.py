@@ -52,7 +52,9 @@ if triton is not None:
         tok = t % PAGE
         inner = (((tok // TT) * (W // VEC))[:, None] + dims[None, :] // VEC) * (TT * VEC) \
             + (tok % TT)[:, None] * VEC + dims[None, :] % VEC
-        return (blk * (PAGE * W))[:, None] + inner
+        off = (blk * (PAGE * W))[:, None] + inner
+        # runs of VEC consecutive dims are consecutive elements: let loads vectorise
+        return tl.max_contiguous(tl.multiple_of(off, [1, VEC]), [1, VEC])
 
     @triton.jit
     def _decode_split(

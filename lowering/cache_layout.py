@@ -14,6 +14,11 @@ vector; NORMAL is tt = 1, vec = width):
 
 The cache writer, the Triton reader and the PyTorch reference all take (tt, vec) from
 `layout_params` of the cache's one `CacheLayout`, so they cannot disagree.
+
+Which one: the kernel backend lists the layouts it reads in preference order. The
+Triton decode kernel prefers NORMAL: on an H200 it read 64-token NORMAL pages at
+0.84-0.93 of the copy-bandwidth floor and SHUFFLE pages at 0.45-0.48 (its loads want
+whole token rows; SHUFFLE suits kernels that feed matrix units from 16-byte vectors).
 """
 from __future__ import annotations
 
@@ -30,12 +35,21 @@ class CacheLayout(Enum):
     SHUFFLE = "shuffle"
 
 
-def choose_cache_layout(block_size: int, backend) -> CacheLayout:
-    """SHUFFLE where pages hold whole 16-token tiles and the backend reads it; NORMAL
-    otherwise (block_size 1, as vLLM: nothing to tile)."""
-    if block_size % SHUFFLE_TOKENS == 0 and CacheLayout.SHUFFLE.value in backend.cache_layouts:
-        return CacheLayout.SHUFFLE
-    return CacheLayout.NORMAL
+def layout_fits(layout: CacheLayout, block_size: int) -> bool:
+    """SHUFFLE needs pages of whole 16-token tiles (never block_size 1); NORMAL fits all."""
+    return layout is CacheLayout.NORMAL or block_size % SHUFFLE_TOKENS == 0
+
+
+def choose_cache_layout(block_size: int, backend, requested: CacheLayout | None = None) -> CacheLayout:
+    """The backend's most preferred layout (its `cache_layouts` are in preference order)
+    that fits the block size, or `requested` if the backend reads it and it fits."""
+    if requested is not None:
+        if requested.value not in backend.cache_layouts or not layout_fits(requested, block_size):
+            raise ValueError(f"mla paged cache: layout {requested.value} does not fit block_size "
+                             f"{block_size} with the {backend.name} backend (it reads {backend.cache_layouts}; "
+                             f"SHUFFLE needs a multiple of {SHUFFLE_TOKENS})")
+        return requested
+    return next(CacheLayout(v) for v in backend.cache_layouts if layout_fits(CacheLayout(v), block_size))
 
 
 def layout_params(layout: CacheLayout, width: int, dtype: torch.dtype) -> tuple[int, int]:

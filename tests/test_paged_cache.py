@@ -28,11 +28,22 @@ def rand(*shape, gen, dtype=torch.float32, scale=1.0):
     return (torch.randn(*shape, generator=gen) * scale).to(DEVICE, dtype)
 
 
-def test_layout_choice_is_by_block_size():
-    assert choose_cache_layout(1, TritonBackend) is CacheLayout.NORMAL
-    assert choose_cache_layout(2, TritonBackend) is CacheLayout.NORMAL
-    assert choose_cache_layout(16, TritonBackend) is CacheLayout.SHUFFLE
-    assert choose_cache_layout(64, ReferenceBackend) is CacheLayout.SHUFFLE
+def test_layout_choice_is_by_block_size_and_backend():
+    for backend in (TritonBackend, ReferenceBackend):
+        for block_size in (1, 2, 16, 64):  # both prefer NORMAL (measured: see cache_layout)
+            assert choose_cache_layout(block_size, backend) is CacheLayout.NORMAL
+        assert choose_cache_layout(64, backend, CacheLayout.SHUFFLE) is CacheLayout.SHUFFLE
+        with pytest.raises(ValueError, match="SHUFFLE needs a multiple of 16"):
+            choose_cache_layout(1, backend, CacheLayout.SHUFFLE)
+
+
+class _NormalOnly:
+    name, cache_layouts = "normal-only", ("normal",)
+
+
+def test_layout_a_backend_cannot_read_is_refused():
+    with pytest.raises(ValueError, match="does not fit"):
+        choose_cache_layout(64, _NormalOnly, CacheLayout.SHUFFLE)
 
 
 def test_shuffle_offsets_are_a_permutation_of_the_page():
@@ -62,10 +73,14 @@ def _fill(cache, B, lens, gen, dtype):
     return table, torch.tensor(lens, device=DEVICE, dtype=torch.int32), latents, pes
 
 
-@pytest.mark.parametrize("block_size", [1, 2, 16, 64])
-def test_round_trip_every_block_size(block_size, gen):
-    cache = PagedLatentCache.allocate(3 * -(-70 // block_size) + 5, block_size, R, DR, torch.bfloat16, DEVICE)
-    assert cache.layout is (CacheLayout.SHUFFLE if block_size % 16 == 0 else CacheLayout.NORMAL)
+LAYOUTS = [(1, None), (2, None), (16, None), (64, None), (16, CacheLayout.SHUFFLE), (64, CacheLayout.SHUFFLE)]
+
+
+@pytest.mark.parametrize("block_size, layout", LAYOUTS)
+def test_round_trip_every_block_size(block_size, layout, gen):
+    cache = PagedLatentCache.allocate(3 * -(-70 // block_size) + 5, block_size, R, DR, torch.bfloat16, DEVICE,
+                                      layout=layout)
+    assert cache.layout is (layout or CacheLayout.NORMAL)
     lens = [37, 1, 70]
     table, seq_lens, latents, pes = _fill(cache, 3, lens, gen, torch.bfloat16)
     c, kr, valid = cache.read(table, seq_lens)
@@ -75,11 +90,12 @@ def test_round_trip_every_block_size(block_size, gen):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("block_size", [1, 16])
+@pytest.mark.parametrize("block_size, layout", [(1, None), (16, None), (16, CacheLayout.SHUFFLE)])
 @pytest.mark.parametrize("kernel", ["triton", "reference"])
-def test_decode_matches_dense_absorbed_math(kernel, block_size, dtype, gen):
+def test_decode_matches_dense_absorbed_math(kernel, block_size, layout, dtype, gen):
     B, H, Sq = 3, 5, 1
-    cache = PagedLatentCache.allocate(3 * -(-33 // block_size) + 5, block_size, R, DR, dtype, DEVICE)
+    cache = PagedLatentCache.allocate(3 * -(-33 // block_size) + 5, block_size, R, DR, dtype, DEVICE,
+                                      layout=layout)
     lens = [33, 1, 18]
     table, seq_lens, latents, pes = _fill(cache, B, lens, gen, dtype)
     q_nope, q_pe = rand(B, H, Sq, DN, gen=gen, dtype=dtype), rand(B, H, Sq, DR, gen=gen, dtype=dtype)
@@ -113,7 +129,7 @@ def test_write_is_kept_under_compile(gen):
 @pytest.mark.parametrize("bad, message", [
     (dict(num_blocks=0), "num_blocks must be a positive int"),
     (dict(block_size=2.0), "block_size must be a positive int"),
-    (dict(rope_dim=3, dtype=torch.bfloat16, block_size=16), "multiple of 8"),
+    (dict(rope_dim=3, dtype=torch.bfloat16, block_size=16, layout=CacheLayout.SHUFFLE), "multiple of 8"),
 ])
 def test_allocate_validates(bad, message):
     args = dict(num_blocks=4, block_size=16, latent_dim=R, rope_dim=DR, dtype=torch.bfloat16, device=DEVICE)
