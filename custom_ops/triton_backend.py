@@ -52,6 +52,15 @@ class TritonBackend(KernelBackend):
         return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
     @classmethod
+    def decode_rows_per_program(cls, rows: int, on_gpu: bool) -> int:
+        """Query rows ((position, head) pairs) one decode program computes: tl.dot needs
+        16 or more, and 32 when there are more rows, so each latent block is read once
+        per 32 heads (H200 sweep at H = 128). The one source of the head padding (seed
+        002): the kernel masks the rows past `rows` on load and store, and no buffer is
+        sized from the padded count, so padded rows never reach the output."""
+        return 32 if on_gpu and rows > 16 else 16
+
+    @classmethod
     def rope(cls, xs, cos, sin, interleaved_in, interleaved_out, outs) -> None:
         rope_triton(xs, cos, sin, interleaved_in, interleaved_out, outs)
 

@@ -212,9 +212,9 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
         return out.zero_()
     on_gpu = q_lat.device.type == "cuda" and not _interpreting()
     bn = block_n or (64 if on_gpu else 16)  # H200 sweep: 64 keys, 4 warps, 2 stages
-    # rows per program: 16 (tl.dot's minimum), 32 when there are more heads, so that
-    # each latent block is read once per 32 heads (H200 sweep at H=128)
-    block_h = block_h or (32 if on_gpu and Sq * H > 16 else 16)
+    if block_h is None:
+        from .triton_backend import TritonBackend  # the one source of the row padding
+        block_h = TritonBackend.decode_rows_per_program(Sq * H, on_gpu)
     groups = triton.cdiv(Sq * H, block_h)
     if splits is None:
         sms = torch.cuda.get_device_properties(q_lat.device).multi_processor_count if on_gpu else 4

@@ -64,6 +64,22 @@ def test_matches_reference(B, H, Sq, Sk, splits, dtype, gen):
                                rtol=TOL[dtype], atol=TOL[dtype])
 
 
+@pytest.mark.parametrize("H", [1, 2, 4, 8, 16, 20, 32, 40, 64, 128])
+def test_head_counts_padding_never_reaches_output(H, gen):
+    """Rows are padded to the backend's rows per program inside the kernel only: every
+    head count gives the reference's numbers, and the output has exactly H heads."""
+    from mla_compile.custom_ops.triton_backend import TritonBackend
+
+    rows = TritonBackend.decode_rows_per_program(H, DEVICE.type == "cuda")
+    assert rows >= 16 and rows % 16 == 0
+    B, Sk = 2, 21
+    q_lat, q_pe = rand(B, H, 1, R, gen=gen), rand(B, H, 1, DR, gen=gen)
+    c, kr = rand(B, Sk, R, gen=gen), rand(B, Sk, DR, gen=gen)
+    out = mla_decode_attention(q_lat, q_pe, c, kr, 0.25, False, splits=2, block_n=16)
+    assert out.shape == (B, H, 1, R)
+    torch.testing.assert_close(out, reference(q_lat, q_pe, c, kr, 0.25, False), rtol=1e-4, atol=1e-4)
+
+
 def test_strided_inputs_and_out(gen):
     """Latent and rope key as slices of one [B, Sk, R + DR] buffer (a kv_a projection),
     q transposed, output written into a transposed buffer."""
