@@ -7,6 +7,9 @@ size (NORMAL or SHUFFLE). Sequences own pages through a block table [B, max_bloc
 (any page order) and have lengths seq_lens [B].
 
     cache.write(latent, k_pe, slots)          # torch.ops.mla.cache_write (mutates the cache)
+    q_rot = cache.write_with_rope(latent, k_pe, q_pe, cos, sin, slots)
+                                              # torch.ops.mla.rope_cache_write: RoPE on q_pe
+                                              # and k_pe, then the write; q_rot is new
     out = cache.attend(q_nope, q_pe, w_uk, w_uv, scale, block_table, seq_lens)
                                               # torch.ops.mla.paged_decode (functional)
 
@@ -23,6 +26,7 @@ import torch
 
 from ..lowering.cache_layout import CacheLayout, choose_cache_layout, element_offset, layout_params
 from ..lowering.kernel_choice import select_backend
+from .rope import new_output, validate_rope_args
 
 
 def _error(msg: str) -> ValueError:
@@ -56,6 +60,31 @@ def cache_write(cache: torch.Tensor, latent: torch.Tensor, k_pe: torch.Tensor, s
 @cache_write.register_fake
 def _(cache, latent, k_pe, slots, block_size, tt, vec):
     return None
+
+
+@torch.library.custom_op("mla::rope_cache_write", mutates_args=("cache",))
+def rope_cache_write(cache: torch.Tensor, latent: torch.Tensor, k_pe: torch.Tensor, q_pe: torch.Tensor,
+                     cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor, block_size: int,
+                     tt: int, vec: int, interleaved_in: bool, interleaved_out: bool,
+                     impl: str = "auto") -> torch.Tensor:
+    """Rotate q_pe and k_pe in one RoPE launch (`mla.rope`'s semantics; k_pe [T, Dr] with
+    cos/sin broadcasting to it), write [latent | rotated k_pe] into the cache at `slots`
+    (a declared mutation: nothing can drop it), and return the rotated q_pe as a new
+    tensor (q stays functional). `impl` is the other ops' `kernel` (Inductor reserves
+    that name for mutating ops' fallbacks)."""
+    validate_rope_args([q_pe, k_pe], cos, sin, impl)
+    q_rot, k_rot = [new_output(x) for x in (q_pe, k_pe)]
+    select_backend(q_pe.device, impl).rope([q_pe, k_pe], cos, sin, interleaved_in, interleaved_out,
+                                             [q_rot, k_rot])
+    cache_write(cache, latent, k_rot, slots, block_size, tt, vec)
+    return q_rot
+
+
+@rope_cache_write.register_fake
+def _(cache, latent, k_pe, q_pe, cos, sin, slots, block_size, tt, vec, interleaved_in, interleaved_out,
+      impl="auto"):
+    validate_rope_args([q_pe, k_pe], cos, sin, impl)
+    return new_output(q_pe)
 
 
 def gather(cache, block_table, seq_lens, block_size, tt, vec, latent_dim, rope_dim):
@@ -139,6 +168,12 @@ class PagedLatentCache:
 
     def write(self, latent: torch.Tensor, k_pe: torch.Tensor, slots: torch.Tensor) -> None:
         torch.ops.mla.cache_write(self.data, latent, k_pe, slots, self.block_size, *self.params)
+
+    def write_with_rope(self, latent, k_pe, q_pe, cos, sin, slots, interleaved_in: bool = False,
+                        interleaved_out: bool = False, kernel: str = "auto") -> torch.Tensor:
+        """Rotate q_pe and k_pe (one launch), cache [latent | rotated k_pe]; -> rotated q_pe."""
+        return torch.ops.mla.rope_cache_write(self.data, latent, k_pe, q_pe, cos, sin, slots, self.block_size,
+                                              *self.params, interleaved_in, interleaved_out, kernel)
 
     def read(self, block_table: torch.Tensor, seq_lens: torch.Tensor):
         """(c_kv [B, L, R], k_pe [B, L, Dr], valid [B, L]), for checks and references."""

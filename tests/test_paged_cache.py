@@ -135,3 +135,35 @@ def test_allocate_validates(bad, message):
     args = dict(num_blocks=4, block_size=16, latent_dim=R, rope_dim=DR, dtype=torch.bfloat16, device=DEVICE)
     with pytest.raises(ValueError, match=message):
         PagedLatentCache.allocate(**{**args, **bad})
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_rope_and_cache_write(compiled, gen):
+    """mla.rope_cache_write rotates q_pe and k_pe like mla.rope, caches the rotated
+    k_pe with the latent, returns a new q (its input unchanged), and under
+    torch.compile the write happens although nothing reads the cache in the graph."""
+    from mla_compile.custom_ops.reference import rope_reference
+
+    cache = PagedLatentCache.allocate(4, 16, R, DR, torch.float32, DEVICE)
+    T = 6
+    lat, k_pe, q_pe = rand(T, R, gen=gen), rand(T, DR, gen=gen), rand(T, 1, DR, gen=gen)
+    ang = rand(T, DR // 2, gen=gen)
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+    slots = torch.tensor([5, 6, 7, 30, 31, 50], device=DEVICE)
+    q_before, data_before = q_pe.clone(), cache.data.clone()
+    k_rot = rope_reference(k_pe, cos, sin, False, False)
+
+    def step(data, lat, k_pe, q_pe, cos, sin, slots):
+        q_rot = torch.ops.mla.rope_cache_write(data, lat, k_pe, q_pe, cos, sin, slots, 16,
+                                               *cache.params, False, False)
+        return q_rot * 2
+
+    fn = torch.compile(step, backend="mla", fullgraph=True) if compiled else step
+    q_out = fn(cache.data, lat, k_pe, q_pe[:, 0], cos, sin, slots)
+    assert not torch.equal(cache.data, data_before)
+    table = torch.arange(4, device=DEVICE, dtype=torch.int32)[None]
+    c, kr, _ = cache.read(table, torch.tensor([64], device=DEVICE))
+    torch.testing.assert_close(c[0, slots], lat)
+    torch.testing.assert_close(kr[0, slots], k_rot, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(q_out, 2 * rope_reference(q_pe[:, 0], cos, sin, False, False), rtol=1e-5, atol=1e-5)
+    assert torch.equal(q_pe, q_before)
