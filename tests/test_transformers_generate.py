@@ -1,0 +1,53 @@
+"""transformers `generate()` end to end with backend="mla" (issue 5, CPU part): greedy
+tokens identical to eager for 32 new tokens, every layer's attention fused (absorbed:
+decode steps) and RoPE fused, few compiles. On CPU transformers compiles only when
+told to (`_compile_all_devices`); on a GPU its default mode is CUDA graphs."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from test_transformers_rope import TINY, build  # noqa: E402
+
+LAYERS = TINY["num_hidden_layers"]
+NEW = 32
+
+
+def prompt(seed):
+    return torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", ["v3", "v2"])
+def test_generate_with_compile_config(family):
+    model = build(family, "eager")
+    ids = prompt(0)
+    reports = []
+    # torch.compile refuses mode= with options=: the mode goes into the backend's options
+    config = transformers.CompileConfig(backend="mla", mode=None, fullgraph=True,
+                                        options={"mode": "reduce-overhead", "report": reports.append})
+    config._compile_all_devices = True  # CPU: transformers would skip compiling
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=NEW, do_sample=False, cache_implementation="static")
+        actual = model.generate(ids, max_new_tokens=NEW, do_sample=False, cache_implementation="static",
+                                compile_config=config)
+    assert torch.equal(actual, expected)
+    assert len(reports) == 1, [r.format() for r in reports]  # the decode step, compiled once
+    counts = reports[0].counts()
+    assert counts["attention.mla"] == LAYERS and counts["rope.one_launch"] == LAYERS, counts
+    assert all(m.params["form"] == "absorbed" for m in reports[0].matches if m.pattern == "attention.mla")
+
+
+def test_compiled_forward_with_dynamic_cache():
+    """model.forward = torch.compile(model.forward, backend="mla"): prefill and decode
+    graphs both fused; the decode graph turns dynamic in the context length once."""
+    model = build("v3", "sdpa")
+    ids = prompt(1)
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=NEW, do_sample=False)
+        reports = []
+        model.forward = torch.compile(model.forward, backend="mla", options={"report": reports.append})
+        actual = model.generate(ids, max_new_tokens=NEW, do_sample=False)
+    assert torch.equal(actual, expected)
+    assert 2 <= len(reports) <= 3, f"{len(reports)} compiles"  # prefill, decode, decode made dynamic
+    forms = [[m.params["form"] for m in r.matches if m.pattern == "attention.mla"] for r in reports]
+    assert forms[0] == ["decompressed"] * LAYERS and all(f == ["absorbed"] * LAYERS for f in forms[1:]), forms
