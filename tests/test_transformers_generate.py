@@ -51,3 +51,18 @@ def test_compiled_forward_with_dynamic_cache():
     assert 2 <= len(reports) <= 3, f"{len(reports)} compiles"  # prefill, decode, decode made dynamic
     forms = [[m.params["form"] for m in r.matches if m.pattern == "attention.mla"] for r in reports]
     assert forms[0] == ["decompressed"] * LAYERS and all(f == ["absorbed"] * LAYERS for f in forms[1:]), forms
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1",
+                    reason="needs a CUDA device and compiled Triton (TRITON_INTERPRET=0)")
+@pytest.mark.parametrize("family", ["v3", "v2"])
+def test_generate_cuda_graphs(family):
+    """On the GPU, transformers' default compile mode (reduce-overhead: CUDA graphs) with
+    backend="mla": the fused ops are captured and replayed; tokens equal eager (fp32)."""
+    model = build(family, "eager").cuda()
+    ids = prompt(2).cuda()
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=NEW, do_sample=False, cache_implementation="static")
+        actual = model.generate(ids, max_new_tokens=NEW, do_sample=False, cache_implementation="static",
+                                compile_config=transformers.CompileConfig(backend="mla", fullgraph=True))
+    assert torch.equal(actual, expected)
