@@ -198,7 +198,7 @@ def _parse_logits(x: fx.Node) -> tuple[fx.Node, Optional[fx.Node], list]:
     """softmax input -> (scores node, additive mask, scale factors), reading
     x = scores * c (or / c) + mask, in any operand order, dtype casts skipped."""
     mask, factors = None, []
-    x = _unconvert(x)
+    x = _same_shape_views(_unconvert(x))
     if is_op(x, aten.add.Tensor) and x.kwargs.get("alpha", 1) == 1:
         a, b = x.args
         scores_side = [(s, m) for s, m in ((a, b), (b, a)) if isinstance(m, fx.Node) and _reaches_bmm(s)]
@@ -215,6 +215,19 @@ def _parse_logits(x: fx.Node) -> tuple[fx.Node, Optional[fx.Node], list]:
                       "use torch._dynamo.mark_dynamic on the inputs, or "
                       "torch._dynamo.config.specialize_float = True")
     return x, mask, factors
+
+
+def _same_shape_views(node: fx.Node) -> fx.Node:
+    """Skip a chain of reshapes that ends in the shape it started from (reshapes are
+    row-major, so such a chain is the identity): `scores += mask` on a matmul's output
+    view is functionalised as add(view(bmm), mask), written back to the bmm's shape and
+    read again through a view."""
+    shape, cur, best = tuple(val(node).shape), node, node
+    while is_op(cur, aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.alias.default):
+        cur = cur.args[0]
+        if tuple(val(cur).shape) == shape:
+            best = cur
+    return best
 
 
 def _runtime_scalar_factor(node) -> bool:
@@ -345,5 +358,7 @@ def search_sdpa(node: fx.Node) -> AttentionCall:
     require(given is not None, "default SDPA scale of a dynamic head dim")
     factors = [("sdpa", given)] + [("query", c) for c in q.factors] + [("key", c) for c in k.factors]
     require(v.factor == 1.0, "value is scaled")
+    # zero_empty_rows: SDPA's "safe softmax" (torch >= 2.5): a query row whose keys are
+    # all masked gives 0, not NaN, in the fused ops as in the math path (found by the fuzzer)
     return AttentionCall(q, k, v, batch, math.prod(c for _, c in factors), tuple(factors),
-                         mask, bool(causal), False, q.upcast or k.upcast or v.upcast, out, "sdpa")
+                         mask, bool(causal), True, q.upcast or k.upcast or v.upcast, out, "sdpa")

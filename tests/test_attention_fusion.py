@@ -208,3 +208,58 @@ def test_runtime_scale_left_alone_with_advice():
         assert_close_to_eager(out, model(*inputs), torch.float32)
     reasons = [n.reason for r in reports for n in r.near_misses if n.pattern == "attention.mla"]
     assert any("specialize_float" in r for r in reasons), reasons
+
+
+# ------------------------------------------------------------------ regressions found by the fuzzer
+
+class _Sdpa(torch.nn.Module):
+    """MLA with V zero-padded (so CPU SDPA is the fused flash op) or not, mask given."""
+    B, S, H, N, R, V, L, HID = 2, 5, 2, 8, 4, 8, 16, 16
+
+    def __init__(self, pad_v: bool, inplace_eager: bool = False):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        lin = lambda i, o: torch.nn.Parameter(torch.randn(o, i, generator=g) * i ** -0.5)  # noqa: E731
+        self.wq, self.wkv_a = lin(self.HID, self.H * (self.N + self.R)), lin(self.HID, self.L + self.R)
+        self.wkv_b = lin(self.L, self.H * (self.N + self.V))
+        self.pad_v, self.inplace_eager = pad_v, inplace_eager
+
+    def forward(self, x, mask):
+        B, S, H, N, R, V, L = self.B, self.S, self.H, self.N, self.R, self.V, self.L
+        q = torch.nn.functional.linear(x, self.wq).view(B, S, H, N + R).transpose(1, 2)
+        q = torch.cat(torch.split(q, [N, R], dim=-1), dim=-1)  # (where RoPE would rotate q_pe)
+        c_kv, k_pe = torch.split(torch.nn.functional.linear(x, self.wkv_a), [L, R], dim=-1)
+        kv = torch.nn.functional.linear(c_kv, self.wkv_b).view(B, S, H, N + V).transpose(1, 2)
+        k_nope, v = torch.split(kv, [N, V], dim=-1)
+        k = torch.cat([k_nope, k_pe.view(B, 1, S, R).expand(-1, H, -1, -1)], dim=-1)
+        if self.inplace_eager:  # scale folded into q, mask added in place on the matmul's output
+            scores = torch.matmul(q * (N + R) ** -0.5, k.transpose(2, 3))
+            scores += mask
+            return torch.matmul(scores.softmax(-1), v)
+        if self.pad_v:
+            v = torch.nn.functional.pad(v, [0, N + R - V])
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)[..., :V]
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("pad_v", [True, False], ids=["fused_sdpa", "sdpa_math"])
+def test_sdpa_fully_masked_row_gives_zero_like_eager(pad_v):
+    """A left-padded row sees no key: SDPA (fused op and math path alike) returns 0 there;
+    the fused MLA op must too, not NaN (a miscompile the fuzzer found)."""
+    model = _Sdpa(pad_v)
+    keep = torch.ones(2, 1, 5, 5, dtype=torch.bool).tril()
+    keep[1, :, :, :2] = False
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
+    out, ref, report, _ = compile_run(model, (x, keep))
+    assert report.counts().get("attention.mla") == 1, report.format()
+    assert (ref[1, :, 0] == 0).all() and torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_inplace_mask_add_on_matmul_output_is_matched():
+    model = _Sdpa(False, inplace_eager=True)
+    mask = torch.zeros(2, 1, 5, 5).masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), float("-inf"))
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(2))
+    out, ref, report, _ = compile_run(model, (x, mask))
+    assert report.counts().get("attention.mla") == 1, report.format()
+    assert_close_to_eager(out, ref, torch.float32)
