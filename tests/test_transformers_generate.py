@@ -37,10 +37,11 @@ def test_generate_with_compile_config(family):
     assert all(m.params["form"] == "absorbed" for m in reports[0].matches if m.pattern == "attention.mla")
 
 
-def test_compiled_forward_with_dynamic_cache():
+@pytest.mark.parametrize("family, impl", [("v3", "sdpa"), ("v2", "eager")])
+def test_compiled_forward_with_dynamic_cache(family, impl):
     """model.forward = torch.compile(model.forward, backend="mla"): prefill and decode
     graphs both fused; the decode graph turns dynamic in the context length once."""
-    model = build("v3", "sdpa")
+    model = build(family, impl)
     ids = prompt(1)
     with torch.no_grad():
         expected = model.generate(ids, max_new_tokens=NEW, do_sample=False)
@@ -51,6 +52,46 @@ def test_compiled_forward_with_dynamic_cache():
     assert 2 <= len(reports) <= 3, f"{len(reports)} compiles"  # prefill, decode, decode made dynamic
     forms = [[m.params["form"] for m in r.matches if m.pattern == "attention.mla"] for r in reports]
     assert forms[0] == ["decompressed"] * LAYERS and all(f == ["absorbed"] * LAYERS for f in forms[1:]), forms
+
+
+def test_new_batch_sizes_and_prompt_lengths_do_not_recompile_every_step():
+    """Three generate calls with other batch sizes and prompt lengths through one
+    compiled forward: a handful of compiles in all (dynamic shapes after the first
+    change), not one per step, and tokens equal eager every time."""
+    from torch._dynamo.utils import counters
+
+    model = build("v3", "eager")
+    shapes = [(2, 9), (3, 6), (1, 12)]
+    with torch.no_grad():
+        expected = [model.generate(torch.randint(0, 128, s, generator=torch.Generator().manual_seed(i)),
+                                   max_new_tokens=8, do_sample=False) for i, s in enumerate(shapes)]
+        counters.clear()
+        model.forward = torch.compile(model.forward, backend="mla")
+        for i, s in enumerate(shapes):
+            ids = torch.randint(0, 128, s, generator=torch.Generator().manual_seed(i))
+            assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False), expected[i])
+    frames = counters["stats"]["unique_graphs"]
+    # measured 7 (torch 2.13): prefill and decode for the first shape, then dynamic
+    # versions; far from one per step (24 forward calls)
+    assert frames <= 2 * len(shapes) + 1, f"{frames} graphs compiled for {3 * 8} forward calls"
+
+
+def test_third_family_generate():
+    """GLM-4.7-Flash (Glm4MoeLite), another family on the same code: generate equal."""
+    from test_transformers_families import build as build_family
+
+    model = build_family("Glm4MoeLite", "eager")
+    ids = prompt(3)
+    reports = []
+    config = transformers.CompileConfig(backend="mla", mode=None, fullgraph=True,
+                                        options={"report": reports.append})
+    config._compile_all_devices = True
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=NEW, do_sample=False, cache_implementation="static")
+        actual = model.generate(ids, max_new_tokens=NEW, do_sample=False, cache_implementation="static",
+                                compile_config=config)
+    assert torch.equal(actual, expected)
+    assert reports[0].counts()["attention.mla"] == model.config.num_hidden_layers
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1",
