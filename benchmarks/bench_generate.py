@@ -7,7 +7,9 @@ Model: DeepseekV3 attention dims (H=16, q_lora 1536, kv_lora 512, nope/rope/v
 weights, bf16, static cache of L tokens (transformers attends over the whole static
 cache, masked, every step), B sequences. A decode step is timed as the mean of 20
 CUDA-graph replays (mode="reduce-overhead" for both compiled backends; eager is
-timed with events). Prints a markdown table (also $OUT/generate_bench.md).
+timed with events). Then end-to-end greedy `generate` (512-token prompt, 128 new
+tokens) for eager and for transformers' compile path with each backend. Prints a
+markdown table (also $OUT/generate_bench.md).
 """
 from __future__ import annotations
 
@@ -42,6 +44,31 @@ def step_time(fn, reps=20) -> float:
     return (time.perf_counter() - t0) / reps * 1e6
 
 
+def generate_row(model, B, prompt=512, new=128) -> str:
+    """End-to-end greedy generate (static cache; transformers' compile path, its default
+    mode reduce-overhead), best of 2 timed runs after a warm-up of the same length."""
+    ids = torch.randint(0, 1024, (B, prompt), device="cuda", generator=torch.Generator("cuda").manual_seed(B))
+    rates, outs = {}, {}
+    for name in ("eager", "inductor", "mla"):
+        torch._dynamo.reset()
+        kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, cache_implementation="static")
+        if name != "eager":
+            kwargs["compile_config"] = transformers.CompileConfig(backend=name, fullgraph=True)
+        with torch.no_grad():
+            outs[name] = model.generate(ids, **kwargs)
+            best = float("inf")
+            for _ in range(2):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                model.generate(ids, **kwargs)
+                torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - t0)
+        rates[name] = B * new / best
+    same = torch.equal(outs["mla"], outs["eager"])
+    return (f"| {B}, {prompt}, {new} | {rates['eager']:.0f} | {rates['inductor']:.0f} | {rates['mla']:.0f} | "
+            f"{same} |")
+
+
 def main() -> None:
     device = torch.cuda.get_device_name()
     model = make_model()
@@ -69,6 +96,11 @@ def main() -> None:
                 fused = ", ".join(f"{k}={v}" for k, v in reports[0].counts().items())
         rows.append(f"| {B} | {L} | {times['eager']:.0f} | {times['inductor']:.0f} | {times['mla']:.0f} | "
                     f"{times['inductor'] / times['mla']:.2f} | {fused} |")
+        print(rows[-1], flush=True)
+    rows += ["", "| generate: B, prompt, new | eager tok/s | inductor tok/s | mla tok/s | tokens equal eager |",
+             "|---|---|---|---|---|"]
+    for B in (1, 32):
+        rows.append(generate_row(model, B))
         print(rows[-1], flush=True)
     table = "\n".join(rows)
     print(f"\n{device}, torch {torch.__version__}, transformers {transformers.__version__}\n{table}")
