@@ -17,6 +17,10 @@ Both ops take the layout's (tt, vec) from the cache object, so writer and reader
 agree by construction (seed 003a). They run the same in eager and under
 torch.compile (opaque custom ops; the write is declared as mutating the cache, so
 nothing can drop it).
+
+Every op and method checks its arguments (ValueError naming the argument): shapes,
+dtypes and devices at trace time and in eager; slot, block-table and length ranges in
+eager only (one host sync per call, skipped during CUDA graph capture).
 """
 from __future__ import annotations
 
@@ -25,13 +29,114 @@ from dataclasses import dataclass
 import torch
 
 from ..lowering.cache_layout import CacheLayout, choose_cache_layout, element_offset, layout_params
-from ..lowering.kernel_choice import select_backend
+from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
+from .backend import KERNEL_DTYPES
+from .checks import (check_index, check_like, check_rank, check_sizes, first_bad, known_true, op_error,
+                     value_checks_off)
 from .rope import new_output, validate_rope_args
 
 
-def _error(msg: str) -> ValueError:
-    return ValueError(f"mla paged cache: {msg}")
+# ------------------------------------------------------------------------ checks
+# Shapes, dtypes and devices are checked in the fake and the eager impls alike;
+# index ranges (slots, block table, seq_lens) only in the eager impls, outside CUDA
+# graph capture (see checks.py). Queries, weights, latent and k_pe may have any
+# strides (einsum, torch.cat and the kernel's strided loads take them); the cache
+# may not (pages are addressed by flat offset), and the block table and lengths are
+# made contiguous where the kernel reads them with unit stride.
 
+def _check_cache(op, cache, block_size, tt, vec, width) -> None:
+    """The cache against the page geometry: [num_blocks, block_size * width] with
+    (tt, vec) tiling a page (`cache_layout.element_offset` is then a permutation of it)."""
+    check_rank(op, "cache", cache, 2, "[num_blocks, block_size * (R + Dr)]")
+    if cache.dtype not in KERNEL_DTYPES:
+        raise op_error(op, f"cache dtype must be one of {KERNEL_DTYPES}, got {cache.dtype}")
+    if known_true(block_size < 1):
+        raise op_error(op, f"block_size must be a positive int, got {block_size!r}")
+    if known_true(cache.shape[1] != block_size * width):
+        raise op_error(op, f"cache must be [num_blocks, block_size * (R + Dr)] = [*, {block_size * width}] "
+                           f"(block_size {block_size}, R + Dr = {width}), got {tuple(cache.shape)}")
+    if (known_true(tt < 1) or known_true(vec < 1) or known_true(block_size % tt != 0)
+            or known_true(width % vec != 0)):
+        raise op_error(op, f"tt, vec must tile a page (block_size % tt == 0, (R + Dr) % vec == 0; see "
+                           f"lowering.cache_layout), got tt={tt}, vec={vec} for block_size {block_size}, "
+                           f"R + Dr = {width}")
+    if not cache.is_contiguous():
+        raise op_error(op, f"cache must be contiguous (pages are addressed by flat offset), "
+                           f"got strides {cache.stride()}")
+
+
+def _check_write(op, cache, latent, k_pe, slots, block_size, tt, vec) -> None:
+    check_rank(op, "latent", latent, 2, "[T, R]")
+    check_rank(op, "k_pe", k_pe, 2, "[T, Dr]")
+    check_index(op, "slots", slots, 1, "[T]", cache.device)
+    T = latent.shape[0]
+    check_sizes(op, "k_pe", k_pe, (T, None), "[T, Dr]")
+    check_sizes(op, "slots", slots, (T,), "[T]")
+    _check_cache(op, cache, block_size, tt, vec, latent.shape[1] + k_pe.shape[1])
+    check_like(op, "latent", latent, cache, "the cache")
+    check_like(op, "k_pe", k_pe, cache, "the cache")
+
+
+def _check_slot_values(op, cache, slots, block_size) -> None:
+    """Eager only: every slot addresses a token of the cache."""
+    if value_checks_off(cache.device):
+        return
+    n = cache.shape[0] * block_size
+    bad = (slots < 0) | (slots >= n)
+    if bad.any():  # the one host sync
+        where, v = first_bad(slots, bad)
+        raise op_error(op, f"slots{where} must be in [0, num_blocks * block_size) = [0, {n}), got {v}")
+
+
+def _check_table(op, block_table, seq_lens, B, device) -> None:
+    check_index(op, "block_table", block_table, 2, "[B, max_blocks]", device)
+    check_index(op, "seq_lens", seq_lens, 1, "[B]", device)
+    check_sizes(op, "block_table", block_table, (B, None), "[B, max_blocks]")
+    check_sizes(op, "seq_lens", seq_lens, (B,), "[B]")
+
+
+def _check_table_values(op, cache, block_table, seq_lens, block_size) -> None:
+    """Eager only: 0 <= seq_lens[b] <= capacity, and every block a sequence uses (its
+    first ceil(seq_lens[b] / block_size) entries) is a block of the cache. Entries past
+    that are never read: padding may hold anything (-1, say)."""
+    if value_checks_off(cache.device):
+        return
+    num_blocks, max_blocks = cache.shape[0], block_table.shape[1]
+    capacity = max_blocks * block_size
+    bad_len = (seq_lens < 0) | (seq_lens > capacity)
+    n_used = (seq_lens.clamp(0, capacity) + block_size - 1) // block_size
+    used = torch.arange(max_blocks, device=cache.device) < n_used[:, None]
+    bad_block = used & ((block_table < 0) | (block_table >= num_blocks))
+    len_bad, block_bad = torch.stack([bad_len.any(), bad_block.any()]).tolist()  # the one host sync
+    if len_bad:
+        where, v = first_bad(seq_lens, bad_len)
+        raise op_error(op, f"seq_lens{where} must be in [0, block_table.shape[1] * block_size] = "
+                           f"[0, {capacity}] (the table's capacity), got {v}")
+    if block_bad:
+        where, v = first_bad(block_table, bad_block)
+        raise op_error(op, f"block_table{where} must be a block of the cache, in [0, num_blocks) = "
+                           f"[0, {num_blocks}), got {v}")
+
+
+def _check_decode(op, q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, block_size, tt, vec,
+                  kernel) -> None:
+    if kernel not in KERNEL_CHOICES:
+        raise op_error(op, f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
+    for name, t, rank, layout in (("q_nope", q_nope, 4, "[B, H, Sq, Dn]"), ("q_pe", q_pe, 4, "[B, H, Sq, Dr]"),
+                                  ("w_uk", w_uk, 3, "[H, Dn, R]"), ("w_uv", w_uv, 3, "[H, Dv, R]")):
+        check_rank(op, name, t, rank, layout)
+    B, H, Sq, Dn = q_nope.shape
+    R = w_uk.shape[2]
+    check_sizes(op, "q_pe", q_pe, (B, H, Sq, None), "[B, H, Sq, Dr]")
+    check_sizes(op, "w_uk", w_uk, (H, Dn, None), "[H, Dn, R]")
+    check_sizes(op, "w_uv", w_uv, (H, None, R), "[H, Dv, R]")
+    _check_cache(op, cache, block_size, tt, vec, R + q_pe.shape[3])
+    for name, t in (("q_nope", q_nope), ("q_pe", q_pe), ("w_uk", w_uk), ("w_uv", w_uv)):
+        check_like(op, name, t, cache, "the cache")
+    _check_table(op, block_table, seq_lens, B, cache.device)
+
+
+# ------------------------------------------------------------------------ ops
 
 def _token_offsets(slots, width, block_size, tt, vec, dims):
     """Flat element offsets [T, len(dims)] of slots (block * block_size + token)."""
@@ -39,27 +144,34 @@ def _token_offsets(slots, width, block_size, tt, vec, dims):
     return blk[:, None] * (block_size * width) + element_offset(tok[:, None], dims[None, :], width, tt, vec)
 
 
-@torch.library.custom_op("mla::cache_write", mutates_args=("cache",))
-def cache_write(cache: torch.Tensor, latent: torch.Tensor, k_pe: torch.Tensor, slots: torch.Tensor,
-                block_size: int, tt: int, vec: int) -> None:
-    """cache[slot] = [latent | k_pe] for every token, in the cache's layout."""
+def _write(cache, latent, k_pe, slots, block_size, tt, vec) -> None:
+    """cache[slot] = [latent | k_pe] (arguments already checked)."""
     width = latent.shape[-1] + k_pe.shape[-1]
-    if cache.dim() != 2 or cache.shape[1] != block_size * width:
-        raise _error(f"cache must be [num_blocks, block_size * width] = [*, {block_size * width}], "
-                     f"got {tuple(cache.shape)}")
-    if latent.dim() != 2 or k_pe.dim() != 2 or latent.shape[0] != k_pe.shape[0] or slots.shape != latent.shape[:1]:
-        raise _error(f"latent [T, R], k_pe [T, Dr] and slots [T] must agree, got {tuple(latent.shape)}, "
-                     f"{tuple(k_pe.shape)}, {tuple(slots.shape)}")
-    if latent.dtype != cache.dtype or k_pe.dtype != cache.dtype:
-        raise _error(f"latent/k_pe dtype {latent.dtype}/{k_pe.dtype} differs from the cache's {cache.dtype}")
     dims = torch.arange(width, device=cache.device)
     offsets = _token_offsets(slots.long(), width, block_size, tt, vec, dims)
     cache.view(-1).index_copy_(0, offsets.reshape(-1), torch.cat([latent, k_pe], dim=-1).reshape(-1))
 
 
+@torch.library.custom_op("mla::cache_write", mutates_args=("cache",))
+def cache_write(cache: torch.Tensor, latent: torch.Tensor, k_pe: torch.Tensor, slots: torch.Tensor,
+                block_size: int, tt: int, vec: int) -> None:
+    """cache[slot] = [latent | k_pe] for every token, in the cache's layout. Raises
+    ValueError naming the argument for a bad shape, dtype or device and (eager, outside
+    CUDA graph capture: one host sync) for a slot outside [0, num_blocks * block_size)."""
+    _check_write("cache_write", cache, latent, k_pe, slots, block_size, tt, vec)
+    _check_slot_values("cache_write", cache, slots, block_size)
+    _write(cache, latent, k_pe, slots, block_size, tt, vec)
+
+
 @cache_write.register_fake
 def _(cache, latent, k_pe, slots, block_size, tt, vec):
+    _check_write("cache_write", cache, latent, k_pe, slots, block_size, tt, vec)
     return None
+
+
+def _check_rope_write(cache, latent, k_pe, q_pe, cos, sin, slots, block_size, tt, vec, impl) -> None:
+    validate_rope_args([q_pe, k_pe], cos, sin, impl, "rope_cache_write", ("q_pe", "k_pe"), "impl")
+    _check_write("rope_cache_write", cache, latent, k_pe, slots, block_size, tt, vec)
 
 
 @torch.library.custom_op("mla::rope_cache_write", mutates_args=("cache",))
@@ -71,19 +183,21 @@ def rope_cache_write(cache: torch.Tensor, latent: torch.Tensor, k_pe: torch.Tens
     cos/sin broadcasting to it), write [latent | rotated k_pe] into the cache at `slots`
     (a declared mutation: nothing can drop it), and return the rotated q_pe as a new
     tensor (q stays functional). `impl` is the other ops' `kernel` (Inductor reserves
-    that name for mutating ops' fallbacks)."""
-    validate_rope_args([q_pe, k_pe], cos, sin, impl)
+    that name for mutating ops' fallbacks). Checks: those of mla.rope and
+    mla.cache_write, all before anything runs."""
+    _check_rope_write(cache, latent, k_pe, q_pe, cos, sin, slots, block_size, tt, vec, impl)
+    _check_slot_values("rope_cache_write", cache, slots, block_size)
     q_rot, k_rot = [new_output(x) for x in (q_pe, k_pe)]
     select_backend(q_pe.device, impl).rope([q_pe, k_pe], cos, sin, interleaved_in, interleaved_out,
                                              [q_rot, k_rot])
-    cache_write(cache, latent, k_rot, slots, block_size, tt, vec)
+    _write(cache, latent, k_rot, slots, block_size, tt, vec)
     return q_rot
 
 
 @rope_cache_write.register_fake
 def _(cache, latent, k_pe, q_pe, cos, sin, slots, block_size, tt, vec, interleaved_in, interleaved_out,
       impl="auto"):
-    validate_rope_args([q_pe, k_pe], cos, sin, impl)
+    _check_rope_write(cache, latent, k_pe, q_pe, cos, sin, slots, block_size, tt, vec, impl)
     return new_output(q_pe)
 
 
@@ -93,7 +207,10 @@ def gather(cache, block_table, seq_lens, block_size, tt, vec, latent_dim, rope_d
     B, max_blocks = block_table.shape
     L = max_blocks * block_size
     t = torch.arange(L, device=cache.device)
-    slots = block_table.long()[:, t // block_size] * block_size + t % block_size  # [B, L]
+    # entries past a sequence's length are padding (unchecked, maybe out of range):
+    # clamp them to some block; `valid` masks what they read
+    blocks = block_table.long().clamp(0, max(cache.shape[0] - 1, 0))
+    slots = blocks[:, t // block_size] * block_size + t % block_size  # [B, L]
     dims = torch.arange(width, device=cache.device)
     rows = cache.view(-1)[_token_offsets(slots.reshape(-1), width, block_size, tt, vec, dims)]
     rows = rows.view(B, L, width)
@@ -106,33 +223,37 @@ def paged_decode(q_nope: torch.Tensor, q_pe: torch.Tensor, cache: torch.Tensor, 
                  block_size: int, tt: int, vec: int, kernel: str = "auto") -> torch.Tensor:
     """MLA attention of q ([B, H, Sq, Dn] / [B, H, Sq, Dr]) over each sequence's first
     seq_lens[b] cached tokens, absorbed form; -> [B, H, Sq, Dv] (no causal mask within
-    the Sq queries: each sees the whole cached sequence)."""
-    B, H, Sq, _ = q_nope.shape
+    the Sq queries: each sees the whole cached sequence). Raises ValueError naming the
+    argument for a bad shape, dtype or device (q and w must match the cache) and (eager,
+    outside CUDA graph capture: one host sync) for seq_lens outside [0, capacity] or a
+    used block_table entry outside [0, num_blocks)."""
+    _check_decode("paged_decode", q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, block_size, tt, vec,
+                  kernel)
+    _check_table_values("paged_decode", cache, block_table, seq_lens, block_size)
     R, Dr = w_uk.shape[2], q_pe.shape[-1]
-    if block_table.dim() != 2 or block_table.shape[0] != B or seq_lens.shape != (B,):
-        raise _error(f"block_table must be [B, max_blocks] and seq_lens [B] with B = {B}, got "
-                     f"{tuple(block_table.shape)} and {tuple(seq_lens.shape)}")
-    if block_table.dtype not in (torch.int32, torch.int64) or seq_lens.dtype not in (torch.int32, torch.int64):
-        raise _error("block_table and seq_lens must be int32 or int64")
-    if cache.shape[1] != block_size * (R + Dr):
-        raise _error(f"cache rows hold {cache.shape[1]} elements, expected block_size * (R + Dr) = "
-                     f"{block_size * (R + Dr)}")
     q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
     if select_backend(q_nope.device, kernel).name == "triton":
         from .triton_decode import mla_decode_attention
+        # the kernel steps through a table row and through seq_lens with unit stride
+        table = block_table if block_table.stride(-1) == 1 else block_table.contiguous()
+        lens = seq_lens.to(torch.int32).contiguous()
         o_lat = mla_decode_attention(q_lat, q_pe, None, None, scale, False,
-                                     paged=(cache, block_table, seq_lens.int(), block_size, (tt, vec)))
+                                     paged=(cache, table, lens, block_size, (tt, vec)))
     else:
         c, kr, valid = gather(cache, block_table, seq_lens, block_size, tt, vec, R, Dr)
         s = (q_lat.float() @ c.float()[:, None].transpose(-1, -2)
              + q_pe.float() @ kr.float()[:, None].transpose(-1, -2)) * scale
         s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
         o_lat = (s.softmax(-1) @ c.float()[:, None]).to(q_nope.dtype)
-    return torch.einsum("bhqr,hvr->bhqv", o_lat, w_uv)
+    # contiguous, as the fake impl's (Inductor asserts the strides): einsum's result is
+    # laid out [H, B, Sq, Dv]
+    return torch.einsum("bhqr,hvr->bhqv", o_lat, w_uv).contiguous()
 
 
 @paged_decode.register_fake
 def _(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, scale, block_size, tt, vec, kernel="auto"):
+    _check_decode("paged_decode", q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, block_size, tt, vec,
+                  kernel)
     B, H, Sq, _ = q_nope.shape
     return q_nope.new_empty(B, H, Sq, w_uv.shape[1])
 
@@ -151,10 +272,15 @@ class PagedLatentCache:
                  layout: CacheLayout | None = None) -> "PagedLatentCache":
         """`layout`: None lets lowering choose (the backend's preference); NORMAL or
         SHUFFLE asks for one, checked against the block size and the backend."""
+        op = "PagedLatentCache.allocate"
         for name, v in (("num_blocks", num_blocks), ("block_size", block_size),
                         ("latent_dim", latent_dim), ("rope_dim", rope_dim)):
-            if not isinstance(v, int) or v < 1:
-                raise _error(f"{name} must be a positive int, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise op_error(op, f"{name} must be a positive int, got {v!r}")
+        if dtype not in KERNEL_DTYPES:
+            raise op_error(op, f"dtype must be one of {KERNEL_DTYPES}, got {dtype}")
+        if kernel not in KERNEL_CHOICES:
+            raise op_error(op, f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
         device = torch.device(device)
         layout = choose_cache_layout(block_size, select_backend(device, kernel), layout)
         width = latent_dim + rope_dim
@@ -166,20 +292,42 @@ class PagedLatentCache:
     def params(self) -> tuple[int, int]:
         return layout_params(self.layout, self.latent_dim + self.rope_dim, self.data.dtype)
 
+    def _check_widths(self, op: str, **named) -> None:
+        """Last dims against the cache's own widths (the ops only see their sum)."""
+        want = {"latent": "latent_dim", "k_pe": "rope_dim", "q_pe": "rope_dim", "w_uk": "latent_dim",
+                "w_uv": "latent_dim"}
+        for name, t in named.items():
+            size = getattr(self, want[name])
+            if t.dim() == 0 or t.shape[-1] != size:
+                raise op_error(op, f"{name} last dim must be the cache's {want[name]} = {size}, "
+                                   f"got shape {tuple(t.shape)}")
+
     def write(self, latent: torch.Tensor, k_pe: torch.Tensor, slots: torch.Tensor) -> None:
+        """cache[slots] = [latent | k_pe]: latent [T, latent_dim], k_pe [T, rope_dim],
+        slots [T] int in [0, num_blocks * block_size) (see mla.cache_write's checks)."""
+        self._check_widths("PagedLatentCache.write", latent=latent, k_pe=k_pe)
         torch.ops.mla.cache_write(self.data, latent, k_pe, slots, self.block_size, *self.params)
 
     def write_with_rope(self, latent, k_pe, q_pe, cos, sin, slots, interleaved_in: bool = False,
                         interleaved_out: bool = False, kernel: str = "auto") -> torch.Tensor:
         """Rotate q_pe and k_pe (one launch), cache [latent | rotated k_pe]; -> rotated q_pe."""
+        self._check_widths("PagedLatentCache.write_with_rope", latent=latent, k_pe=k_pe, q_pe=q_pe)
         return torch.ops.mla.rope_cache_write(self.data, latent, k_pe, q_pe, cos, sin, slots, self.block_size,
                                               *self.params, interleaved_in, interleaved_out, kernel)
 
     def read(self, block_table: torch.Tensor, seq_lens: torch.Tensor):
-        """(c_kv [B, L, R], k_pe [B, L, Dr], valid [B, L]), for checks and references."""
+        """(c_kv [B, L, R], k_pe [B, L, Dr], valid [B, L]), for checks and references.
+        block_table [B, max_blocks] and seq_lens [B] are checked as by mla.paged_decode."""
+        op = "PagedLatentCache.read"
+        _check_table(op, block_table, seq_lens, block_table.shape[0] if block_table.dim() else 0,
+                     self.data.device)
+        _check_table_values(op, self.data, block_table, seq_lens, self.block_size)
         return gather(self.data, block_table, seq_lens, self.block_size, *self.params,
                       self.latent_dim, self.rope_dim)
 
     def attend(self, q_nope, q_pe, w_uk, w_uv, scale: float, block_table, seq_lens, kernel: str = "auto"):
+        """mla.paged_decode over this cache (see its checks); q_pe [B, H, Sq, rope_dim],
+        w_uk [H, Dn, latent_dim], w_uv [H, Dv, latent_dim] in the cache's dtype and device."""
+        self._check_widths("PagedLatentCache.attend", q_pe=q_pe, w_uk=w_uk, w_uv=w_uv)
         return torch.ops.mla.paged_decode(q_nope, q_pe, self.data, block_table, seq_lens, w_uk, w_uv,
                                           scale, self.block_size, *self.params, kernel)

@@ -7,40 +7,46 @@ import torch
 from ..compat import known_broadcasts_to, known_same_shape
 from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
 from .backend import KERNEL_DTYPES
+from .checks import known_true, op_error
 
 MAX_LEADING_DIMS = 4  # the kernel indexes rows through at most 4 leading dims
 
 
-def _error(msg: str) -> ValueError:
-    return ValueError(f"mla.rope: {msg}")
-
-
-def validate_rope_args(xs, cos, sin, kernel) -> None:
+def validate_rope_args(xs, cos, sin, kernel, op: str = "rope", names=None, kernel_name: str = "kernel") -> None:
     """Every check names the argument; messages are built only on failure (this
-    runs on every call, decode steps included)."""
+    runs on every call, decode steps included). `op`, `names` (of the xs) and
+    `kernel_name`: how the calling op spells them (mla.rope_cache_write reuses this).
+    No value checks: every value is valid input. Any strides: the kernel takes them."""
+    names = names or [f"xs[{i}]" for i in range(len(xs))]
     if not 1 <= len(xs) <= 2:
-        raise _error(f"xs must hold 1 or 2 tensors (q_pe and k_pe), got {len(xs)}")
+        raise op_error(op, f"xs must hold 1 or 2 tensors (q_pe and k_pe), got {len(xs)}")
     if kernel not in KERNEL_CHOICES:
-        raise _error(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
+        raise op_error(op, f"{kernel_name} must be one of {KERNEL_CHOICES}, got {kernel!r}")
     if not known_same_shape(cos.shape, sin.shape):
-        raise _error(f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must have one shape")
+        raise op_error(op, f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must have one shape")
     if cos.dtype not in KERNEL_DTYPES or sin.dtype not in KERNEL_DTYPES:
-        raise _error(f"cos/sin dtype must be one of {KERNEL_DTYPES}, got {cos.dtype}/{sin.dtype}")
+        raise op_error(op, f"cos/sin dtype must be one of {KERNEL_DTYPES}, got {cos.dtype}/{sin.dtype}")
+    if cos.dim() == 0:
+        raise op_error(op, "cos/sin must have a last (rotary) dim, got a 0-D tensor")
     width, lead = cos.shape[-1], cos.shape[:-1]
-    for i, x in enumerate(xs):
+    for i, (x, name) in enumerate(zip(xs, names)):
         if x.dtype not in KERNEL_DTYPES:
-            raise _error(f"xs[{i}] dtype must be one of {KERNEL_DTYPES}, got {x.dtype}")
+            raise op_error(op, f"{name} dtype must be one of {KERNEL_DTYPES}, got {x.dtype}")
         if not x.device == cos.device == sin.device:
-            raise _error(f"xs[{i}] is on {x.device} but cos/sin are on {cos.device}/{sin.device}")
+            raise op_error(op, f"{name} is on {x.device} but cos/sin are on {cos.device}/{sin.device}")
         if not 1 <= x.dim() - 1 <= MAX_LEADING_DIMS:
-            raise _error(f"xs[{i}] must have 1..{MAX_LEADING_DIMS} leading dims, got shape {tuple(x.shape)}")
+            raise op_error(op, f"{name} must have 1..{MAX_LEADING_DIMS} leading dims, got shape {tuple(x.shape)}")
         d = x.shape[-1]
         if d % 2 or d <= 0:
-            raise _error(f"xs[{i}] rotary dim (last dim) must be even, got {d}")
+            raise op_error(op, f"{name} rotary dim (last dim) must be even, got {d}")
+        # one launch rotates every x with one rotary dim (the Triton kernel's plan)
+        if i and known_true(d != xs[0].shape[-1]):
+            raise op_error(op, f"{name} rotary dim (last dim) must equal {names[0]}'s {xs[0].shape[-1]}, got {d}")
         if width not in (d, d // 2):
-            raise _error(f"cos/sin width must be {d} or {d // 2} for xs[{i}] of rotary dim {d}, got {width}")
+            raise op_error(op, f"cos/sin width must be {d} or {d // 2} for {name} of rotary dim {d}, got {width}")
         if not known_broadcasts_to(lead, x.shape[:-1]):
-            raise _error(f"cos/sin leading shape {tuple(lead)} must broadcast to xs[{i}]'s {tuple(x.shape[:-1])}")
+            raise op_error(op, f"cos/sin leading shape {tuple(lead)} must broadcast to {name}'s "
+                               f"{tuple(x.shape[:-1])}")
 
 
 def new_output(x: torch.Tensor) -> torch.Tensor:

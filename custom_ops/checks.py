@@ -1,0 +1,70 @@
+"""Argument checks shared by the mla ops and the paged cache.
+
+Every message reads "mla.<op>: <argument> must be ..., got ..." and is built only on
+failure (the checks run on every call, decode steps included).
+
+Shape checks take ints or SymInts and raise only on a mismatch that is known without
+adding a guard: the fake impls run them at trace time, the eager impls again on real
+sizes, so nothing slips through.
+
+Value checks (index ranges) need the values on the host, a device sync: only the
+eager impls run them, at most one sync per call, and never while a CUDA graph is
+being captured (a sync is illegal there; the graph replays without the checks).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..compat import statically_known_true
+
+INDEX_DTYPES = (torch.int32, torch.int64)  # what the kernels load slots, tables and lengths as
+
+
+def op_error(op: str, msg: str) -> ValueError:
+    return ValueError(f"mla.{op}: {msg}")
+
+
+def known_true(cond) -> bool:
+    """A bool, or a SymBool that is true for every value of its symbols (no guard)."""
+    return cond if isinstance(cond, bool) else statically_known_true(cond)
+
+
+def check_rank(op: str, name: str, t: torch.Tensor, rank: int, layout: str) -> None:
+    if t.dim() != rank:
+        raise op_error(op, f"{name} must be {rank}-D {layout}, got shape {tuple(t.shape)}")
+
+
+def check_sizes(op: str, name: str, t: torch.Tensor, want: tuple, layout: str) -> None:
+    """t.shape against `want` (None: any size) for a tensor of the right rank."""
+    if any(w is not None and known_true(s != w) for s, w in zip(t.shape, want)):
+        shown = ", ".join("*" if w is None else str(w) for w in want) + ("," if len(want) == 1 else "")
+        raise op_error(op, f"{name} must be {layout} = ({shown}) to agree with the other inputs, "
+                           f"got {tuple(t.shape)}")
+
+
+def check_like(op: str, name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: str) -> None:
+    """t has ref's dtype and device."""
+    if t.dtype != ref.dtype:
+        raise op_error(op, f"{name} dtype {t.dtype} differs from {ref_name}'s {ref.dtype}")
+    if t.device != ref.device:
+        raise op_error(op, f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def check_index(op: str, name: str, t: torch.Tensor, rank: int, layout: str, device: torch.device) -> None:
+    """An integer index tensor (slots, block table, lengths) of `rank` on `device`."""
+    check_rank(op, name, t, rank, layout)
+    if t.dtype not in INDEX_DTYPES:
+        raise op_error(op, f"{name} dtype must be one of {INDEX_DTYPES}, got {t.dtype}")
+    if t.device != device:
+        raise op_error(op, f"{name} is on {t.device} but the cache is on {device}")
+
+
+def value_checks_off(device: torch.device) -> bool:
+    """True while a CUDA graph is being captured on this device's stream: no sync then."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def first_bad(t: torch.Tensor, bad: torch.Tensor) -> tuple[str, int]:
+    """('[i, j]', value) of the first True of `bad` in t (failure path only)."""
+    idx = tuple(int(i) for i in bad.nonzero()[0])
+    return "[" + ", ".join(map(str, idx)) + "]", int(t[idx])
