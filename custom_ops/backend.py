@@ -67,3 +67,20 @@ class KernelBackend(ABC):
         how to compute it ("decompressed" or "absorbed"), not what. Inputs were
         validated by the op.
         """
+
+    @classmethod
+    @abstractmethod
+    def latent_attention(
+        cls,
+        q_lat: torch.Tensor,
+        q_pe: torch.Tensor,
+        c_kv: torch.Tensor,
+        k_pe: torch.Tensor,
+        scale: float,
+        causal: bool,
+        mask: torch.Tensor | None,
+        zero_empty_rows: bool,
+        out: torch.Tensor,
+    ) -> None:
+        """Attention over the latent itself into the preallocated `out` [B, H, Sq, R]:
+        semantics of `reference.latent_attention_reference`; inputs were validated."""

@@ -104,6 +104,25 @@ def prefill_attention_reference(
     return out.to(q_nope.dtype)
 
 
+def latent_attention_reference(
+    q_lat: torch.Tensor,
+    q_pe: torch.Tensor,
+    c_kv: torch.Tensor,
+    k_pe: torch.Tensor,
+    scale: float,
+    causal: bool,
+    mask: torch.Tensor | None = None,
+    zero_empty_rows: bool = False,
+) -> torch.Tensor:
+    """softmax((q_lat @ c_kv^T + q_pe @ k_pe^T) * scale + mask) @ c_kv per head, in
+    float32: q_lat [B,H,Sq,R], q_pe [B,H,Sq,Dr], c_kv [B,Sk,R], k_pe [B,Sk,Dr] (shared
+    by the heads) -> [B,H,Sq,R] in q_lat's dtype. Mask, causal and zero_empty_rows as
+    in `prefill_attention_reference`."""
+    ql, qr, c, kr = (t.float() for t in (q_lat, q_pe, c_kv, k_pe))
+    scores = (ql @ c[:, None].transpose(-1, -2) + qr @ kr[:, None].transpose(-1, -2)) * scale
+    return (_softmax(scores, causal, mask, zero_empty_rows) @ c[:, None]).to(q_lat.dtype)
+
+
 class ReferenceBackend(KernelBackend):
     name: ClassVar[str] = "reference"
     cache_layouts: ClassVar[tuple] = ("normal", "shuffle")
@@ -122,3 +141,7 @@ class ReferenceBackend(KernelBackend):
                           mask, zero_empty_rows, out) -> None:
         out.copy_(prefill_attention_reference(
             q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows))
+
+    @classmethod
+    def latent_attention(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out) -> None:
+        out.copy_(latent_attention_reference(q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows))

@@ -69,10 +69,15 @@ class TritonBackend(KernelBackend):
                           mask, zero_empty_rows, out) -> None:
         if form == "absorbed":  # q into latent space, attend over the latent, then w_uv
             q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
-            o_lat = mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, mask=mask,
-                                         zero_empty_rows=zero_empty_rows)
+            o_lat = torch.empty_like(q_lat)
+            cls.latent_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, o_lat)
             out.copy_(torch.einsum("bhqr,hvr->bhqv", o_lat, w_uv))
             return
         k_nope, v = decompress(c_kv, w_uk, w_uv)
         mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale, causal, mask=mask,
                               zero_empty_rows=zero_empty_rows, out=out)
+
+    @classmethod
+    def latent_attention(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out) -> None:
+        mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, mask=mask,
+                             zero_empty_rows=zero_empty_rows, out=out)

@@ -48,6 +48,7 @@ class AttentionCall:
     upcast: bool                 # q, k, v read through casts to a wider float
     output: fx.Node              # the node the fused result replaces
     kind: str                    # "eager" or "sdpa"
+    qk2: Optional[tuple] = None  # (q2, k2): scores = q k^T + q2 k2^T (two bmms, e.g. latent + rope)
 
 
 class NotAttention(NoMatch):
@@ -123,7 +124,8 @@ def unflatten_operand(node: fx.Node, batch: tuple, what: str) -> Operand:
     big = [j for j in g_n if not known_equal(shape[j], 1)]
     want = [i for i, s in enumerate(batch) if not known_equal(s, 1)]
     require(len(big) == len(want) and all(known_equal(shape[j], batch[i]) for j, i in zip(big, want)),
-            f"{what}: batch axes {tuple(shape[j] for j in g_n)} do not split as the scores' {batch}")
+            f"{what}: batch axes {tuple(shape[j] for j in g_n)} do not split as the scores' {batch} "
+            "(a batch axis merged into the bmm's rows, as einsum does with [b, s, h] queries, is not followed)")
     by_role = dict(zip(want, big))
     role_axes = [by_role.get(i) for i in range(len(batch))]
     for g in (g_x, g_y):
@@ -199,9 +201,9 @@ def _parse_logits(x: fx.Node) -> tuple[fx.Node, Optional[fx.Node], list]:
     x = scores * c (or / c) + mask, in any operand order, dtype casts skipped."""
     mask, factors = None, []
     x = _same_shape_views(_unconvert(x))
-    if is_op(x, aten.add.Tensor) and x.kwargs.get("alpha", 1) == 1:
-        a, b = x.args
-        scores_side = [(s, m) for s, m in ((a, b), (b, a)) if isinstance(m, fx.Node) and _reaches_bmm(s)]
+    if is_op(x, aten.add.Tensor) and x.kwargs.get("alpha", 1) == 1 and len(_score_terms(x)) == 1:
+        a, b = x.args  # scores + mask (two bmm terms are both scores: `_score_terms`)
+        scores_side = [(s, m) for s, m in ((a, b), (b, a)) if isinstance(m, fx.Node) and _reaches_scores(s)]
         require(scores_side, "the softmax input adds no scores")
         x, mask = scores_side[0]
         require(val(mask).is_floating_point(), f"mask of dtype {val(mask).dtype} is not additive")
@@ -233,6 +235,20 @@ def _same_shape_views(node: fx.Node) -> fx.Node:
 def _runtime_scalar_factor(node) -> bool:
     return (is_op(node, aten.mul.Tensor, aten.div.Tensor) and isinstance(node.args[1], fx.Node)
             and val(node.args[1]).dim() == 0)
+
+
+def _score_terms(node: fx.Node) -> list[fx.Node]:
+    """The scores as a sum of bmm results: [node], or the two sides of node = a + b
+    where both are bmms (absorbed code adds the latent and the rope scores)."""
+    node = _same_shape_views(_unconvert(node))
+    if is_op(node, aten.add.Tensor) and node.kwargs.get("alpha", 1) == 1 and all(
+            isinstance(t, fx.Node) and _reaches_bmm(t) for t in node.args[:2]):
+        return list(node.args[:2])
+    return [node]
+
+
+def _reaches_scores(node) -> bool:
+    return isinstance(node, fx.Node) and all(_reaches_bmm(t) for t in _score_terms(node))
 
 
 def _reaches_bmm(node) -> bool:
@@ -281,18 +297,35 @@ def search_eager(pv: fx.Node) -> AttentionCall:
         a is None or (a.base_axis == i and a.whole) for i, a in enumerate(probs.axes)),
         "P @ V does not read the softmax in the scores' layout")
     scores, mask, factors = _parse_logits(x)
-    qk, s_axes = trace_axes(scores)
+    terms = [_qk_term(t, batch, val(scores).shape) for t in _score_terms(scores)]
+    (q, k, term_factors), rest = terms[0], terms[1:]
+    if rest:  # one scale for both: a per-term scale is not one attention's
+        require(math.prod(c for _, c in rest[0][2]) == math.prod(c for _, c in term_factors),
+                "the two score terms are scaled differently")
+    factors += term_factors
+    v = unflatten_operand(v3, batch, "value")
+    require(v.factor == 1.0, "value is scaled")
+    upcast = any(op.upcast for t in terms for op in t[:2]) or v.upcast
+    return AttentionCall(q, k, v, batch, math.prod(c for _, c in factors), tuple(factors),
+                         mask, False, zero_empty, upcast, pv, "matmul",
+                         tuple(rest[0][:2]) if rest else None)
+
+
+def _qk_term(node: fx.Node, batch: tuple, shape) -> tuple[Operand, Operand, list]:
+    """One q k^T bmm of the scores (scalar multiplies on it peeled): (q, k, factors)."""
+    factors = []
+    node = _unconvert(node)
+    while (c := _scalar_factor(node)) is not None:
+        factors.append(("scores", c))
+        node = _unconvert(node.args[0])
+    qk, s_axes = trace_axes(node)
     expect_op(qk, aten.bmm.default, what="scores")
-    require(len(val(scores).shape) == len(batch) + 2 and _scores_axes_ok(s_axes, batch),
-            "scores are not the q k^T bmm in the softmax's layout")
+    require(tuple(val(node).shape) == tuple(shape) and len(shape) == len(batch) + 2
+            and _scores_axes_ok(s_axes, batch), "scores are not the q k^T bmm in the softmax's layout")
     q = unflatten_operand(qk.args[0], batch, "query")
     kt = unflatten_operand(qk.args[1], batch, "key")
     k = replace(kt, axes=kt.axes[:-2] + (kt.axes[-1], kt.axes[-2]))
-    v = unflatten_operand(v3, batch, "value")
-    factors += [("query", c) for c in q.factors] + [("key", c) for c in k.factors]
-    require(v.factor == 1.0, "value is scaled")
-    return AttentionCall(q, k, v, batch, math.prod(c for _, c in factors), tuple(factors),
-                         mask, False, zero_empty, q.upcast or k.upcast or v.upcast, pv, "matmul")
+    return q, k, factors + [("query", c) for c in q.factors] + [("key", c) for c in k.factors]
 
 
 # ------------------------------------------------------------------ fused SDPA
