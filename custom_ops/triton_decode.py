@@ -166,8 +166,9 @@ def _interpreting() -> bool:
 
 def choose_splits(batch: int, row_groups: int, kv_len: int, block_n: int, programs: int) -> int:
     """Key splits so that batch * row_groups * splits programs about fill `programs`
-    slots (2 per SM), each split keeping at least 2 key blocks: B = 1 at long context
-    gets many, a large batch one (fewer fp32 partials to write and merge)."""
+    slots (2 per SM: one per SM made H = 128 at B = 32 1.3x slower on the H200), each
+    split keeping at least 2 key blocks: B = 1 at long context gets many, a large batch
+    one (fewer fp32 partials to write and merge)."""
     blocks = max(1, triton.cdiv(kv_len, block_n))
     want = max(1, programs // max(1, batch * row_groups))
     return max(1, min(want, blocks // 2 or 1, 128))
@@ -211,7 +212,7 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
     if Sk == 0:
         return out.zero_()
     on_gpu = q_lat.device.type == "cuda" and not _interpreting()
-    bn = block_n or (64 if on_gpu else 16)  # H200 sweep: 64 keys, 4 warps, 2 stages
+    bn = block_n or (64 if on_gpu else 16)  # H200 sweep (benchmarks/sweep_decode.py): 64 keys
     if block_h is None:
         from .triton_backend import TritonBackend  # the one source of the row padding
         block_h = TritonBackend.decode_rows_per_program(Sq * H, on_gpu)
@@ -235,6 +236,8 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
         PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
         UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16,
         PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec,
+        # H200: 3 stages and 8 warps won at B=1 L=32768 (25 vs 28 us) but lost at B >= 32
+        # (up to 1.2x slower at B=64 L=32768), so the defaults stay 4 warps, 2 stages
         num_warps=num_warps or 4, num_stages=num_stages or 2,
     )
     brc = min(br, 128)
