@@ -13,7 +13,8 @@ ReportSink = Union[bool, Callable[[Any], None]]
 _HELP = {
     "rope": "bool: fuse RoPE subgraphs into torch.ops.mla.rope (default True)",
     "attention": "bool: fuse MLA attention (q_nope, q_pe, the latent c_kv, k_pe and the kv "
-    "up-projection) into torch.ops.mla.prefill_attention (default True)",
+    "up-projection) into torch.ops.mla.prefill_attention, and attention written over the latent "
+    "into torch.ops.mla.latent_attention (default True)",
     "kernel": f"one of {KERNEL_CHOICES}: which kernels the fused ops run (default 'auto'; "
     "'reference' forces the PyTorch reference implementations)",
     "report": "False, True (print each graph's match report to stderr) or a callable "
