@@ -4,6 +4,7 @@ passes/latent_attention.py). `pieces` is anything with `batch_role` and `head_ro
 which batch roles of the scores are the op's B and H axes."""
 from __future__ import annotations
 
+import torch
 import torch.fx as fx
 
 from ..compat import known_equal
@@ -19,8 +20,9 @@ def arrange(graph: fx.Graph, piece: Piece) -> fx.Node:
     node, axes = piece.node, piece.axes
     if piece.window:
         node = _call(graph, aten.slice.Tensor, (node, *piece.window))
+    if not all(a is None or a.whole for a in axes):
+        node, axes = _split_factors(graph, node, axes)
     shape = val(node).shape
-    require(all(a is None or a.whole for a in axes), "an operand axis is a factor of its tensor's")
     used = [a.base_axis for a in axes if a is not None]
     require(len(set(used)) == len(used), "two roles index one axis")
     free = [i for i in range(len(shape)) if i not in used]
@@ -38,6 +40,37 @@ def arrange(graph: fx.Graph, piece: Piece) -> fx.Node:
         if i is None:
             x = _call(graph, aten.unsqueeze.default, (x, pos))
     return x
+
+
+def _inputs(graph: fx.Graph) -> list[fx.Node]:
+    """The graph's tensor inputs: where a symbolic size can always be read (sym_size)."""
+    return [n for n in graph.nodes if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)]
+
+
+def _split_factors(graph: fx.Graph, node: fx.Node, axes) -> tuple[fx.Node, tuple]:
+    """node reshaped so that roles reading row-major factors of one of its axes (the
+    batch and positions an einsum merged) read whole axes: (new node, their axes)."""
+    shape = val(node).shape
+    new_shape, where = [], {}
+    for d, size in enumerate(shape):
+        factors = [a for a in axes if a is not None and a.base_axis == d]
+        if not factors or (len(factors) == 1 and factors[0].whole):
+            where.update({id(a): len(new_shape) for a in factors})
+            new_shape.append(size)
+            continue
+        chain, step = [], 1
+        while not known_equal(step, size):
+            nxt = [a for a in factors if known_equal(a.inner, step)]
+            require(len(nxt) == 1, "an operand axis is a factor of its tensor's that the roles do not tile")
+            chain.append(nxt[0])
+            step = step * nxt[0].size
+        for a in reversed(chain):
+            where[id(a)] = len(new_shape)
+            new_shape.append(a.size)
+    sizes = shape_args(graph, new_shape, [node, *_inputs(graph)], infer_one=True)  # a factor is an input's size
+    require(sizes is not None, "no symbolic size to split an operand axis")
+    split = _call(graph, aten.reshape.default, (node, sizes))
+    return split, tuple(None if a is None else Axis(where[id(a)], 1, a.size, a.size) for a in axes)
 
 
 def arrange_mask(graph: fx.Graph, call: AttentionCall, p) -> fx.Node | None:
@@ -60,12 +93,13 @@ def arrange_result(graph: fx.Graph, out: fx.Node, call: AttentionCall, p) -> fx.
     axes = [None if known_equal(a.size, 1) else a for a in axes]
     sq, dv = val(out).shape[2:]
     axes += [None if known_equal(sq, 1) else Axis(2, 1, sq, sq), None if known_equal(dv, 1) else Axis(3, 1, dv, dv)]
+    if call.out_order is not None:  # the roles as the replaced bmm's output flattens them
+        axes = [axes[i] for i in call.out_order]
     x = arrange(graph, Piece(out, tuple(axes)))
     want = list(val(call.output).shape)
     if len(want) != len(val(x).shape) or not all(known_equal(a, b) for a, b in zip(want, val(x).shape)):
-        sizes = shape_args(graph, want, [x, out])  # eager: batch axes merged, as the bmm has them
-        if sizes is None and nb > 1:
-            sizes = shape_args(graph, [-1] + want[1:], [x, out])
+        # eager: roles merged as the bmm has them; a merged symbolic size is inferred
+        sizes = shape_args(graph, want, [x, out, *_inputs(graph)], infer_one=True)
         require(sizes is not None, "no symbolic size for the attention output's shape")
         x = _call(graph, aten.reshape.default, (x, sizes))
     return x

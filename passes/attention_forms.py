@@ -20,6 +20,7 @@ import torch.fx as fx
 
 from ..compat import known_equal
 from .layout import Axis, AxisMap, trace_axes
+from .bmm_roles import operand_dims, output_order, probs_places, rhs_batch, scores_places, whole
 from .match_utils import NoMatch, aten, describe, expect_op, is_op, norm_dim, prims, require, val
 
 
@@ -49,6 +50,7 @@ class AttentionCall:
     output: fx.Node              # the node the fused result replaces
     kind: str                    # "eager" or "sdpa"
     qk2: Optional[tuple] = None  # (q2, k2): scores = q k^T + q2 k2^T (two bmms, e.g. latent + rope)
+    out_order: Optional[tuple] = None  # roles (L..., q, v) in the order `output` flattens them
 
 
 class NotAttention(NoMatch):
@@ -98,42 +100,11 @@ def trace_operand(node: fx.Node) -> Operand:
     return Operand(base, axes, factor, tuple(factors), upcast)
 
 
-def _groups(shape, targets, what: str) -> list[list[int]]:
-    """Axes of `shape` that a row-major view merges into each of `targets`."""
-    groups, i = [], 0
-    for t in targets:
-        group, prod = [], 1
-        while i < len(shape) and (not known_equal(prod, t) or (group and known_equal(shape[i], 1))):
-            group.append(i)
-            prod = prod * shape[i]
-            i += 1
-        require(known_equal(prod, t), f"{what}: view of {tuple(shape)} to {tuple(targets)} is not a row-major merge")
-        groups.append(group)
-    require(all(known_equal(shape[j], 1) for j in range(i, len(shape))), f"{what}: trailing axes")
-    return groups
-
-
-def unflatten_operand(node: fx.Node, batch: tuple, what: str) -> Operand:
-    """A bmm operand [N, X, Y] (N = prod(batch)) as roles (batch..., x, y) of its source."""
-    src = node.args[0] if is_op(node, aten.view.default, aten._unsafe_view.default,
-                                aten.reshape.default) else node
-    shape = val(src).shape
-    N, X, Y = val(node).shape
-    g_n, g_x, g_y = _groups(shape, (N, X, Y), what)
-    role_axes: list[Optional[int]] = []
-    big = [j for j in g_n if not known_equal(shape[j], 1)]
-    want = [i for i, s in enumerate(batch) if not known_equal(s, 1)]
-    require(len(big) == len(want) and all(known_equal(shape[j], batch[i]) for j, i in zip(big, want)),
-            f"{what}: batch axes {tuple(shape[j] for j in g_n)} do not split as the scores' {batch} "
-            "(a batch axis merged into the bmm's rows, as einsum does with [b, s, h] queries, is not followed)")
-    by_role = dict(zip(want, big))
-    role_axes = [by_role.get(i) for i in range(len(batch))]
-    for g in (g_x, g_y):
-        big = [j for j in g if not known_equal(shape[j], 1)]
-        require(len(big) <= 1, f"{what}: a matrix axis merges several axes")
-        role_axes.append(big[0] if big else None)
+def unflatten_operand(node: fx.Node, places: list, what: str) -> Operand:
+    """A bmm operand read at the roles' places (bmm_roles): roles (.., x, y) of its source."""
+    src, dims = operand_dims(node, places, what)
     op = trace_operand(src)
-    return replace(op, axes=tuple(None if j is None else op.axes[j] for j in role_axes))
+    return replace(op, axes=tuple(None if j is None else op.axes[j] for j in dims))
 
 
 # ------------------------------------------------------------------ softmax
@@ -185,16 +156,6 @@ def parse_softmax(node: fx.Node) -> tuple[fx.Node, bool]:
 
 
 # ------------------------------------------------------------------ eager attention
-
-def _scores_axes_ok(axes: AxisMap, batch: tuple) -> bool:
-    """The scores node is the bmm's [N, M, P] with N split row-major into `batch`."""
-    inner = 1
-    for a, size in reversed(list(zip(axes[:len(batch)], batch))):
-        if a is not None and not (a.base_axis == 0 and known_equal(a.inner, inner)):
-            return False
-        inner = inner * size
-    return all(a is None or (a.base_axis == i and a.whole) for i, a in zip((1, 2), axes[-2:]))
-
 
 def _parse_logits(x: fx.Node) -> tuple[fx.Node, Optional[fx.Node], list]:
     """softmax input -> (scores node, additive mask, scale factors), reading
@@ -248,7 +209,13 @@ def _score_terms(node: fx.Node) -> list[fx.Node]:
 
 
 def _reaches_scores(node) -> bool:
-    return isinstance(node, fx.Node) and all(_reaches_bmm(t) for t in _score_terms(node))
+    """Whether node is scores (one or two bmm terms) through casts and scalar multiplies."""
+    if not isinstance(node, fx.Node):
+        return False
+    node = _unconvert(node)
+    while _scalar_factor(node) is not None or _runtime_scalar_factor(node):
+        node = _unconvert(node.args[0])
+    return all(_reaches_bmm(t) for t in _score_terms(node))
 
 
 def _reaches_bmm(node) -> bool:
@@ -291,27 +258,27 @@ def search_eager(pv: fx.Node) -> AttentionCall:
     except NoMatch as e:
         raise NotAttention(str(e)) from None
     batch = tuple(val(p_base).shape[:-2])
-    probs = unflatten_operand(p3, batch, "probabilities")
+    nb = len(batch)
     require(tuple(val(x).shape) == tuple(val(p_base).shape), "softmax input broadcasts the scores")
-    require(probs.base is p_base and probs.factor == 1.0 and all(
-        a is None or (a.base_axis == i and a.whole) for i, a in enumerate(probs.axes)),
-        "P @ V does not read the softmax in the scores' layout")
+    pv_places = probs_places(p3, p_base, nb)  # where P @ V holds each role
     scores, mask, factors = _parse_logits(x)
-    terms = [_qk_term(t, batch, val(scores).shape) for t in _score_terms(scores)]
+    terms = [_qk_term(t, nb, val(scores).shape) for t in _score_terms(scores)]
     (q, k, term_factors), rest = terms[0], terms[1:]
     if rest:  # one scale for both: a per-term scale is not one attention's
         require(math.prod(c for _, c in rest[0][2]) == math.prod(c for _, c in term_factors),
                 "the two score terms are scaled differently")
     factors += term_factors
-    v = unflatten_operand(v3, batch, "value")
+    sk, dv = val(v3).shape[1:]
+    v = unflatten_operand(v3, rhs_batch(pv_places[:nb]) + [whole(1, sk), whole(2, dv)], "value")
     require(v.factor == 1.0, "value is scaled")
     upcast = any(op.upcast for t in terms for op in t[:2]) or v.upcast
+    out_places = pv_places[:nb + 1] + [whole(2, dv)]
     return AttentionCall(q, k, v, batch, math.prod(c for _, c in factors), tuple(factors),
                          mask, False, zero_empty, upcast, pv, "matmul",
-                         tuple(rest[0][:2]) if rest else None)
+                         tuple(rest[0][:2]) if rest else None, tuple(output_order(out_places)))
 
 
-def _qk_term(node: fx.Node, batch: tuple, shape) -> tuple[Operand, Operand, list]:
+def _qk_term(node: fx.Node, nb: int, shape) -> tuple[Operand, Operand, list]:
     """One q k^T bmm of the scores (scalar multiplies on it peeled): (q, k, factors)."""
     factors = []
     node = _unconvert(node)
@@ -320,11 +287,11 @@ def _qk_term(node: fx.Node, batch: tuple, shape) -> tuple[Operand, Operand, list
         node = _unconvert(node.args[0])
     qk, s_axes = trace_axes(node)
     expect_op(qk, aten.bmm.default, what="scores")
-    require(tuple(val(node).shape) == tuple(shape) and len(shape) == len(batch) + 2
-            and _scores_axes_ok(s_axes, batch), "scores are not the q k^T bmm in the softmax's layout")
-    q = unflatten_operand(qk.args[0], batch, "query")
-    kt = unflatten_operand(qk.args[1], batch, "key")
-    k = replace(kt, axes=kt.axes[:-2] + (kt.axes[-1], kt.axes[-2]))
+    require(tuple(val(node).shape) == tuple(shape), "a score term broadcasts to the scores")
+    places = scores_places(s_axes, qk, nb)
+    d = val(qk.args[0]).shape[2]
+    q = unflatten_operand(qk.args[0], places[:nb + 1] + [whole(2, d)], "query")
+    k = unflatten_operand(qk.args[1], rhs_batch(places[:nb]) + [places[nb + 1], whole(1, d)], "key")
     return q, k, factors + [("query", c) for c in q.factors] + [("key", c) for c in k.factors]
 
 

@@ -30,10 +30,11 @@ def plain_size(size) -> int | str:
     return size if isinstance(size, int) else str(size)
 
 
-def shape_args(graph: fx.Graph, want, sources) -> list:
+def shape_args(graph: fx.Graph, want, sources, infer_one: bool = False) -> list:
     """`want` as arguments of a view/reshape/expand node: ints stay, a symbolic size
     becomes an `aten.sym_size` node of a source tensor that has it (a raw SymInt
-    in a node's args is not a graph value). None where no source has it."""
+    in a node's args is not a graph value). None where no source has it, unless
+    `infer_one` (a reshape): then one such size may be -1."""
     from ..compat import known_equal  # local: compat imports nothing from passes
 
     out = []
@@ -44,6 +45,9 @@ def shape_args(graph: fx.Graph, want, sources) -> list:
         hit = next(((s, d) for s in sources for d, other in enumerate(s.meta["val"].shape)
                     if known_equal(other, size)), None)
         if hit is None:
-            return None
+            if not infer_one or -1 in out:
+                return None
+            out.append(-1)
+            continue
         out.append(call_with_meta(graph, torch.ops.aten.sym_size.int, hit))
     return out

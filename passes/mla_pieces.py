@@ -16,7 +16,8 @@ from typing import Optional
 import torch.fx as fx
 
 from ..compat import known_equal
-from .attention_forms import AttentionCall, Operand, _groups, compose
+from .attention_forms import AttentionCall, Operand, compose
+from .bmm_roles import groups as _groups
 from .layout import Axis, AxisMap, trace_axes
 from .match_utils import NoMatch, aten, describe, expect_op, is_op, norm_dim, require, val
 

@@ -67,6 +67,17 @@ def bshd_einsum(q_nope, q_pe, c_kv, k_pe, w_kv_b, mask):
     return torch.einsum("bhst,bthd->bshd", probs, v).reshape(B, S, H * DV)
 
 
+def absorbed_latent(q_nope, q_pe, c_kv, k_pe, w_kv_b, mask):
+    """DeepSeek inference code in absorb mode: q_nope through W_uk, scores as two
+    einsums (latent, rope), probabilities times the latent, then W_uv."""
+    w = w_kv_b.view(H, DN + DV, R)
+    q_lat = torch.einsum("bshd,hdc->bshc", q_nope, w[:, :DN])
+    scores = (torch.einsum("bshc,btc->bsht", q_lat, c_kv) + torch.einsum("bshr,btr->bsht", q_pe, k_pe)) * SCALE
+    probs = (scores + mask[0, 0][:, None]).softmax(dim=-1, dtype=torch.float32)
+    out = torch.einsum("bsht,btc->bshc", probs, c_kv)
+    return torch.einsum("bshc,hdc->bshd", out, w[:, -DV:]).reshape(B, S, H * DV)
+
+
 class TestAttentionGolden(expecttest.TestCase):
     def setUp(self):
         super().setUp()
@@ -147,4 +158,55 @@ return (%13)
 %16 : f32[1, 4, 2, 4] = aten.clone.default(%15, memory_format=torch.contiguous_format)
 %17 : f32[1, 4, 8] = aten.view.default(%16, [1, 4, 8])
 return (%17)
+""")
+
+    def test_absorbed_latent(self):
+        self.assertExpectedInline(self.final_graph(absorbed_latent), """\
+%0 : f32[16, 6] = input
+%1 : f32[1, 4, 2, 4] = input
+%2 : f32[1, 1, 4, 4] = input
+%3 : f32[1, 4, 6] = input
+%4 : f32[1, 4, 2, 2] = input
+%5 : f32[1, 4, 2] = input
+%6 : f32[2, 8, 6] = aten.view.default(%0, [2, 8, 6])
+%7 : f32[2, 4, 6] = aten.slice.Tensor(%6, 1, 0, 4)
+%8 : f32[1, 4, 2, 4, 1] = aten.unsqueeze.default(%1, 4)
+%9 : f32[1, 4, 2, 1, 4] = aten.permute.default(%8, [0, 1, 2, 4, 3])
+%10 : f32[2, 4, 6, 1] = aten.unsqueeze.default(%7, 3)
+%11 : f32[2, 4, 6, 1, 1] = aten.unsqueeze.default(%10, 4)
+%12 : f32[1, 1, 2, 6, 4] = aten.permute.default(%11, [3, 4, 0, 2, 1])
+%13 : f32[2, 4, 4, 1, 1] = aten.permute.default(%9, [2, 1, 4, 0, 3])
+%14 : f32[2, 4, 4] = aten.view.default(%13, [2, 4, 4])
+%15 : f32[2, 4, 1, 6, 1] = aten.permute.default(%12, [2, 4, 0, 3, 1])
+%16 : f32[2, 4, 6] = aten.view.default(%15, [2, 4, 6])
+%17 : f32[2, 4, 6] = aten.bmm.default(%14, %16)
+%18 : f32[1, 4, 4] = aten.select.int(%2, 0, 0)
+%19 : f32[4, 4] = aten.select.int(%18, 0, 0)
+%20 : f32[4, 1, 4] = aten.unsqueeze.default(%19, 1)
+%21 : f32[4, 2, 6] = aten.permute.default(%17, [1, 0, 2])
+%22 : f32[1, 4, 2, 6] = aten.unsqueeze.default(%21, 0)
+%23 : f32[1, 4, 4] = aten.permute.default(%20, [1, 0, 2])
+%24 : f32[1, 4, 1, 4] = aten.unsqueeze.default(%23, 2)
+%25 : f32[1, 4, 2, 6] = mla.latent_attention.default(%22, %4, %3, %5, 0.408248, False, 'auto', %24, False)
+%26 : f32[1, 8, 6] = aten.reshape.default(%25, [1, 8, 6])
+%27 : f32[4, 2, 1, 1, 6] = aten.view.default(%26, [4, 2, 1, 1, 6])
+%28 : f32[1, 4, 2, 6, 1] = aten.permute.default(%27, [3, 0, 1, 4, 2])
+%29 : f32[1, 4, 2, 6] = aten.view.default(%28, [1, 4, 2, 6])
+%30 : f32[2, 4, 6] = aten.slice.Tensor(%6, 1, -4, 9223372036854775807)
+%31 : f32[1, 4, 2, 6, 1] = aten.unsqueeze.default(%29, 4)
+%32 : f32[1, 4, 2, 1, 6] = aten.permute.default(%31, [0, 1, 2, 4, 3])
+%33 : f32[2, 4, 6, 1] = aten.unsqueeze.default(%30, 3)
+%34 : f32[2, 4, 6, 1, 1] = aten.unsqueeze.default(%33, 4)
+%35 : f32[1, 1, 2, 4, 6] = aten.permute.default(%34, [3, 4, 0, 1, 2])
+%36 : f32[2, 4, 6, 1, 1] = aten.permute.default(%32, [2, 1, 4, 0, 3])
+%37 : f32[2, 4, 6] = aten.view.default(%36, [2, 4, 6])
+%38 : f32[2, 6, 1, 4, 1] = aten.permute.default(%35, [2, 4, 0, 3, 1])
+%39 : f32[2, 6, 4] = aten.view.default(%38, [2, 6, 4])
+%40 : f32[2, 4, 4] = aten.bmm.default(%37, %39)
+%41 : f32[2, 4, 1, 1, 4] = aten.view.default(%40, [2, 4, 1, 1, 4])
+%42 : f32[1, 4, 2, 4, 1] = aten.permute.default(%41, [3, 1, 0, 4, 2])
+%43 : f32[1, 4, 2, 4] = aten.view.default(%42, [1, 4, 2, 4])
+%44 : f32[1, 4, 2, 4] = aten.clone.default(%43, memory_format=torch.contiguous_format)
+%45 : f32[1, 4, 8] = aten.view.default(%44, [1, 4, 8])
+return (%45)
 """)
