@@ -11,7 +11,7 @@ from ..compat import known_equal
 from .attention_forms import AttentionCall
 from .graph_edit import call_with_meta as _call, shape_args
 from .layout import Axis
-from .match_utils import aten, prims, require, val
+from .match_utils import NoMatch, aten, prims, require, val
 from .mla_pieces import Piece
 
 
@@ -120,3 +120,25 @@ def rounded_back(node: fx.Node, dtype) -> bool:
         elif not (u.target is prims.convert_element_type.default and u.args[1] == dtype):
             return False
     return True
+
+
+def emit_attention(graph: fx.Graph, call: AttentionCall, p, op, operands, options: tuple) -> None:
+    """Replace call.output by op(*operands(), *options, mask, call.zero_empty_rows):
+    the operands are built (at the insertion point) by `operands`, must share one
+    dtype, and the result goes back in the replaced node's layout and dtype."""
+    with graph.inserting_before(call.output):
+        args = operands()
+        dtypes = {val(a).dtype for a in args}
+        require(len(dtypes) == 1, f"operands mix dtypes {sorted(map(str, dtypes))}")
+        dtype, out_dtype = dtypes.pop(), val(call.output).dtype
+        require(out_dtype == dtype or (call.upcast and rounded_back(call.output, dtype)),
+                f"attention output is {out_dtype}, operands {dtype}")
+        mask = arrange_mask(graph, call, p)
+        try:
+            out = _call(graph, op, (*args, *options, mask, call.zero_empty_rows))
+        except ValueError as e:  # the op's own checks: shapes that do not agree
+            raise NoMatch(str(e)) from None
+        result = arrange_result(graph, out, call, p)
+        if out_dtype != dtype:  # exact: every reader rounds it back to `dtype`
+            result = _call(graph, prims.convert_element_type.default, (result, out_dtype))
+    call.output.replace_all_uses_with(result)

@@ -23,8 +23,8 @@ from ..report import Match, NearMiss, PassRecord
 from .attention_forms import SDPA_OPS, AttentionCall, NotAttention, search_eager, search_sdpa
 from .canonicalize import slice_assign_to_cat
 from . import latent_attention
-from .arrange import arrange, arrange_mask, arrange_result, rounded_back
-from .match_utils import NoMatch, aten, prims, require, val
+from .arrange import arrange, emit_attention
+from .match_utils import NoMatch, aten, require, val
 from .mla_pieces import MlaPieces, mla_pieces
 from .graph_edit import call_with_meta as _call, plain_size as _plain
 
@@ -56,25 +56,12 @@ def _head_weights(graph: fx.Graph, proj, views: dict) -> fx.Node:
 def replace(graph: fx.Graph, call: AttentionCall, p: MlaPieces, kernel: str) -> str:
     s = p.sizes
     form = choose_attention_form(s["Sq"], s["Sk"], s["H"], s["Dn"], s["Dr"], s["Dv"], s["R"])
-    with graph.inserting_before(call.output):
-        args = [arrange(graph, piece) for piece in (p.q_nope, p.q_pe, p.keys.latent, p.k_pe)]
-        views: dict = {}
-        args += [_head_weights(graph, p.keys, views), _head_weights(graph, p.values, views)]
-        dtypes = {val(a).dtype for a in args}
-        require(len(dtypes) == 1, f"operands mix dtypes {sorted(map(str, dtypes))}")
-        dtype, out_dtype = dtypes.pop(), val(call.output).dtype
-        require(out_dtype == dtype or (call.upcast and rounded_back(call.output, dtype)),
-                f"attention output is {out_dtype}, operands {dtype}")
-        mask = arrange_mask(graph, call, p)
-        try:
-            out = _call(graph, prefill_op, (*args, call.scale, call.causal, form, kernel, mask,
-                                            call.zero_empty_rows))
-        except ValueError as e:  # the op's own checks: shapes that do not agree
-            raise NoMatch(str(e)) from None
-        result = arrange_result(graph, out, call, p)
-        if out_dtype != dtype:  # exact: every reader rounds it back to `dtype`
-            result = _call(graph, prims.convert_element_type.default, (result, out_dtype))
-    call.output.replace_all_uses_with(result)
+    def operands() -> list:
+        views: dict = {}  # one W.view(H, width, R) per weight
+        return [*(arrange(graph, piece) for piece in (p.q_nope, p.q_pe, p.keys.latent, p.k_pe)),
+                _head_weights(graph, p.keys, views), _head_weights(graph, p.values, views)]
+
+    emit_attention(graph, call, p, prefill_op, operands, (call.scale, call.causal, form, kernel))
     return form
 
 

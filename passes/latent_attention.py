@@ -21,10 +21,10 @@ import torch
 import torch.fx as fx
 
 from ..compat import known_equal
-from .arrange import arrange, arrange_mask, arrange_result, rounded_back
+from .arrange import arrange, emit_attention
 from .attention_forms import AttentionCall, Operand
-from .graph_edit import call_with_meta as _call, plain_size as _plain
-from .match_utils import NoMatch, aten, is_op, prims, require, val
+from .graph_edit import plain_size as _plain
+from .match_utils import aten, is_op, require, val
 from .mla_pieces import Piece
 
 latent_op = torch.ops.mla.latent_attention.default
@@ -111,22 +111,9 @@ def search(call: AttentionCall) -> LatentPieces:
 
 
 def replace(graph: fx.Graph, call: AttentionCall, p: LatentPieces, kernel: str) -> None:
-    with graph.inserting_before(call.output):
-        args = [arrange(graph, piece) for piece in (p.q_lat, p.q_pe, p.c_kv, p.k_pe)]
-        dtypes = {val(a).dtype for a in args}
-        require(len(dtypes) == 1, f"operands mix dtypes {sorted(map(str, dtypes))}")
-        dtype, out_dtype = dtypes.pop(), val(call.output).dtype
-        require(out_dtype == dtype or (call.upcast and rounded_back(call.output, dtype)),
-                f"attention output is {out_dtype}, operands {dtype}")
-        mask = arrange_mask(graph, call, p)
-        try:
-            out = _call(graph, latent_op, (*args, call.scale, call.causal, kernel, mask, call.zero_empty_rows))
-        except ValueError as e:  # the op's own checks: shapes that do not agree
-            raise NoMatch(str(e)) from None
-        result = arrange_result(graph, out, call, p)
-        if out_dtype != dtype:  # exact: every reader rounds it back to `dtype`
-            result = _call(graph, prims.convert_element_type.default, (result, out_dtype))
-    call.output.replace_all_uses_with(result)
+    emit_attention(graph, call, p, latent_op,
+                   lambda: [arrange(graph, piece) for piece in (p.q_lat, p.q_pe, p.c_kv, p.k_pe)],
+                   (call.scale, call.causal, kernel))
 
 
 def describe(call: AttentionCall, p: LatentPieces) -> dict:
