@@ -109,8 +109,6 @@ KNOWN_ISSUES = {
                                 "and the view back): left alone (the plain matmul case matches since 504d13a)"),
     "sdpa_math_pad_v": ("gap", "SDPA reaching the pass as its CPU math decomposition (3-D [H, T, D] "
                                "inputs) with V zero-padded: search_eager does not strip the padding"),
-    "einsum_hb": ("gap", "einsum scores with the heads before the batch ('...->hbst'): 'probabilities: "
-                         "batch axes do not split as the scores'' / 'P @ V does not read the softmax'"),
     "sink_cast_quiet": ("quiet", "attention sinks whose sliced fp32 probabilities are cast back (bf16): "
                                  "left alone without a near miss (NotAttention)"),
 }
@@ -213,8 +211,6 @@ class Program:
         look, out = self.lookalike, []
         if look == "sink" and self.dtype != torch.float32:
             out.append("sink_cast_quiet")
-        if self.call == "einsum_hb":
-            out.append("einsum_hb")
         if self.q_asm == "whole":
             out.append("q_whole")
         fresh_scores = (self.scale_where in ("scores_mul", "scores_div", "scores_neg")
