@@ -215,7 +215,7 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
     bn = block_n or (64 if on_gpu else 16)  # H200 sweep (benchmarks/sweep_decode.py): 64 keys
     if block_h is None:
         from .triton_backend import TritonBackend  # the one source of the row padding
-        block_h = TritonBackend.decode_rows_per_program(Sq * H, on_gpu)
+        block_h = TritonBackend.decode_rows_per_program(Sq * H, on_gpu, B)
     groups = triton.cdiv(Sq * H, block_h)
     if splits is None:
         sms = torch.cuda.get_device_properties(q_lat.device).multi_processor_count if on_gpu else 4
@@ -237,8 +237,9 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
         UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16,
         PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec,
         # H200: 3 stages and 8 warps won at B=1 L=32768 (25 vs 28 us) but lost at B >= 32
-        # (up to 1.2x slower at B=64 L=32768), so the defaults stay 4 warps, 2 stages
-        num_warps=num_warps or 4, num_stages=num_stages or 2,
+        # (up to 1.2x slower at B=64 L=32768), so 4 warps, 2 stages; 64-row programs want 8
+        # warps (the fp32 [64, 512] accumulator)
+        num_warps=num_warps or (8 if block_h >= 64 else 4), num_stages=num_stages or 2,
     )
     brc = min(br, 128)
     _combine[(B * H * Sq, triton.cdiv(R, brc))](

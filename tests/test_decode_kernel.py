@@ -80,6 +80,26 @@ def test_head_counts_padding_never_reaches_output(H, gen):
     torch.testing.assert_close(out, reference(q_lat, q_pe, c, kr, 0.25, False), rtol=1e-4, atol=1e-4)
 
 
+def test_rows_per_program_rule():
+    from mla_compile.custom_ops.triton_backend import TritonBackend
+
+    rule = TritonBackend.decode_rows_per_program
+    assert [rule(8, True, 32), rule(20, True, 32), rule(128, True, 1), rule(128, True, 16)] == [16, 32, 32, 64]
+    assert rule(128, False, 64) == 16  # the interpreter: smallest tile
+
+
+@pytest.mark.parametrize("H", [64, 100])
+def test_64_row_programs(H, gen):
+    """The tile large batches get at H >= 64 (64 rows, 8 warps), forced here: 100 heads
+    leave the second program's last 28 rows padded."""
+    B, Sk = 2, 21
+    q_lat, q_pe = rand(B, H, 1, R, gen=gen), rand(B, H, 1, DR, gen=gen)
+    c, kr = rand(B, Sk, R, gen=gen), rand(B, Sk, DR, gen=gen)
+    out = mla_decode_attention(q_lat, q_pe, c, kr, 0.25, False, splits=2, block_n=16, block_h=64, num_warps=8)
+    assert out.shape == (B, H, 1, R)
+    torch.testing.assert_close(out, reference(q_lat, q_pe, c, kr, 0.25, False), rtol=1e-4, atol=1e-4)
+
+
 def test_strided_inputs_and_out(gen):
     """Latent and rope key as slices of one [B, Sk, R + DR] buffer (a kv_a projection),
     q transposed, output written into a transposed buffer."""
