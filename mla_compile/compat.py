@@ -11,7 +11,8 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 TORCH_VERSION = torch.__version__
 
 __all__ = ["TORCH_VERSION", "detect_fake_mode", "known_equal", "known_same_shape",
-           "known_broadcasts_to", "statically_known_true", "emit_structured_artifact", "is_joint_graph"]
+           "known_broadcasts_to", "statically_known_true", "emit_structured_artifact", "is_joint_graph",
+           "real_tensors"]
 
 
 def known_equal(a: Any, b: Any) -> bool:
@@ -54,3 +55,11 @@ def is_joint_graph(graph) -> bool:
     """A training graph: AOTAutograd's joint forward/backward, whose backward inputs
     are placeholders named tangents_* (all versions 2.11 .. 2.15)."""
     return any(n.op == "placeholder" and n.name.startswith("tangents") for n in graph.nodes)
+
+
+def real_tensors():
+    """A context in which new tensors are real even inside a pass that runs under
+    fake-tensor mode (a small concrete computation as a proof), 2.11 .. 2.15."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    return unset_fake_temporarily()

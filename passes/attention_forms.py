@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import torch.fx as fx
 
-from ..compat import known_equal
+from ..compat import known_equal, real_tensors
 from .layout import Axis, AxisMap, trace_axes
 from .bmm_roles import operand_dims, output_order, probs_places, rhs_batch, scores_places, whole
 from .match_utils import NoMatch, aten, describe, expect_op, is_op, norm_dim, prims, require, val
@@ -180,17 +180,40 @@ def _parse_logits(x: fx.Node) -> tuple[fx.Node, Optional[fx.Node], list]:
     return x, mask, factors
 
 
+_RESHAPES = (aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.alias.default)
+_REINDEX = _RESHAPES + (aten.permute.default, aten.unsqueeze.default, aten.squeeze.dim)
+
+
 def _same_shape_views(node: fx.Node) -> fx.Node:
-    """Skip a chain of reshapes that ends in the shape it started from (reshapes are
-    row-major, so such a chain is the identity): `scores += mask` on a matmul's output
-    view is functionalised as add(view(bmm), mask), written back to the bmm's shape and
-    read again through a view."""
+    """Skip a chain of views that is the identity: `scores += mask` on a matmul's or
+    einsum's output (a view of the bmm) is functionalised as add(view(bmm), mask),
+    written back to the bmm's shape and read again through views. Reshapes alone are
+    row-major, so a chain of them back to the same shape is the identity; a chain with
+    permutes is the identity when it maps an arange to itself (static shapes only)."""
     shape, cur, best = tuple(val(node).shape), node, node
-    while is_op(cur, aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.alias.default):
+    while is_op(cur, *_REINDEX):
         cur = cur.args[0]
-        if tuple(val(cur).shape) == shape:
+        if tuple(val(cur).shape) == shape and _identity_chain(node, cur):
             best = cur
     return best
+
+
+def _identity_chain(end: fx.Node, start: fx.Node) -> bool:
+    """Whether the view ops from `start` to `end` read every element where it was."""
+    chain, cur = [], end
+    while cur is not start:
+        chain.append(cur)
+        cur = cur.args[0]
+    if all(is_op(n, *_RESHAPES) for n in chain):
+        return True
+    shapes = [tuple(val(n).shape) for n in chain] + [tuple(val(start).shape)]
+    if not all(isinstance(d, int) for sh in shapes for d in sh):
+        return False  # symbolic sizes: no concrete proof
+    with real_tensors():
+        x = ref = torch.arange(math.prod(shapes[-1])).view(shapes[-1])
+        for n in reversed(chain):  # the same ops on indices: pure index maps, exact on ints
+            x = n.target(x, *n.args[1:], **n.kwargs)
+        return torch.equal(x, ref)
 
 
 def _runtime_scalar_factor(node) -> bool:

@@ -104,9 +104,8 @@ LOOKALIKES = {
 KNOWN_ISSUES = {
     "q_whole": ("gap", "rope none and q used whole (never split/concatenated): 'query: the head dim "
                        "is not a whole axis of its tensor'"),
-    "iadd_on_bmm_view": ("gap", "`scores += mask` straight on an einsum result (no scale multiply in "
-                                "between), or an fp32 mask += into bf16 matmul scores (a cast between the add "
-                                "and the view back): left alone (the plain matmul case matches since 504d13a)"),
+    "iadd_on_bmm_view": ("gap", "an fp32 mask += into bf16 matmul/einsum scores (a cast between the add "
+                                "and the view back): left alone (same-dtype += matches, on matmul and einsum)"),
     "sdpa_math_pad_v": ("gap", "SDPA reaching the pass as its CPU math decomposition (3-D [H, T, D] "
                                "inputs) with V zero-padded: search_eager does not strip the padding"),
     "sink_cast_quiet": ("quiet", "attention sinks whose sliced fp32 probabilities are cast back (bf16): "
@@ -216,7 +215,7 @@ class Program:
         fresh_scores = (self.scale_where in ("scores_mul", "scores_div", "scores_neg")
                         or look in ("tensor_scale", "softcap", "mult_mask", "masked_fill", "mask_before_scale"))
         if (self.attn == "eager" and self.mask != "none" and self.mask_add == "iadd" and not fresh_scores
-                and (self.call != "matmul" or (self.mask == "built" and self.dtype != torch.float32))):
+                and self.mask == "built" and self.dtype != torch.float32):
             out.append("iadd_on_bmm_view")
         if self.attn == "sdpa" and self.pad_v and self.layout == "THD":
             out.append("sdpa_math_pad_v")

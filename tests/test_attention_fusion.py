@@ -216,13 +216,13 @@ class _Sdpa(torch.nn.Module):
     """MLA with V zero-padded (so CPU SDPA is the fused flash op) or not, mask given."""
     B, S, H, N, R, V, L, HID = 2, 5, 2, 8, 4, 8, 16, 16
 
-    def __init__(self, pad_v: bool, inplace_eager: bool = False):
+    def __init__(self, pad_v: bool, inplace_eager: bool = False, einsum: bool = False):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         lin = lambda i, o: torch.nn.Parameter(torch.randn(o, i, generator=g) * i ** -0.5)  # noqa: E731
         self.wq, self.wkv_a = lin(self.HID, self.H * (self.N + self.R)), lin(self.HID, self.L + self.R)
         self.wkv_b = lin(self.L, self.H * (self.N + self.V))
-        self.pad_v, self.inplace_eager = pad_v, inplace_eager
+        self.pad_v, self.inplace_eager, self.einsum = pad_v, inplace_eager, einsum
 
     def forward(self, x, mask):
         B, S, H, N, R, V, L = self.B, self.S, self.H, self.N, self.R, self.V, self.L
@@ -233,8 +233,9 @@ class _Sdpa(torch.nn.Module):
         k_nope, v = torch.split(kv, [N, V], dim=-1)
         k = torch.cat([k_nope, k_pe.view(B, 1, S, R).expand(-1, H, -1, -1)], dim=-1)
         if self.inplace_eager:  # scale folded into q, mask added in place on the matmul's output
-            scores = torch.matmul(q * (N + R) ** -0.5, k.transpose(2, 3))
-            scores += mask
+            q = q * (N + R) ** -0.5
+            scores = torch.einsum("bhsd,bhtd->bhst", q, k) if self.einsum else torch.matmul(q, k.transpose(2, 3))
+            scores += mask  # functionalised: add(view of the bmm), views back to the bmm and out again
             return torch.matmul(scores.softmax(-1), v)
         if self.pad_v:
             v = torch.nn.functional.pad(v, [0, N + R - V])
@@ -256,8 +257,11 @@ def test_sdpa_fully_masked_row_gives_zero_like_eager(pad_v):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_inplace_mask_add_on_matmul_output_is_matched():
-    model = _Sdpa(False, inplace_eager=True)
+@pytest.mark.parametrize("einsum", [False, True], ids=["matmul", "einsum"])
+def test_inplace_mask_add_on_matmul_output_is_matched(einsum):
+    """The views back and forth are proven the identity (with an einsum's permutes:
+    by mapping an arange through them), so the add is the scores + mask it is."""
+    model = _Sdpa(False, inplace_eager=True, einsum=einsum)
     mask = torch.zeros(2, 1, 5, 5).masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), float("-inf"))
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(2))
     out, ref, report, _ = compile_run(model, (x, mask))
