@@ -68,3 +68,17 @@ def first_bad(t: torch.Tensor, bad: torch.Tensor) -> tuple[str, int]:
     """('[i, j]', value) of the first True of `bad` in t (failure path only)."""
     idx = tuple(int(i) for i in bad.nonzero()[0])
     return "[" + ", ".join(map(str, idx)) + "]", int(t[idx])
+
+
+def check_mask(op: str, mask, device: torch.device, full: tuple) -> None:
+    """An optional additive attention mask: a float tensor on `device` broadcasting to
+    `full` = [B, H, Sq, Sk] (the attention ops share this)."""
+    from ..compat import known_broadcasts_to
+    from .backend import KERNEL_DTYPES
+
+    if mask is None:
+        return
+    if mask.dtype not in KERNEL_DTYPES or mask.device != device:
+        raise op_error(op, f"mask must be a float tensor on {device} (additive), got {mask.dtype} on {mask.device}")
+    if not known_broadcasts_to(mask.shape, full):
+        raise op_error(op, f"mask {tuple(mask.shape)} must broadcast to [B, H, Sq, Sk] = {tuple(full)}")

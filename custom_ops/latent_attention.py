@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from ..compat import known_broadcasts_to
 from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
 from .backend import KERNEL_DTYPES
-from .checks import check_like, check_rank, check_sizes, op_error
+from .checks import check_like, check_mask, check_rank, check_sizes, op_error
 
 _OP = "latent_attention"
 _LAYOUTS = (("q_lat", 4, "[B, H, Sq, R]"), ("q_pe", 4, "[B, H, Sq, Dr]"),
@@ -38,12 +37,7 @@ def validate_latent_args(q_lat, q_pe, c_kv, k_pe, kernel, mask=None) -> None:
     Sk, Dr = c_kv.shape[1], q_pe.shape[3]
     for t, want, (name, _, layout) in zip(ts[1:], ((B, H, Sq, Dr), (B, Sk, R), (B, Sk, Dr)), _LAYOUTS[1:]):
         check_sizes(_OP, name, t, want, layout)
-    if mask is not None:
-        if mask.dtype not in KERNEL_DTYPES or mask.device != q_lat.device:
-            raise op_error(_OP, f"mask must be a float tensor on {q_lat.device} (additive), "
-                                f"got {mask.dtype} on {mask.device}")
-        if not known_broadcasts_to(mask.shape, (B, H, Sq, Sk)):
-            raise op_error(_OP, f"mask {tuple(mask.shape)} must broadcast to [B, H, Sq, Sk] = {(B, H, Sq, Sk)}")
+    check_mask(_OP, mask, q_lat.device, (B, H, Sq, Sk))
 
 
 def new_latent_output(q_lat: torch.Tensor) -> torch.Tensor:

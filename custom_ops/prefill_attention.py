@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from ..compat import known_broadcasts_to, known_same_shape
+from ..compat import known_same_shape
 from ..lowering.attention_form import FORMS
 from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
 from .backend import KERNEL_DTYPES
+from .checks import check_mask
 
 # (argument, rank, layout) in the op's argument order
 _LAYOUTS = (("q_nope", 4, "[B, H, Sq, Dn]"), ("q_pe", 4, "[B, H, Sq, Dr]"),
@@ -57,13 +58,7 @@ def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, ma
         if want is not None and not known_same_shape(t.shape, want):
             raise _error(f"{name} must be {layout} = {want} to agree with the other inputs, "
                          f"got {tuple(t.shape)}")
-    if mask is not None:
-        if mask.dtype not in KERNEL_DTYPES or mask.device != device:
-            raise _error(f"mask must be a float tensor on {device} (additive), "
-                         f"got {mask.dtype} on {mask.device}")
-        full = (B, H, Sq, Sk)
-        if not known_broadcasts_to(mask.shape, full):
-            raise _error(f"mask {tuple(mask.shape)} must broadcast to [B, H, Sq, Sk] = {full}")
+    check_mask("prefill_attention", mask, device, (B, H, Sq, Sk))
 
 
 def new_output(q_nope: torch.Tensor, w_uv: torch.Tensor) -> torch.Tensor:

@@ -207,7 +207,10 @@ def _identity_chain(end: fx.Node, start: fx.Node) -> bool:
     if all(is_op(n, *_RESHAPES) for n in chain):
         return True
     shapes = [tuple(val(n).shape) for n in chain] + [tuple(val(start).shape)]
-    if not all(isinstance(d, int) for sh in shapes for d in sh):
+    leaves: list = []
+    fx.node.map_aggregate([n.args[1:] for n in chain], leaves.append)
+    if not all(isinstance(d, int) for sh in shapes for d in sh) or any(
+            isinstance(a, (fx.Node, torch.SymInt)) for a in leaves):
         return False  # symbolic sizes: no concrete proof
     with real_tensors():
         x = ref = torch.arange(math.prod(shapes[-1])).view(shapes[-1])

@@ -25,7 +25,7 @@ from .arrange import arrange, emit_attention
 from .attention_forms import AttentionCall, Operand
 from .graph_edit import plain_size as _plain
 from .match_utils import aten, is_op, require, val
-from .mla_pieces import Piece
+from .mla_pieces import Piece, _pick
 
 latent_op = torch.ops.mla.latent_attention.default
 
@@ -72,10 +72,6 @@ def _same_read(k: Operand, v: Operand) -> bool:
     return all((x is None and y is None) or (
         x is not None and y is not None and x.base_axis == y.base_axis and known_equal(x.inner, y.inner)
         and known_equal(x.size, y.size)) for x, y in zip(k.axes, v.axes))
-
-
-def _pick(axes, roles) -> tuple:
-    return tuple(None if i is None else axes[i] for i in roles)
 
 
 def search(call: AttentionCall) -> LatentPieces:
