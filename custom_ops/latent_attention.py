@@ -47,6 +47,15 @@ def new_latent_output(q_lat: torch.Tensor) -> torch.Tensor:
     return q_lat.new_empty(B, Sq, H, R).transpose(1, 2)
 
 
+def compute_latent_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, kernel="auto", mask=None,
+                             zero_empty_rows=False) -> torch.Tensor:
+    """The op's computation without its checks (traceable: see compute_prefill_attention)."""
+    out = new_latent_output(q_lat)
+    select_backend(q_lat.device, kernel).latent_attention(
+        q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out)
+    return out
+
+
 @torch.library.custom_op("mla::latent_attention", mutates_args=())
 def latent_attention(
     q_lat: torch.Tensor,
@@ -61,10 +70,8 @@ def latent_attention(
 ) -> torch.Tensor:
     """Attention of q = [q_lat, q_pe] over keys [c_kv, k_pe] and values c_kv."""
     validate_latent_args(q_lat, q_pe, c_kv, k_pe, kernel, mask)
-    out = new_latent_output(q_lat)
-    select_backend(q_lat.device, kernel).latent_attention(
-        q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out)
-    return out
+    return compute_latent_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, kernel, mask,
+                                    zero_empty_rows)
 
 
 @latent_attention.register_fake

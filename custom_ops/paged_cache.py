@@ -230,6 +230,14 @@ def paged_decode(q_nope: torch.Tensor, q_pe: torch.Tensor, cache: torch.Tensor, 
     _check_decode("paged_decode", q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, block_size, tt, vec,
                   kernel)
     _check_table_values("paged_decode", cache, block_table, seq_lens, block_size)
+    return compute_paged_decode(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, scale,
+                                block_size, tt, vec, kernel)
+
+
+def compute_paged_decode(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, scale, block_size,
+                         tt, vec, kernel="auto") -> torch.Tensor:
+    """mla.paged_decode's computation without its checks: torch ops and kernel launches
+    only, so that lowering can trace it into the graph (passes/inline_launches.py)."""
     R, Dr = w_uk.shape[2], q_pe.shape[-1]
     q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
     if select_backend(q_nope.device, kernel).name == "triton":

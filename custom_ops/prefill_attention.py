@@ -69,6 +69,16 @@ def new_output(q_nope: torch.Tensor, w_uv: torch.Tensor) -> torch.Tensor:
     return q_nope.new_empty(B, Sq, H, w_uv.shape[1]).transpose(1, 2)
 
 
+def compute_prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
+                              kernel="auto", mask=None, zero_empty_rows=False) -> torch.Tensor:
+    """The op's computation without its checks: torch ops and kernel launches only,
+    so that lowering can trace it into the graph (passes/inline_launches.py)."""
+    out = new_output(q_nope, w_uv)
+    select_backend(q_nope.device, kernel).prefill_attention(
+        q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows, out)
+    return out
+
+
 @torch.library.custom_op("mla::prefill_attention", mutates_args=())
 def prefill_attention(
     q_nope: torch.Tensor,
@@ -86,11 +96,8 @@ def prefill_attention(
 ) -> torch.Tensor:
     """MLA attention of q over the latent c_kv (see `reference.prefill_attention_reference`)."""
     validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask)
-    out = new_output(q_nope, w_uv)
-    backend = select_backend(q_nope.device, kernel)
-    backend.prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask,
-                              zero_empty_rows, out)
-    return out
+    return compute_prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
+                                     kernel, mask, zero_empty_rows)
 
 
 @prefill_attention.register_fake

@@ -54,6 +54,13 @@ def new_output(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.preserve_format)
 
 
+def compute_rope(xs, cos, sin, interleaved_in, interleaved_out, kernel="auto") -> list[torch.Tensor]:
+    """The op's computation without its checks (traceable: see compute_prefill_attention)."""
+    outs = [new_output(x) for x in xs]
+    select_backend(xs[0].device, kernel).rope(list(xs), cos, sin, interleaved_in, interleaved_out, outs)
+    return outs
+
+
 @torch.library.custom_op("mla::rope", mutates_args=())
 def rope(
     xs: list[torch.Tensor],
@@ -65,10 +72,7 @@ def rope(
 ) -> list[torch.Tensor]:
     """Rotary embedding of each x in `xs` (see `reference.rope_reference`)."""
     validate_rope_args(xs, cos, sin, kernel)
-    outs = [new_output(x) for x in xs]
-    backend = select_backend(xs[0].device, kernel)
-    backend.rope(list(xs), cos, sin, interleaved_in, interleaved_out, outs)
-    return outs
+    return compute_rope(xs, cos, sin, interleaved_in, interleaved_out, kernel)
 
 
 @rope.register_fake

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import torch
 
+from ..compat import same_storage
 from .backend import KernelBackend
 from .triton_decode import mla_decode_attention
 from .triton_prefill import mla_prefill_attention
@@ -30,8 +31,8 @@ def decompress(c_kv: torch.Tensor, w_uk: torch.Tensor, w_uv: torch.Tensor):
     H, Dn, _ = w_uk.shape
     Dv = w_uv.shape[1]
     D = Dn + Dv
-    adjacent = (w_uk.stride() == w_uv.stride() == (D * R, R, 1)
-                and w_uv.data_ptr() == w_uk.data_ptr() + Dn * R * w_uk.element_size())
+    adjacent = (w_uk.stride() == w_uv.stride() == (D * R, R, 1) and same_storage(w_uk, w_uv)
+                and w_uv.storage_offset() == w_uk.storage_offset() + Dn * R)
     if adjacent:
         weight = w_uk.as_strided((H * D, R), (R, 1))
         kv = torch.matmul(c_kv, weight.t()).view(B, Sk, H, D).transpose(1, 2)

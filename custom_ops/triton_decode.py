@@ -25,6 +25,10 @@ import os
 
 import torch
 
+from ..compat import size_hint
+from .checks import known_true
+from .launch import launch
+
 try:
     import triton
     import triton.language as tl
@@ -68,6 +72,7 @@ if triton is not None:
         CAUSAL: tl.constexpr, MASK: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
         PAGED: tl.constexpr, PAGE: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr,
     ):
+        scale = tl.cast(scale, tl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)  # (query, head) pairs
         b = tl.program_id(1).to(tl.int64)
         split = tl.program_id(2)
@@ -196,7 +201,7 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
     Dr = q_pe.shape[-1]
     if paged is not None:
         cache, table, seq_lens, page, (tt, vec) = paged
-        Sk = int(table.shape[1]) * page  # an upper bound: each program reads its own length
+        Sk = table.shape[1] * page  # an upper bound: each program reads its own length
         c_kv = k_pe = cache
         seq_arg, table_arg, st_b = seq_lens, table, table.stride(0)
         c_strides = kr_strides = (0, 0, 0)
@@ -207,27 +212,32 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
         c_strides, kr_strides = c_kv.stride(), k_pe.stride()
     if out is None:
         out = torch.empty(B, H, Sq, R, device=q_lat.device, dtype=q_lat.dtype)
-    if out.numel() == 0:
+    if known_true(out.numel() == 0):
         return out
-    if Sk == 0:
+    if known_true(Sk == 0):
         return out.zero_()
     on_gpu = q_lat.device.type == "cuda" and not _interpreting()
     bn = block_n or (64 if on_gpu else 16)  # H200 sweep (benchmarks/sweep_decode.py): 64 keys
+    # Tiles and splits only change speed, never results: in a dynamic graph they are
+    # chosen from the example sizes (size_hint) without a guard; the keys per split
+    # stay symbolic, and a split past the keys writes an empty partial.
     if block_h is None:
         from .triton_backend import TritonBackend  # the one source of the row padding
-        block_h = TritonBackend.decode_rows_per_program(Sq * H, on_gpu, B)
+        block_h = TritonBackend.decode_rows_per_program(size_hint(Sq * H), on_gpu, size_hint(B))
     groups = triton.cdiv(Sq * H, block_h)
     if splits is None:
         sms = torch.cuda.get_device_properties(q_lat.device).multi_processor_count if on_gpu else 4
-        splits = choose_splits(B, groups, Sk, bn, programs_per_sm * sms)
+        splits = choose_splits(size_hint(B), size_hint(groups), size_hint(Sk), bn, programs_per_sm * sms)
     keys_per_split = triton.cdiv(triton.cdiv(Sk, splits), bn) * bn
-    splits = triton.cdiv(Sk, keys_per_split)
+    if isinstance(Sk, int):
+        splits = triton.cdiv(Sk, keys_per_split)
     partial = torch.empty(B * H * Sq * splits, R, device=q_lat.device, dtype=torch.float32)
     lse = torch.empty(B * H * Sq * splits, device=q_lat.device, dtype=torch.float32)
     mk = mask.expand(B, H, Sq, Sk) if mask is not None else None
     mk_strides = mk.stride() if mk is not None else (0, 0, 0, 0)
     br, bdr = max(16, triton.next_power_of_2(R)), max(16, triton.next_power_of_2(Dr))
-    _decode_split[(groups, B, splits)](
+    launch(
+        _decode_split, (groups, B, splits),
         q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, partial, lse, table_arg, seq_arg,
         *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *mk_strides, st_b,
         H, Sq, Sk, keys_per_split, float(scale),
@@ -242,8 +252,8 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
         num_warps=num_warps or (8 if block_h >= 64 else 4), num_stages=num_stages or 2,
     )
     brc = min(br, 128)
-    _combine[(B * H * Sq, triton.cdiv(R, brc))](
-        partial, lse, out, *out.stride(), H, Sq, splits,
+    launch(
+        _combine, (B * H * Sq, triton.cdiv(R, brc)), partial, lse, out, *out.stride(), H, Sq, splits,
         R=R, BRC=brc, BS=max(2, triton.next_power_of_2(splits)), SCHUNK=16,
         ZERO_EMPTY=bool(zero_empty_rows),
     )

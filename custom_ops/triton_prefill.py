@@ -36,6 +36,10 @@ import os
 
 import torch
 
+from ..compat import size_hint
+from .checks import known_true
+from .launch import is_traced, launch
+
 try:
     import triton
     import triton.language as tl
@@ -207,6 +211,9 @@ if triton is not None:
         MASK: tl.constexpr, ZERO_EMPTY: tl.constexpr,
     ):
         # heavy (late) query blocks first: the causal triangle then ends in small blocks
+        # a float argument may arrive as fp64 (Inductor's launcher types Python floats so):
+        # the softmax runs in fp32 whoever launches
+        qk_scale = tl.cast(qk_scale, tl.float32)
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
         pid_bh = tl.program_id(1)
         b32 = pid_bh // H
@@ -381,20 +388,20 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
         out = torch.empty(B, H, Sq, Dv, device=q_nope.device, dtype=q_nope.dtype)
     elif out.shape != (B, H, Sq, Dv) or out.dtype != q_nope.dtype:
         raise ValueError("mla_prefill_attention: out must be [B, H, Sq, Dv] of q's dtype")
-    if out.numel() == 0:
+    if known_true(out.numel() == 0):
         return out
-    if Sk == 0:  # softmax over no keys: the reference's empty matmul gives zeros
+    if known_true(Sk == 0):  # softmax over no keys: the reference's empty matmul gives zeros
         return out.zero_()
 
     on_gpu = q_nope.device.type == "cuda" and not _interpreting()
-    cfg = default_config(Dn, Dr, Dv, q_nope.dtype, Sq, on_gpu)
+    cfg = default_config(Dn, Dr, Dv, q_nope.dtype, size_hint(Sq), on_gpu)  # speed only: no guard
     bm = block_m or cfg[0]
     bn = block_n or cfg[1]
     nw = num_warps or cfg[2]
     ns = num_stages or cfg[3]
     bdn, bdr, bdv = _pad(Dn), _pad(Dr), _pad(Dv)
-    if tma is None:
-        tma = _use_tma((k_nope, k_pe, v), (bn, bdn, bdr, bdv), on_gpu)
+    if tma is None:  # a traced launch has no data pointer to check the alignment of
+        tma = not is_traced(k_nope) and _use_tma((k_nope, k_pe, v), (bn, bdn, bdr, bdv), on_gpu)
     elif tma and not _tma_ok((k_nope, k_pe, v), (bn, bdn, bdr, bdv)):
         raise ValueError("mla_prefill_attention: tma=True needs triton's TensorDescriptor, "
                          "unit last strides and 16-byte aligned K/V")
@@ -406,8 +413,8 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
         kr_src = desc(k_pe, [1, bn, bdr])
         v_src = desc(v, [1, 1, bn, bdv])
     grid = (triton.cdiv(Sq, bm), B * H)
-    _mla_prefill_fwd[grid](
-        q_nope, q_pe, kn_src, kr_src, v_src, out, q_nope if mask is None else mask,
+    launch(
+        _mla_prefill_fwd, grid, q_nope, q_pe, kn_src, kr_src, v_src, out, q_nope if mask is None else mask,
         *q_nope.stride(), *q_pe.stride(), *k_nope.stride(), *k_pe.stride(),
         *v.stride(), *out.stride(), *mask_strides,
         # the mask path keeps its scores in the natural-log domain (see _attend)

@@ -17,6 +17,8 @@ import functools
 
 import torch
 
+from .launch import launch
+
 try:
     import triton
     import triton.language as tl
@@ -269,5 +271,5 @@ def rope_triton(xs, cos, sin, interleaved_in, interleaved_out, outs) -> None:
     ptrs = [(xs[i], outs[i]) for i in live]
     if len(ptrs) == 1:
         ptrs.append((None, None))
-    _rope_kernel[grid](cos, sin, nb0, ptrs[0][0], ptrs[0][1], *ints[0],
-                       ptrs[1][0], ptrs[1][1], *ints[1], **constexprs)
+    launch(_rope_kernel, grid, cos, sin, nb0, ptrs[0][0], ptrs[0][1], *ints[0],
+           ptrs[1][0], ptrs[1][1], *ints[1], **constexprs)

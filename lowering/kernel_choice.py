@@ -1,6 +1,8 @@
 """Which kernel backend runs an op: decided here and nowhere else."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..custom_ops.backend import KernelBackend
@@ -25,3 +27,11 @@ def select_backend(device: torch.device, kernel: str) -> type[KernelBackend]:
     if kernel == "auto":
         return TritonBackend if TritonBackend.supports(device) else ReferenceBackend
     raise ValueError(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
+
+
+def inductor_launches(device: torch.device, kernel: str) -> bool:
+    """Whether an op's kernels are launched by Inductor's generated code inside a
+    compiled graph (passes/inline_launches.py): compiled Triton on CUDA. The
+    interpreter and the reference stay behind the op call."""
+    return (device.type == "cuda" and kernel in ("auto", "triton") and TritonBackend.supports(device)
+            and os.environ.get("TRITON_INTERPRET") != "1")

@@ -12,7 +12,8 @@ TORCH_VERSION = torch.__version__
 
 __all__ = ["TORCH_VERSION", "detect_fake_mode", "known_equal", "known_same_shape",
            "known_broadcasts_to", "statically_known_true", "emit_structured_artifact", "is_joint_graph",
-           "real_tensors"]
+           "real_tensors", "size_hint", "wrap_triton", "same_storage",
+           "inductor_decompositions", "enable_python_dispatcher"]
 
 
 def known_equal(a: Any, b: Any) -> bool:
@@ -63,3 +64,37 @@ def real_tensors():
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     return unset_fake_temporarily()
+
+
+def size_hint(x) -> int:
+    """An int for a size that may be a SymInt (its value in the example inputs), for
+    heuristics whose choice does not change results (tile sizes, split counts): no
+    guard, so a dynamic graph stays dynamic."""
+    if isinstance(x, int):
+        return x
+    hint = x.node.hint
+    return int(hint) if hint is not None else 1
+
+
+def wrap_triton(kernel):
+    """torch.library.wrap_triton (torch >= 2.6; the same on 2.11 .. 2.15)."""
+    return torch.library.wrap_triton(kernel)
+
+
+def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors are views of one storage (real or fake tensors; no data
+    pointer needed), 2.11 .. 2.15."""
+    return torch._C._is_alias_of(a, b)
+
+
+def inductor_decompositions() -> dict:
+    """The decomposition table Inductor's AOT tracing uses (2.11 .. 2.15)."""
+    from torch._inductor.decomposition import select_decomp_table
+
+    return select_decomp_table()
+
+
+def enable_python_dispatcher():
+    from torch._dispatch.python import enable_python_dispatcher as enable
+
+    return enable()

@@ -1,0 +1,34 @@
+"""Every Triton kernel launch of the package goes through `launch`.
+
+Inside a compiled graph, lowering (passes/inline_launches.py) traces an op's
+computation on fake tensors: there `launch` wraps the kernel
+(`torch.library.wrap_triton`), so the graph holds `triton_kernel_wrapper_functional`
+nodes and Inductor emits the launches in its generated code like its own kernels (no
+dispatcher hop, no Python per call). On real tensors (the eager ops) the kernel is
+called straight away; under TRITON_INTERPRET=1 a kernel is not a JITFunction and is
+always called directly.
+"""
+from __future__ import annotations
+
+from ..compat import wrap_triton
+
+try:
+    from triton.runtime.jit import JITFunction
+except ImportError:  # Triton is optional on CPU: no kernel is ever launched then
+    JITFunction = ()
+
+
+def is_traced(t) -> bool:
+    """Whether `t` is a tensor of a trace (fake, maybe functional-wrapped): its
+    sizes may be symbolic and it has no data pointer."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(t)
+
+
+def launch(kernel, grid, first, *args, **kwargs) -> None:
+    """kernel[grid](first, *args, **kwargs); traced when `first` (a tensor) is."""
+    if isinstance(kernel, JITFunction) and is_traced(first):
+        wrap_triton(kernel)[grid](first, *args, **kwargs)
+    else:
+        kernel[grid](first, *args, **kwargs)
