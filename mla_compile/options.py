@@ -8,6 +8,7 @@ from torch._inductor import list_mode_options
 
 from .lowering.kernel_choice import KERNEL_CHOICES
 
+LAUNCH_CHOICES = ("inductor", "op")
 ReportSink = Union[bool, Callable[[Any], None]]
 
 _HELP = {
@@ -23,6 +24,9 @@ _HELP = {
     "inductor": "dict of extra Inductor config patches, e.g. {'max_autotune': True}",
     "strict": "bool: raise instead of leaving a look-alike subgraph alone, so that a user can "
     "assert that the model was fully rewritten (default False)",
+    "launch": "'inductor' (default): inside compiled graphs on CUDA, Inductor's generated code "
+    "launches the fused ops' Triton kernels itself (no per-call op dispatch or Python checks); "
+    "'op': every fused op stays a torch.ops.mla call",
     "mode": "an Inductor mode such as 'reduce-overhead' (torch.compile refuses mode= "
     "together with options=, so it can be given here instead)",
 }
@@ -37,6 +41,7 @@ class Options:
     inductor: Mapping[str, Any] = field(default_factory=dict)
     mode: str | None = None
     strict: bool = False
+    launch: str = "inductor"
 
     @classmethod
     def from_user(cls, options: Mapping[str, Any] | None) -> "Options":

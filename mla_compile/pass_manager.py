@@ -36,7 +36,7 @@ class MlaPassManager(CustomGraphPass):
         listening = bool(self.options.report) or log.isEnabledFor(logging.INFO)
         report = GraphReport()
         for graph_pass in PIPELINE:
-            if not getattr(self.options, graph_pass.option):
+            if graph_pass.option and not getattr(self.options, graph_pass.option):
                 continue
             record = PassRecord(graph_pass.name)
             if listening:
@@ -44,6 +44,8 @@ class MlaPassManager(CustomGraphPass):
             graph_pass.run(graph, self.options, record)
             graph.eliminate_dead_code()
             graph.lint()
+            if not (graph_pass.report_idle or record.matches or record.near_misses):
+                continue
             if listening:
                 record.after = canonical_graph(graph)
                 record.changes = "".join(difflib.unified_diff(

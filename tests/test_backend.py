@@ -80,6 +80,7 @@ def test_unknown_option_lists_valid_ones():
     ({"report": 3}, "'report' must be a bool or a callable"),
     ({"mode": "fast"}, "'mode' must be one of"),
     ({"strict": 1}, "'strict' must be a bool"),
+    ({"launch": "python"}, "'launch' must be one of"),
     ({"inductor": {"joint_custom_pre_pass": None}}, "may not set joint_custom_pre_pass"),
 ])
 def test_bad_option_values(bad, message):

@@ -1,0 +1,134 @@
+"""Lowering's last step: Inductor launches our Triton kernels itself.
+
+A fused op left as a `torch.ops.mla.*` call would cost a dispatcher hop, the op's
+Python checks and a Python Triton launch on every call of the compiled graph. Where
+its kernels run as compiled Triton (CUDA), each op node is replaced here by its own
+computation (`compute_*` in custom_ops: torch ops and kernel launches) traced on the
+node's fake inputs with the launches wrapped (`custom_ops/launch.py`) and then
+functionalized, exactly what AOTAutograd does for a `torch.library.triton_op`: the
+graph then holds `triton_kernel_wrapper_functional` nodes, which Inductor lowers to
+launches in its generated code (and reinplaces where the buffers allow). The checks
+ran once, on the fake inputs, when the op was inserted.
+
+A trace that fails, or that would mutate an input, leaves the op node as it is (same
+numbers, the op's own launch path): the report lists it as `launch.op` with the reason.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.operator_schemas import normalize_function
+
+from ..compat import enable_python_dispatcher, inductor_decompositions
+from ..custom_ops.latent_attention import compute_latent_attention
+from ..custom_ops.paged_cache import compute_paged_decode
+from ..custom_ops.prefill_attention import compute_prefill_attention
+from ..custom_ops.rope import compute_rope
+from ..lowering.kernel_choice import inductor_launches
+from ..report import Match, PassRecord
+
+COMPUTE = {
+    torch.ops.mla.rope.default: compute_rope,
+    torch.ops.mla.prefill_attention.default: compute_prefill_attention,
+    torch.ops.mla.latent_attention.default: compute_latent_attention,
+    torch.ops.mla.paged_decode.default: compute_paged_decode,
+}
+
+_WRAPPERS = ("triton_kernel_wrapper_functional", "triton_kernel_wrapper_mutation")
+
+
+def _arguments(node: fx.Node) -> dict:
+    """The op's arguments by name (defaults filled in): nodes, lists of nodes, constants."""
+    found = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
+    return dict(found.kwargs)
+
+
+def _trace(compute, kwargs: dict) -> fx.GraphModule:
+    """`compute(**kwargs)` as a functional graph whose placeholders are the tensor
+    leaves of kwargs, in pytree order."""
+    leaves, spec = pytree.tree_flatten(kwargs)
+    places = [i for i, leaf in enumerate(leaves) if isinstance(leaf, fx.Node)]
+    vals = [leaves[i].meta["val"] for i in places]
+
+    def body(*tensors):
+        full = list(leaves)
+        for i, t in zip(places, tensors):
+            full[i] = t
+        return compute(**pytree.tree_unflatten(full, spec))
+
+    # first on the plain fake values, where views of one weight still alias (the
+    # decompression reads kv_b's two windows as one GEMM); then functionalized, with
+    # views kept (Inductor reads them in place)
+    # Inductor's decompositions, as AOTAutograd applied them to the rest of the graph
+    decomps = inductor_decompositions()
+    with torch.no_grad(), enable_python_dispatcher():
+        direct = make_fx(body, decomps, tracing_mode="real")(*vals)
+        functional = torch.func.functionalize(direct, remove="mutations")
+        return make_fx(functional, decomps, tracing_mode="real")(*vals)
+
+
+def _check_functional(gm: fx.GraphModule) -> None:
+    """Refuse a trace that writes into one of the op's inputs (e.g. Triton's mutation
+    analysis was unavailable and every argument counted as written)."""
+    for n in gm.graph.nodes:
+        schema = getattr(n.target, "_schema", None)
+        if n.op == "call_function" and schema is not None and schema.is_mutable:
+            raise RuntimeError(f"the traced launch writes into an input ({n.target})")
+
+
+def _splice(graph: fx.Graph, node: fx.Node, gm: fx.GraphModule, inputs: list) -> int:
+    """Put gm's nodes in place of `node`; returns the number of kernel launches."""
+    env = dict(zip((n for n in gm.graph.nodes if n.op == "placeholder"), inputs))
+    launches, result = 0, None
+    with graph.inserting_before(node):
+        for sub in gm.graph.nodes:
+            if sub.op == "placeholder":
+                continue
+            if sub.op == "output":
+                result = fx.node.map_arg(sub.args[0], lambda n: env[n])
+                break
+            env[sub] = graph.node_copy(sub, lambda n: env[n])
+            launches += getattr(sub.target, "__name__", "") in _WRAPPERS
+    if isinstance(result, (list, tuple)):  # mla.rope: its users are getitem nodes
+        for user in list(node.users):
+            user.replace_all_uses_with(result[user.args[1]])
+            graph.erase_node(user)
+    else:
+        node.replace_all_uses_with(result)
+    graph.erase_node(node)
+    return launches
+
+
+def _positional(node: fx.Node) -> None:
+    """An op call that stays takes every argument by position: Inductor's fallback
+    kernel has a parameter named `kernel` of its own, which our ops' `kernel=`
+    keyword (as AOTAutograd passes defaults) would collide with."""
+    found = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
+    node.args, node.kwargs = tuple(found.kwargs.values()), {}
+
+
+def inline_launches(graph: fx.Graph, options, record: PassRecord) -> None:
+    for node in list(graph.nodes):
+        compute = COMPUTE.get(node.target) if node.op == "call_function" else None
+        if compute is None:
+            if node.op == "call_function" and str(node.target).startswith("mla."):
+                _positional(node)
+            continue
+        kwargs = _arguments(node)
+        first = next(a for a in pytree.tree_leaves(kwargs) if isinstance(a, fx.Node))
+        kernel = kwargs.get("kernel", "auto")
+        if not (options.launch == "inductor" and inductor_launches(first.meta["val"].device, kernel)):
+            _positional(node)
+            continue
+        op = str(node.target).replace(".default", "")
+        try:
+            gm = _trace(compute, kwargs)
+            _check_functional(gm)
+        except Exception as err:  # noqa: BLE001  (any failure: keep the op, say why)
+            record.matches.append(Match("launch.op", {"op": op, "why": f"{type(err).__name__}: {err}"}))
+            continue
+        inputs = [leaf for leaf in pytree.tree_leaves(kwargs) if isinstance(leaf, fx.Node)]
+        launches = _splice(graph, node, gm, inputs)
+        record.matches.append(Match("launch.inductor", {"op": op, "kernel_launches": launches}))

@@ -1,0 +1,138 @@
+"""Inside compiled graphs, Inductor launches our Triton kernels itself
+(passes/inline_launches.py): each fused op is replaced by its computation traced with
+the launches wrapped, so the generated code calls the kernels like Inductor's own,
+with no `torch.ops.mla` dispatch and no Python checks per call.
+
+On CUDA (the GPU machine; CI has none) the generated code is read: our kernels are
+launched there and no mla op is called, numbers equal eager, and `launch="op"` keeps
+the op calls. On CPU the same splicing is exercised with the reference computation
+(pure torch ops) standing in for the kernels, so that argument mapping, list outputs
+and symbolic sizes are checked in CI too.
+"""
+import os
+import sys
+
+import pytest
+import torch
+from torch._inductor.utils import run_and_get_code
+
+sys.path.insert(0, os.path.dirname(__file__))
+from attention_models import SHAPES, AttnSize  # noqa: E402
+from latent_models import DIMS, AbsorbedMLA, freqs_cis  # noqa: E402
+
+cuda_only = pytest.mark.skipif(
+    not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+    reason="needs a CUDA device and compiled (not interpreted) Triton: TRITON_INTERPRET=0")
+
+HF_V3 = next(s for s in SHAPES if s.name == "hf_v3")
+SDPA_CAUSAL = next(s for s in SHAPES if s.name == "sdpa_causal")
+
+
+def _compile_and_code(model, inputs, **options):
+    torch._dynamo.reset()
+    reports = []
+    compiled = torch.compile(model, backend="mla", options={"report": reports.append, **options})
+    with torch.no_grad():
+        out, code = run_and_get_code(compiled, *inputs)
+        ref = model(*inputs)
+    return out, ref, "\n".join(code), reports
+
+
+def _counts(reports) -> dict:
+    counts: dict = {}
+    for r in reports:
+        for k, v in r.counts().items():
+            counts[k] = counts.get(k, 0) + v
+    return counts
+
+
+def _close(out, ref, tol):
+    scale = max(1.0, ref.float().abs().max().item())
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol * scale)
+
+
+@cuda_only
+@pytest.mark.parametrize("shape", [HF_V3, SDPA_CAUSAL], ids=lambda s: s.name)
+def test_prefill_kernels_launched_by_inductor(shape):
+    size = AttnSize(B=2, S=29, H=4, nope=128, rope=64, v=128, latent=512)
+    model = shape.build(size, torch.bfloat16).cuda()
+    inputs = tuple(t.cuda() if isinstance(t, torch.Tensor) else t for t in model.example_inputs(seed=3))
+    out, ref, code, reports = _compile_and_code(model, inputs)
+    counts = _counts(reports)
+    assert counts.get("attention.mla") == 1 and counts.get("launch.inductor") == 2, counts  # attention, rope
+    assert "launch.op" not in counts, [r.format() for r in reports]
+    assert "torch.ops.mla" not in code, code
+    assert "_mla_prefill_fwd" in code and "_rope_kernel" in code, code
+    _close(out, ref, 2e-2)
+
+    out_op, _, code_op, reports_op = _compile_and_code(model, inputs, launch="op")
+    assert "torch.ops.mla.prefill_attention" in code_op and "launch.inductor" not in _counts(reports_op)
+    _close(out_op, ref, 2e-2)
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_decode_kernels_launched_by_inductor(dtype):
+    """DeepSeek-absorb decode: mla.latent_attention's split-KV and combine kernels."""
+    torch.manual_seed(0)
+    model = AbsorbedMLA(**DIMS, dtype=dtype).cuda().eval()
+    freqs = freqs_cis(DIMS["rope"], 64).cuda()
+    x = torch.randn(2, 1, DIMS["dim"], device="cuda", dtype=dtype)
+    with torch.no_grad():
+        model.kv_cache.normal_()
+        model.pe_cache.normal_()
+    inputs = (x, 20, freqs[20:21], None)
+    out, ref, code, reports = _compile_and_code(model, inputs)
+    counts = _counts(reports)
+    assert counts.get("attention.mla") == 1 and counts.get("launch.inductor", 0) >= 1, counts
+    assert "torch.ops.mla" not in code and "_decode_split" in code and "_combine" in code, code
+    _close(out, ref, 1e-3 if dtype == torch.float32 else 3e-2)
+
+
+@cuda_only
+def test_dynamic_lengths_keep_one_graph():
+    """Sequence length marked dynamic: the launches are traced with symbolic sizes
+    (tile and split choices read the example sizes, no guard), one graph serves every
+    length, and every length equals eager."""
+    size = AttnSize(B=2, S=24, H=4, nope=128, rope=64, v=128, latent=512)
+    model = SDPA_CAUSAL.build(size, torch.bfloat16).cuda()
+    torch._dynamo.reset()
+    frames = []
+    reports = []
+    compiled = torch.compile(model, backend="mla", dynamic=True, options={"report": reports.append})
+    for S in (24, 17, 31):
+        inputs = tuple(t.cuda() if isinstance(t, torch.Tensor) else t for t in model.example_inputs(seed=S, S=S))
+        with torch.no_grad():
+            _close(compiled(*inputs), model(*inputs), 2e-2)
+        frames.append(len(reports))
+    assert frames[-1] == frames[0], f"recompiled for a new length: reports after each call {frames}"
+    assert _counts(reports).get("attention.mla", 0) >= 1, [r.format() for r in reports]
+
+
+def test_splice_on_cpu_with_the_reference(monkeypatch):
+    """The inlining machinery on CPU: with `kernel="reference"` and the device check
+    opened, every fused op (RoPE, list output; attention) is replaced by its traced
+    computation, no mla op is left, and the numbers equal eager."""
+    import importlib
+
+    inline_launches = importlib.import_module("mla_compile.passes.inline_launches")
+
+    monkeypatch.setattr(inline_launches, "inductor_launches", lambda device, kernel: True)
+    size = AttnSize(B=2, S=12, H=2, nope=16, rope=8, v=16, latent=32)
+    model = HF_V3.build(size, torch.float32)
+    inputs = model.example_inputs(seed=5)
+    out, ref, code, reports = _compile_and_code(model, inputs, kernel="reference")
+    counts = _counts(reports)
+    assert counts.get("attention.mla") == 1 and counts.get("launch.inductor") == 2, counts
+    assert "torch.ops.mla" not in code and "mla." not in reports[-1].final_graph, reports[-1].final_graph
+    _close(out, ref, 1e-4)
+
+
+def test_no_launch_pass_in_cpu_reports():
+    """On CPU nothing is inlined, and the report does not list an idle launch pass."""
+    size = AttnSize(B=1, S=8, H=2, nope=16, rope=8, v=16, latent=32)
+    model = HF_V3.build(size, torch.float32)
+    _, _, code, reports = _compile_and_code(model, model.example_inputs(seed=2))
+    assert [p.name for p in reports[0].passes] == ["rope", "attention"], reports[0].format()
+    assert "torch.ops.mla.prefill_attention" in code
+
