@@ -105,8 +105,14 @@ def _positional(node: fx.Node) -> None:
     """An op call that stays takes every argument by position: Inductor's fallback
     kernel has a parameter named `kernel` of its own, which our ops' `kernel=`
     keyword (as AOTAutograd passes defaults) would collide with."""
-    found = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
-    node.args, node.kwargs = tuple(found.kwargs.values()), {}
+    def positional(args, kwargs) -> tuple:
+        found = normalize_function(node.target, args, kwargs, normalize_to_only_use_kwargs=True)
+        return tuple(found.kwargs.values())
+
+    node.args, node.kwargs = positional(node.args, node.kwargs), {}
+    if "eager_input_vals" in node.meta:  # the values Inductor matches the args against
+        args, kwargs = node.meta["eager_input_vals"]
+        node.meta["eager_input_vals"] = (positional(args, kwargs), {})
 
 
 def inline_launches(graph: fx.Graph, options, record: PassRecord) -> None:

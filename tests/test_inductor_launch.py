@@ -136,3 +136,20 @@ def test_no_launch_pass_in_cpu_reports():
     assert [p.name for p in reports[0].passes] == ["rope", "attention"], reports[0].format()
     assert "torch.ops.mla.prefill_attention" in code
 
+
+
+@pytest.mark.parametrize("launch", ["inductor", "op"])
+def test_op_called_by_user_code_compiles(launch):
+    """User code calling a fused op itself (defaults passed by keyword after AOT): the
+    op call stays positional, so Inductor's fallback, whose own parameter is named
+    `kernel`, takes it; numbers equal the eager op."""
+    gen = torch.Generator().manual_seed(0)
+    q, qr = torch.randn(1, 2, 1, 32, generator=gen), torch.randn(1, 2, 1, 8, generator=gen)
+    c, kr = torch.randn(1, 24, 32, generator=gen), torch.randn(1, 24, 8, generator=gen)
+
+    def fn(q, qr, c, kr):
+        return torch.ops.mla.latent_attention(q, qr, c, kr, 0.1, False) * 2
+
+    torch._dynamo.reset()
+    out = torch.compile(fn, backend="mla", options={"launch": launch})(q, qr, c, kr)
+    _close(out, fn(q, qr, c, kr), 1e-5)
