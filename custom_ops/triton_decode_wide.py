@@ -75,6 +75,7 @@ if triton is not None:
         CAUSAL: tl.constexpr, MASK: tl.constexpr, DIRECT: tl.constexpr, ZERO_EMPTY: tl.constexpr,
         PREC: tl.constexpr, UPCAST: tl.constexpr,
         PAGED: tl.constexpr, PAGE: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr,
+        PAGE_TILE: tl.constexpr,
     ):
         # program (row group, split, sequence): the row groups of one key range are
         # neighbours in launch order, so the second group's tiles come from L2
@@ -108,7 +109,15 @@ if triton is not None:
         for n0 in tl.range(lo, hi_key, BLOCK_N):
             t = n0 + tl.arange(0, BLOCK_N)
             t_ok = t < hi_key
-            if PAGED:  # C is the cache: latent dims [0, R), rope dims [R, R + DR)
+            if PAGE_TILE:  # NORMAL pages holding whole key tiles: one page number per tile
+                blk = tl.load(TABLE + b * st_b + n0 // PAGE).to(tl.int64)
+                key_c = C + blk * (PAGE * (R + DR)) + ((n0 % PAGE) + tl.arange(0, BLOCK_N))[:, None] * (R + DR)
+                c0 = tl.load(key_c + offs_c[None, :], mask=t_ok[:, None] & (offs_c < R)[None, :], other=0.0)
+                if NSPLIT == 2:
+                    c1 = tl.load(key_c + (BC + offs_c)[None, :],
+                                 mask=t_ok[:, None] & (BC + offs_c < R)[None, :], other=0.0)
+                kr = tl.load(key_c + R + offs_d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+            elif PAGED:  # C is the cache: latent dims [0, R), rope dims [R, R + DR)
                 c0 = tl.load(C + _wpage_offsets(TABLE, st_b, b, t, t_ok, offs_c, PAGE, R + DR, TT, VEC),
                              mask=t_ok[:, None] & (offs_c < R)[None, :], other=0.0)
                 if NSPLIT == 2:
@@ -173,48 +182,57 @@ if triton is not None:
             tl.store(ST + 2 * base + 1, l_i, mask=row_ok)
 
     @triton.jit
-    def _wide_combine(OP, ST, O, so_b, so_h, so_q, so_r, H, Sq, SPLITS,
-                      R: tl.constexpr, BRC: tl.constexpr, BS: tl.constexpr, SCHUNK: tl.constexpr,
-                      ZERO_EMPTY: tl.constexpr):
-        # one (b, h, q) row and BRC latent columns per program; ST holds each split's
-        # (running max, sum of exponentials), OP its normalised output
-        row = tl.program_id(0)
+    def _wide_combine(OP, ST, O, so_b, so_h, so_q, so_r, H, Sq, NROWS, SPLITS,
+                      R: tl.constexpr, BR: tl.constexpr, ROWS: tl.constexpr, ZERO_EMPTY: tl.constexpr):
+        # ROWS (b, h, q) rows x all latent columns per program, one split at a time; ST
+        # holds each split's (running max, sum of exponentials), OP its normalised output
+        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        row_ok = row < NROWS
         qi = row % Sq
         hi = (row // Sq) % H
-        b = row // (Sq * H)
-        offs_r = tl.program_id(1) * BRC + tl.arange(0, BRC)
+        b = (row // (Sq * H)).to(tl.int64)
+        offs_r = tl.arange(0, BR)
         r_ok = offs_r < R
-        offs_all = tl.arange(0, BS)
-        m = tl.max(tl.load(ST + 2 * (row * SPLITS + offs_all), mask=offs_all < SPLITS, other=float("-inf")), 0)
+        m = tl.full([ROWS], float("-inf"), tl.float32)
+        for sp in range(0, SPLITS):
+            m = tl.maximum(m, tl.load(ST + 2 * (row * SPLITS + sp), mask=row_ok, other=float("-inf")))
         m = tl.where(m == float("-inf"), 0.0, m)
-        acc = tl.zeros([BRC], tl.float32)
-        total = 0.0
-        for s0 in range(0, SPLITS, SCHUNK):
-            offs_s = s0 + tl.arange(0, SCHUNK)
-            s_ok = offs_s < SPLITS
-            m_s = tl.load(ST + 2 * (row * SPLITS + offs_s), mask=s_ok, other=float("-inf"))
-            l_s = tl.load(ST + 2 * (row * SPLITS + offs_s) + 1, mask=s_ok, other=0.0)
-            w = tl.where(l_s > 0, l_s * tl.exp(m_s - m), 0.0)  # each split's share of the sum
-            total += tl.sum(w, 0)
-            parts = tl.load(OP + (row * SPLITS + offs_s[:, None]).to(tl.int64) * R + offs_r[None, :],
-                            mask=(l_s > 0)[:, None] & r_ok[None, :], other=0.0)
-            acc += tl.sum(parts * w[:, None], 0)
+        acc = tl.zeros([ROWS, BR], tl.float32)
+        total = tl.zeros([ROWS], tl.float32)
+        for sp in range(0, SPLITS):
+            base = row * SPLITS + sp
+            m_s = tl.load(ST + 2 * base, mask=row_ok, other=float("-inf"))
+            l_s = tl.load(ST + 2 * base + 1, mask=row_ok, other=0.0)
+            w = tl.where(l_s > 0, l_s * tl.exp(m_s - m), 0.0)  # this split's share of the sum
+            total += w
+            part = tl.load(OP + base[:, None].to(tl.int64) * R + offs_r[None, :],
+                           mask=(l_s > 0)[:, None] & r_ok[None, :], other=0.0)
+            acc += part * w[:, None]
         if ZERO_EMPTY:
-            out = tl.where(total > 0, acc / tl.where(total > 0, total, 1.0), 0.0)
+            out = tl.where(total[:, None] > 0, acc / tl.where(total > 0, total, 1.0)[:, None], 0.0)
         else:  # eager softmax over no visible key: 0/0
-            out = acc / total
-        tl.store(O + b.to(tl.int64) * so_b + hi * so_h + qi * so_q + offs_r * so_r,
-                 out.to(O.dtype.element_ty), mask=r_ok)
+            out = acc / total[:, None]
+        tl.store(O + (b * so_b + hi * so_h + qi * so_q)[:, None] + offs_r[None, :] * so_r,
+                 out.to(O.dtype.element_ty), mask=row_ok[:, None] & r_ok[None, :])
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def choose_wide_splits(batch: int, row_groups: int, kv_len: int, block_n: int, sms: int,
+def wide_rows_per_program(rows: int, on_gpu: bool) -> int:
+    """Query rows per program: 64 (8 warps, wgmma, each latent tile read once for 64
+    rows) from 64 rows up, else the next power of two >= 16 (4 warps): padding 16 or 32
+    rows to 64 costs more score work than it saves (H200, issue 12)."""
+    if not on_gpu:
+        return 16
+    return 64 if rows >= 64 else max(16, 1 << (max(1, rows) - 1).bit_length())
+
+
+def choose_wide_splits(batch: int, row_groups: int, kv_len: int, block_n: int, slots: int,
                        max_splits: int = 128, overhead_blocks: float = 3.0) -> int:
-    """Key splits for batch * row_groups * splits programs of one program per SM (a
-    64-row program takes ~216 KB of shared memory): the split count minimising
+    """Key splits for batch * row_groups * splits programs on `slots` program slots
+    (one per SM for 64-row programs, two for smaller ones): the split count minimising
     waves * (key blocks per split + a fixed cost per program, in key blocks), where a
     split has at least 4 key blocks. One split (no partials) whenever the batch alone
     fills whole waves about as well."""
@@ -222,7 +240,7 @@ def choose_wide_splits(batch: int, row_groups: int, kv_len: int, block_n: int, s
     units = max(1, batch * row_groups)
     best, best_cost = 1, None
     for s in range(1, max(1, min(max_splits, blocks // 4)) + 1):
-        waves = -(-units * s // sms)
+        waves = -(-units * s // slots)
         per = -(-blocks // s)
         cost = waves * (per + overhead_blocks) + (overhead_blocks if s > 1 else 0.0)
         if best_cost is None or cost < best_cost - 1e-9:
@@ -280,13 +298,15 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
         return out.zero_()
     on_gpu = q_lat.device.type == "cuda" and not _interpreting()
     bn = block_n or (64 if on_gpu else 16)
-    bh = block_h or (64 if on_gpu else 16)
+    bh = block_h or wide_rows_per_program(Sq * H, on_gpu)
     br, bdr = max(16, triton.next_power_of_2(R)), max(16, triton.next_power_of_2(Dr))
     ns = nsplit or (2 if br >= 256 else 1)
     groups = triton.cdiv(Sq * H, bh)
     if splits is None:
         n_sm = sms or (torch.cuda.get_device_properties(q_lat.device).multi_processor_count if on_gpu else 4)
-        splits = choose_wide_splits(B, groups, Sk, bn, n_sm)
+        # a 64-row program holds ~216 KB of shared memory and all registers: one per SM;
+        # 16 / 32-row programs (4 warps) fit two
+        splits = choose_wide_splits(B, groups, Sk, bn, n_sm * (1 if bh >= 64 else 2))
     keys_per_split = triton.cdiv(triton.cdiv(Sk, splits), bn) * bn
     splits = triton.cdiv(Sk, keys_per_split)
     direct = splits == 1
@@ -307,17 +327,17 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
         PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
         UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16,
         PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec,
+        PAGE_TILE=paged is not None and tt == 1 and page % bn == 0,
         num_warps=num_warps or (8 if bh >= 64 else 4), num_stages=num_stages or 2,
     )
     if not direct:
-        brc = min(br, 128)
+        rows_c = 4
         _launch(
-            _wide_combine, (B * H * Sq, triton.cdiv(R, brc)),
-            partial, stats, out, *out.stride(), H, Sq, splits,
-            R=R, BRC=brc, BS=max(2, triton.next_power_of_2(splits)), SCHUNK=32,
-            ZERO_EMPTY=bool(zero_empty_rows),
+            _wide_combine, (triton.cdiv(B * H * Sq, rows_c),),
+            partial, stats, out, *out.stride(), H, Sq, B * H * Sq, splits,
+            R=R, BR=br, ROWS=rows_c, ZERO_EMPTY=bool(zero_empty_rows), num_warps=4,
         )
     return out
 
 
-__all__ = ["mla_decode_attention_wide", "choose_wide_splits", "supports"]
+__all__ = ["mla_decode_attention_wide", "choose_wide_splits", "wide_rows_per_program", "supports"]

@@ -158,3 +158,11 @@ def test_split_choice():
     assert choose_wide_splits(1, 1, 100, 64, 132) == 1      # short context: one
     # B = 32, one group: 4 splits = 128 programs in one wave
     assert choose_wide_splits(32, 1, 4096, 64, 132) == 4
+    assert choose_wide_splits(32, 1, 4096, 64, 264) == 8   # 16-row programs: two per SM
+
+
+def test_rows_per_program_rule():
+    from mla_compile.custom_ops.triton_decode_wide import wide_rows_per_program as rule
+
+    assert [rule(8, True), rule(16, True), rule(20, True), rule(32, True), rule(40, True)] == [16, 16, 32, 32, 64]
+    assert [rule(64, True), rule(128, True), rule(128, False)] == [64, 64, 16]
