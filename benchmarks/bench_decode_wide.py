@@ -128,16 +128,9 @@ def main():
                 q[..., :R], q[..., R:], None, None, SCALE, False, out=outs[i],
                 paged=(cache.view(B * L // PAGE, PAGE * (R + DR)), table, seq, PAGE, (1, R + DR)))
 
-        bh = triton_decode_wide.wide_rows_per_program(H, True)
-        few = triton_decode_wide.choose_wide_splits(B, triton.cdiv(H, bh), L, 64, sms * (1 if bh >= 64 else 2),
-                                                    overhead_blocks=8.0)
         variants = {
             "old": ours(triton_decode.mla_decode_attention, block_h=old_rows_per_program(H, B)),
             "wide": ours(triton_decode_wide.mla_decode_attention_wide),
-            # 32-key tiles, 4 stages: the next tiles' loads in flight during the whole tile
-            "wide-n32s4": ours(triton_decode_wide.mla_decode_attention_wide, block_n=32, num_stages=4),
-            # fewer splits (a fixed cost of 8 key blocks per program in the split choice)
-            "wide-fewsplit": ours(triton_decode_wide.mla_decode_attention_wide, splits=few),
             "wide-paged": wide_paged,
         }
         if fm is not None:
@@ -182,7 +175,7 @@ def main():
         results.append(row)
         del sets, outs, ref
         torch.cuda.empty_cache()
-    names = ["old", "wide", "wide-n32s4", "wide-fewsplit", "wide-paged", "flashmla"]
+    names = ["old", "wide", "wide-paged", "flashmla"]
     names = [n for n in names if any(n in r["t"] for r in results)]
     lines = ["| B | L | H | floor us | compute floor us | " + " | ".join(f"{n} us (% max)" for n in names)
              + " | best wide / old | best wide / flashmla |",

@@ -183,31 +183,48 @@ if triton is not None:
 
     @triton.jit
     def _wide_combine(OP, ST, O, so_b, so_h, so_q, so_r, H, Sq, NROWS, SPLITS,
-                      R: tl.constexpr, BR: tl.constexpr, ROWS: tl.constexpr, ZERO_EMPTY: tl.constexpr):
-        # ROWS (b, h, q) rows x all latent columns per program, one split at a time; ST
+                      R: tl.constexpr, BRC: tl.constexpr, ROWS: tl.constexpr, SCHUNK: tl.constexpr,
+                      ZERO_EMPTY: tl.constexpr):
+        # ROWS (b, h, q) rows x BRC latent columns per program, SCHUNK splits at a time
+        # (ROWS == 1 or SCHUNK == 1: many rows, few splits, or the other way round); ST
         # holds each split's (running max, sum of exponentials), OP its normalised output
         row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         row_ok = row < NROWS
         qi = row % Sq
         hi = (row // Sq) % H
         b = (row // (Sq * H)).to(tl.int64)
-        offs_r = tl.arange(0, BR)
+        offs_r = tl.program_id(1) * BRC + tl.arange(0, BRC)
         r_ok = offs_r < R
+        offs_k = tl.arange(0, SCHUNK)
         m = tl.full([ROWS], float("-inf"), tl.float32)
-        for sp in range(0, SPLITS):
-            m = tl.maximum(m, tl.load(ST + 2 * (row * SPLITS + sp), mask=row_ok, other=float("-inf")))
+        for s0 in range(0, SPLITS, SCHUNK):
+            sp = s0 + offs_k
+            m_s = tl.load(ST + 2 * (row[:, None] * SPLITS + sp[None, :]),
+                          mask=row_ok[:, None] & (sp < SPLITS)[None, :], other=float("-inf"))
+            m = tl.maximum(m, tl.max(m_s, 1))
         m = tl.where(m == float("-inf"), 0.0, m)
-        acc = tl.zeros([ROWS, BR], tl.float32)
+        acc = tl.zeros([ROWS, BRC], tl.float32)
         total = tl.zeros([ROWS], tl.float32)
-        for sp in range(0, SPLITS):
-            base = row * SPLITS + sp
-            m_s = tl.load(ST + 2 * base, mask=row_ok, other=float("-inf"))
-            l_s = tl.load(ST + 2 * base + 1, mask=row_ok, other=0.0)
-            w = tl.where(l_s > 0, l_s * tl.exp(m_s - m), 0.0)  # this split's share of the sum
-            total += w
-            part = tl.load(OP + base[:, None].to(tl.int64) * R + offs_r[None, :],
-                           mask=(l_s > 0)[:, None] & r_ok[None, :], other=0.0)
-            acc += part * w[:, None]
+        for s0 in range(0, SPLITS, SCHUNK):
+            sp = s0 + offs_k
+            base = row[:, None] * SPLITS + sp[None, :]  # [ROWS, SCHUNK]
+            ok = row_ok[:, None] & (sp < SPLITS)[None, :]
+            m_s = tl.load(ST + 2 * base, mask=ok, other=float("-inf"))
+            l_s = tl.load(ST + 2 * base + 1, mask=ok, other=0.0)
+            w = tl.where(l_s > 0, l_s * tl.exp(m_s - m[:, None]), 0.0)  # each split's share of the sum
+            total += tl.sum(w, 1)
+            if ROWS == 1:  # [SCHUNK, BRC] partial rows of the one output row
+                w1 = tl.reshape(w, [SCHUNK])
+                b1 = tl.reshape(base, [SCHUNK])
+                part = tl.load(OP + b1[:, None].to(tl.int64) * R + offs_r[None, :],
+                               mask=(w1 > 0)[:, None] & r_ok[None, :], other=0.0)
+                acc += tl.reshape(tl.sum(part * w1[:, None], 0), [1, BRC])
+            else:  # SCHUNK == 1: [ROWS, BRC], one split
+                w1 = tl.reshape(w, [ROWS])
+                b1 = tl.reshape(base, [ROWS])
+                part = tl.load(OP + b1[:, None].to(tl.int64) * R + offs_r[None, :],
+                               mask=(w1 > 0)[:, None] & r_ok[None, :], other=0.0)
+                acc += part * w1[:, None]
         if ZERO_EMPTY:
             out = tl.where(total[:, None] > 0, acc / tl.where(total > 0, total, 1.0)[:, None], 0.0)
         else:  # eager softmax over no visible key: 0/0
@@ -331,11 +348,15 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
         num_warps=num_warps or (8 if bh >= 64 else 4), num_stages=num_stages or 2,
     )
     if not direct:
-        rows_c = 4
+        nrows = B * H * Sq
+        if nrows >= 512:  # many rows (large batch, few splits): 4 rows x all columns, split by split
+            rows_c, brc, chunk = 4, br, 1
+        else:  # few rows (B = 1, many splits): one row x 64 columns, 32 splits at a time
+            rows_c, brc, chunk = 1, min(br, 64), min(32, max(2, triton.next_power_of_2(splits)))
         _launch(
-            _wide_combine, (triton.cdiv(B * H * Sq, rows_c),),
-            partial, stats, out, *out.stride(), H, Sq, B * H * Sq, splits,
-            R=R, BR=br, ROWS=rows_c, ZERO_EMPTY=bool(zero_empty_rows), num_warps=4,
+            _wide_combine, (triton.cdiv(nrows, rows_c), triton.cdiv(R, brc)),
+            partial, stats, out, *out.stride(), H, Sq, nrows, splits,
+            R=R, BRC=brc, ROWS=rows_c, SCHUNK=chunk, ZERO_EMPTY=bool(zero_empty_rows), num_warps=4,
         )
     return out
 

@@ -166,3 +166,14 @@ def test_rows_per_program_rule():
 
     assert [rule(8, True), rule(16, True), rule(20, True), rule(32, True), rule(40, True)] == [16, 16, 32, 32, 64]
     assert [rule(64, True), rule(128, True), rule(128, False)] == [64, 64, 16]
+
+
+@pytest.mark.parametrize("B, H, splits", [(1, 3, 40), (130, 4, 3)], ids=["few-rows", "many-rows"])
+def test_both_combine_shapes(B, H, splits, gen):
+    """The combine's two program shapes: one row x 32 splits at a time (B = 1, many
+    splits), 4 rows x all columns split by split (>= 512 rows)."""
+    Sk = 16 * splits
+    q_lat, q_pe, c, kr = inputs(B, H, 1, Sk, gen)
+    out = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.3, False, splits=splits, block_n=16)
+    torch.testing.assert_close(out, latent_attention_reference(q_lat, q_pe, c, kr, 0.3, False),
+                               rtol=1e-4, atol=1e-4)
