@@ -1,33 +1,39 @@
 """Absorbed MLA decode for many query rows per program ("wide"): each latent tile is
-read once for 64 (query, head) rows.
+read once for 64 (query, head) rows, or 16 / 32 below 64 rows.
 
-Same math and contract as `triton_decode.mla_decode_attention` (which the lead may
-route to this module for large row counts):
+Same math and contract as `triton_decode.mla_decode_attention` (which may route here):
 
     s[h, t] = (q_lat[h] . c[t] + q_pe[h] . k_pe[t]) * scale (+ mask)
     o_lat[h] = softmax_t(s[h]) @ c
 
-Differences in the program shape (H200 notes in benchmarks/RESULTS.md, issue 12):
-- BLOCK_H = 64 rows and 8 warps by default: Triton places the [64, 512] fp32
-  accumulator of `p @ c` on two warpgroups that own 256 output columns each
-  (wgmma, warpsPerCTA [4, 2]); q stays in shared memory for the score wgmma.
-- The latent columns are optionally handled as NSPLIT column blocks (two dots of
-  [64, 256] for NSPLIT = 2): the tile is loaded per block, so no [64, 512] register
-  staging of the tile is needed.
-- Key tiles are software pipelined (num_stages), the scale is applied once per
-  score tile, and the softmax runs in base 2.
-- Splits come from B, the row groups, L and the SM count (`choose_wide_splits`:
-  whole waves of one program per SM, each split >= 4 key blocks); with one split the
-  program normalises and writes `out` directly (no fp32 partials, no combine launch).
+Program shape (H200 measurements in benchmarks/RESULTS.md, issue 12):
+- `wide_rows_per_program`: 64 rows and 8 warps from 64 rows up (Triton 3.6 puts the
+  [64, 512] fp32 accumulator of `p @ c` on two warpgroups owning 256 output columns
+  each: wgmma, warpsPerCTA [4, 2]; q stays in shared memory for the score wgmma;
+  ~216 KB of shared memory, 255 registers, no spills), else 16 or 32 rows and 4 warps.
+  Known limit: Triton gives the score dot warpsPerCTA [8, 1] because it feeds a second
+  dot, so with 64 rows both warpgroups compute the same [64, 64] scores (1.5x the
+  tensor work of the math), and its pipeliner issues the next tile's copies after
+  the score dot and softmax, so copies and scores barely overlap. Splitting the
+  score work and overlapping copies need explicit warpgroup / TMA control (Gluon).
+- The latent columns as NSPLIT column blocks (two [64, 256] dots for NSPLIT = 2),
+  key tiles pipelined with cp.async (num_stages = 2), one score scale per tile.
+- Splits from B, the row groups, L and the SM count (`choose_wide_splits`: whole waves
+  of program slots, one per SM for 64-row programs and two for smaller ones, each
+  split >= 4 key blocks); with one split the program normalises and writes `out`
+  directly (no fp32 partials, no combine launch). Partials keep each split's running
+  max and sum apart (not m + log l), so a finfo.min mask stays exact.
+- The combine: 4 rows x all columns per program, split by split, from 512 rows; else
+  one row x 64 columns, 32 splits at a time (B = 1).
 
 Supported: everything `mla_decode_attention` takes (causal, additive mask, zero_empty_rows,
-any strides, `out`, the paged cache), with R and Dr up to 512 / 64 rounded to powers of
-two inside the kernel. The launcher only uses torch ops and two kernel launches (`_launch`
-is the one place that calls `kernel[grid](...)`), so it traces on fake tensors.
+any strides, `out`, the paged cache in NORMAL and SHUFFLE layouts; NORMAL pages holding
+whole key tiles read one page number per tile), for R <= 512 and Dr <= 64 (`supports`),
+fp32 / fp16 / bf16. The launcher uses only torch ops and kernel launches (`_launch` is
+the one place that calls `kernel[grid](...)`), no .item() / .data_ptr() / .tolist().
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -38,7 +44,6 @@ try:
 except ImportError:  # Triton is optional on CPU
     triton = None
 
-_LOG2E = 1.4426950408889634
 
 if triton is not None:
 
