@@ -177,3 +177,22 @@ def test_both_combine_shapes(B, H, splits, gen):
     out = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.3, False, splits=splits, block_n=16)
     torch.testing.assert_close(out, latent_attention_reference(q_lat, q_pe, c, kr, 0.3, False),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_launcher_traces_on_fake_tensors(monkeypatch):
+    """The launcher needs no real data: under FakeTensorMode (kernel launches recorded,
+    not run) it returns a fake output, one launch with one split, two with partials."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    calls = []
+    monkeypatch.setattr(triton_decode_wide, "_launch", lambda kernel, grid, *a, **k: calls.append((kernel, grid)))
+    with FakeTensorMode():
+        B, H, L = 2, 128, 4096
+        q = torch.empty(B, H, 1, 576, dtype=torch.bfloat16)
+        kv = torch.empty(B, L, 576, dtype=torch.bfloat16)
+        for splits, grids in ((4, [(8, 4, 2), (256, 8)]), (1, [(8, 1, 2)])):
+            calls.clear()
+            out = mla_decode_attention_wide(q[..., :512], q[..., 512:], kv[..., :512], kv[..., 512:], 0.1, False,
+                                            splits=splits)
+            assert isinstance(out, FakeTensor) and out.shape == (B, H, 1, 512)
+            assert [g for _, g in calls] == grids
