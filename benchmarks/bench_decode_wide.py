@@ -1,0 +1,209 @@
+"""Absorbed MLA decode at 16-128 heads: the wide kernel (custom_ops/triton_decode_wide.py)
+against today's split kernel (custom_ops/triton_decode.py) and FlashMLA's SM90 dense
+decode, on the same latent, in one run (issue 12).
+
+Standalone: it imports the two kernel modules by file (the directory of this script,
+or $MLA_KERNELS), not the mla_compile package, so it runs from a folder holding
+    bench_decode_wide.py triton_decode_wide.py triton_decode.py
+    `PYTHONPATH=. python3 bench_decode_wide.py`
+FlashMLA: the `sgl-flash-mla` wheel's `flash_mla` module, if importable (skipped, with the
+reason printed, if not).
+
+bf16, one query token, DeepSeek dims (latent R = 512, rope Dr = 64). The keys live in one
+contiguous [B, L, 576] buffer: ours read latent = [..., :512] and rope = [..., 512:] of it;
+FlashMLA and `wide-paged` read the very same memory as 64-token pages
+([B * L / 64, 64, 1, 576], identity block table). Times: CUDA-graph replays
+(triton.testing.do_bench_cudagraph, median); each timed call runs over `copies` buffer
+sets in turn (enough for 200 MB, so B = 1 L = 32768's 38 MB does not sit in the 60 MB L2)
+and the time is per set. Floors: memory = cache bytes (B L 576 2) / measured copy
+bandwidth; compute = FLOPs (B H L (2 576 + 2 512)) / measured bf16 matmul rate; "% max"
+= max(floors) / time. Every variant is checked against an fp32 PyTorch statement of the
+math (||out - ref|| / ||ref||, output buffer poisoned with NaN first) before it is timed.
+
+Environment: OUT (write $OUT/decode_wide.md and .json), BENCH_CASES "BxLxH,..."
+(default: H in 16, 32, 64, 128 x (B, L) in (1, 32768), (32, 4096), (64, 8192), (128, 4096)),
+BENCH_VARIANTS (comma list, default all).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+import torch
+import triton
+import triton.testing
+
+sys.path.insert(0, os.environ.get("MLA_KERNELS", os.path.dirname(os.path.abspath(__file__))))
+import triton_decode  # noqa: E402
+import triton_decode_wide  # noqa: E402
+
+R, DR, PAGE = 512, 64, 64
+SCALE = 0.1352
+BL = [(1, 32768), (32, 4096), (64, 8192), (128, 4096)]
+CASES = [(B, L, H) for H in (16, 32, 64, 128) for B, L in BL]
+
+
+def parse_cases(spec):
+    return [tuple(int(v) for v in item.split("x")) for item in spec.replace(" ", "").lower().split(",") if item]
+
+
+def old_rows_per_program(rows, batch):
+    """TritonBackend.decode_rows_per_program on the GPU (copied: this script does not import
+    the package)."""
+    if rows <= 16:
+        return 16
+    return 64 if rows >= 64 and batch >= 16 else 32
+
+
+def copy_bandwidth():
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = triton.testing.do_bench(lambda: y.copy_(x), warmup=10, rep=50, return_mode="median")
+    return 2 * x.numel() / (ms * 1e-3)
+
+
+def matmul_peak(n=8192):
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    ms = triton.testing.do_bench(lambda: torch.matmul(a, b), warmup=25, rep=100, return_mode="median")
+    return 2 * n**3 / (ms * 1e-3)
+
+
+def load_flash_mla():
+    try:
+        import flash_mla
+        from flash_mla import flash_mla_with_kvcache, get_mla_metadata
+        if not flash_mla.has_legacy():
+            return None, "flash_mla has no legacy (SM90) kernels"
+        return (flash_mla_with_kvcache, get_mla_metadata), f"flash_mla {flash_mla.__version__}"
+    except Exception as e:  # noqa: BLE001
+        return None, f"flash_mla not importable: {type(e).__name__}: {e}"
+
+
+def reference(q, cache):
+    """fp32 statement of the math: q [B, H, 1, 576], cache [B, L, 576] -> [B, H, 1, 512]."""
+    qf, kf = q.float(), cache.float()
+    s = torch.einsum("bhqd,bld->bhql", qf, kf) * SCALE
+    return torch.einsum("bhql,blr->bhqr", s.softmax(-1), kf[..., :R])
+
+
+def main():
+    cases = parse_cases(os.environ["BENCH_CASES"]) if os.environ.get("BENCH_CASES") else CASES
+    want = set(filter(None, os.environ.get("BENCH_VARIANTS", "").split(",")))
+    dev = torch.cuda.get_device_name()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    bw, peak = copy_bandwidth(), matmul_peak()
+    fm, fm_note = load_flash_mla()
+    head = (f"{dev}, {sms} SMs, torch {torch.__version__}, triton {triton.__version__}; copy bandwidth "
+            f"{bw / 1e9:.0f} GB/s, bf16 matmul {peak / 1e12:.0f} TFLOP/s; {fm_note}")
+    print(head, flush=True)
+    results = []
+    for B, L, H in cases:
+        bytes_ = B * L * (R + DR) * 2
+        copies = max(1, math.ceil(200e6 / bytes_))
+        g = torch.Generator(device="cuda").manual_seed(B * L + H)
+        sets = []
+        for _ in range(copies):
+            cache = torch.randn(B, L, R + DR, device="cuda", generator=g).to(torch.bfloat16)
+            q = (torch.randn(B, H, 1, R + DR, device="cuda", generator=g) * 0.1).to(torch.bfloat16)
+            sets.append((q, cache))
+        ref = reference(*sets[0])
+        table = (torch.arange(B * L // PAGE, device="cuda", dtype=torch.int32).view(B, L // PAGE))
+        seq = torch.full((B,), L, device="cuda", dtype=torch.int32)
+        outs = [torch.empty(B, H, 1, R, device="cuda", dtype=torch.bfloat16) for _ in sets]
+
+        def ours(fn, **kw):
+            def run_one(i):
+                q, cache = sets[i]
+                return fn(q[..., :R], q[..., R:], cache[..., :R], cache[..., R:], SCALE, False, out=outs[i], **kw)
+            return run_one
+
+        def wide_paged(i):
+            q, cache = sets[i]
+            return triton_decode_wide.mla_decode_attention_wide(
+                q[..., :R], q[..., R:], None, None, SCALE, False, out=outs[i],
+                paged=(cache.view(B * L // PAGE, PAGE * (R + DR)), table, seq, PAGE, (1, R + DR)))
+
+        variants = {
+            "old": ours(triton_decode.mla_decode_attention, block_h=old_rows_per_program(H, B)),
+            "wide": ours(triton_decode_wide.mla_decode_attention_wide),
+            "wide-paged": wide_paged,
+        }
+        if fm is not None:
+            fwd, meta_fn = fm
+            metas = [meta_fn()[0] for _ in sets]
+
+            def flash(i):
+                q, cache = sets[i]
+                o, _ = fwd(q.transpose(1, 2), cache.view(B * L // PAGE, PAGE, 1, R + DR), table, seq, R,
+                           metas[i], softmax_scale=SCALE, causal=False, use_legacy=True)
+                return o.transpose(1, 2)
+            variants["flashmla"] = flash
+        if want:
+            variants = {k: v for k, v in variants.items() if k in want}
+        floor = bytes_ / bw * 1e6
+        floor_c = B * H * L * (2 * (R + DR) + 2 * R) / peak * 1e6
+        row = dict(B=B, L=L, H=H, copies=copies, floor_us=floor, compute_floor_us=floor_c, t={}, err={})
+        for name, fn in variants.items():
+            try:
+                for o in outs:
+                    o.fill_(float("nan"))
+                t0 = time.perf_counter()
+                got = fn(0)
+                torch.cuda.synchronize()
+                compile_s = time.perf_counter() - t0
+                err = ((got.float() - ref).norm() / ref.norm()).item()
+                row["err"][name] = err
+                if not err < 2e-2:  # NaN fails too
+                    print(f"B={B} L={L} H={H} {name}: rel. error {err:.2e}: not timed", flush=True)
+                    continue
+                for i in range(1, copies):
+                    fn(i)
+                t = triton.testing.do_bench_cudagraph(lambda: [fn(i) for i in range(copies)], rep=30,
+                                                      return_mode="median") * 1e3 / copies
+                row["t"][name] = t
+                print(f"B={B} L={L} H={H} {name}: {t:.1f} us, {max(floor, floor_c) / t:.0%} of max(floor), "
+                      f"err {err:.1e} (first call {compile_s:.1f} s)", flush=True)
+            except Exception as e:  # noqa: BLE001
+                row["err"][name] = f"{type(e).__name__}: {e}"
+                print(f"B={B} L={L} H={H} {name}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+                traceback.print_exc()
+        results.append(row)
+        del sets, outs, ref
+        torch.cuda.empty_cache()
+    names = ["old", "wide", "wide-paged", "flashmla"]
+    names = [n for n in names if any(n in r["t"] for r in results)]
+    lines = ["| B | L | H | floor us | compute floor us | " + " | ".join(f"{n} us (% max)" for n in names)
+             + " | best wide / old | best wide / flashmla |",
+             "|---" * (5 + len(names) + 2) + "|"]
+    for r in results:
+        m = max(r["floor_us"], r["compute_floor_us"])
+        cells = [f"{r['t'][n]:.1f} ({m / r['t'][n]:.0%})" if n in r["t"] else "-" for n in names]
+        wides = [r["t"][n] for n in r["t"] if n.startswith("wide")]
+        bw_ = min(wides) if wides else None
+        vs_old = f"{r['t']['old'] / bw_:.2f}x" if bw_ and "old" in r["t"] else "-"
+        vs_fm = f"{r['t']['flashmla'] / bw_:.2f}x" if bw_ and "flashmla" in r["t"] else "-"
+        lines.append(f"| {r['B']} | {r['L']} | {r['H']} | {r['floor_us']:.1f} | {r['compute_floor_us']:.1f} | "
+                     + " | ".join(cells) + f" | {vs_old} | {vs_fm} |")
+    errs = ["| B | L | H | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
+    for r in results:
+        errs.append(f"| {r['B']} | {r['L']} | {r['H']} | " + " | ".join(
+            (f"{r['err'][n]:.1e}" if isinstance(r["err"].get(n), float) else str(r["err"].get(n, "-"))[:40])
+            for n in names) + " |")
+    table = "\n".join(lines)
+    text = f"{head}\n\nspeed-ups: time of old (flashmla) / time of the fastest wide variant\n\n{table}\n\n" \
+           f"rel. error vs fp32\n\n" + "\n".join(errs) + "\n"
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "decode_wide.md"), "w") as f:
+            f.write(text)
+        with open(os.path.join(os.environ["OUT"], "decode_wide.json"), "w") as f:
+            json.dump(dict(head=head, results=results), f, indent=1)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

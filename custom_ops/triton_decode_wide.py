@@ -1,0 +1,369 @@
+"""Absorbed MLA decode for many query rows per program ("wide"): each latent tile is
+read once for 64 (query, head) rows, or 16 / 32 below 64 rows.
+
+Same math and contract as `triton_decode.mla_decode_attention` (which may route here):
+
+    s[h, t] = (q_lat[h] . c[t] + q_pe[h] . k_pe[t]) * scale (+ mask)
+    o_lat[h] = softmax_t(s[h]) @ c
+
+Program shape (H200 measurements in benchmarks/RESULTS.md, issue 12):
+- `wide_rows_per_program`: 64 rows and 8 warps from 64 rows up (Triton 3.6 puts the
+  [64, 512] fp32 accumulator of `p @ c` on two warpgroups owning 256 output columns
+  each: wgmma, warpsPerCTA [4, 2]; q stays in shared memory for the score wgmma;
+  ~216 KB of shared memory, 255 registers, no spills), else 16 or 32 rows and 4 warps.
+  Known limit: Triton gives the score dot warpsPerCTA [8, 1] because it feeds a second
+  dot, so with 64 rows both warpgroups compute the same [64, 64] scores (1.5x the
+  tensor work of the math), and its pipeliner issues the next tile's copies after
+  the score dot and softmax, so copies and scores barely overlap. Splitting the
+  score work and overlapping copies need explicit warpgroup / TMA control (Gluon).
+- The latent columns as NSPLIT column blocks (two [64, 256] dots for NSPLIT = 2),
+  key tiles pipelined with cp.async (num_stages = 2), one score scale per tile.
+- Splits from B, the row groups, L and the SM count (`choose_wide_splits`: whole waves
+  of program slots, one per SM for 64-row programs and two for smaller ones, each
+  split >= 4 key blocks); with one split the program normalises and writes `out`
+  directly (no fp32 partials, no combine launch). Partials keep each split's running
+  max and sum apart (not m + log l), so a finfo.min mask stays exact.
+- The combine: 4 rows x all columns per program, split by split, from 512 rows; else
+  one row x 64 columns, 32 splits at a time (B = 1).
+
+Supported: everything `mla_decode_attention` takes (causal, additive mask, zero_empty_rows,
+any strides, `out`, the paged cache in NORMAL and SHUFFLE layouts; NORMAL pages holding
+whole key tiles read one page number per tile), for R <= 512 and Dr <= 64 (`supports`),
+fp32 / fp16 / bf16. The launcher uses only torch ops and kernel launches (`_launch` is
+the one place that calls `kernel[grid](...)`), no .item() / .data_ptr() / .tolist().
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # Triton is optional on CPU
+    triton = None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _wdot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
+        if UPCAST:  # interpreter: its tl.dot on bf16 multiplies bit patterns (triton 3.8)
+            r = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            r = tl.dot(a, b, acc, input_precision=PREC)
+        return r
+
+    @triton.jit
+    def _wpage_offsets(TABLE, st_b, b, t, t_ok, dims, PAGE: tl.constexpr, W: tl.constexpr,
+                       TT: tl.constexpr, VEC: tl.constexpr):
+        """Element offsets of (key t, dim) of sequence b in a paged cache whose page of
+        PAGE tokens x W dims is laid out as `lowering.cache_layout` says (TT tokens x VEC
+        dims tiles; NORMAL is TT = 1, VEC = W)."""
+        blk = tl.load(TABLE + b * st_b + t // PAGE, mask=t_ok, other=0).to(tl.int64)
+        tok = t % PAGE
+        inner = (((tok // TT) * (W // VEC))[:, None] + dims[None, :] // VEC) * (TT * VEC) \
+            + (tok % TT)[:, None] * VEC + dims[None, :] % VEC
+        off = (blk * (PAGE * W))[:, None] + inner
+        return tl.max_contiguous(tl.multiple_of(off, [1, VEC]), [1, VEC])
+
+    @triton.jit
+    def _wide_split(
+        QL, QR, C, KR, MK, O, OP, ST, TABLE, SEQ,
+        sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d,
+        sc_b, sc_t, sc_r, skr_b, skr_t, skr_d,
+        smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
+        H, Sq, Sk, keys_per_split, scale,
+        R: tl.constexpr, DR: tl.constexpr, BR: tl.constexpr, BDR: tl.constexpr,
+        NSPLIT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+        CAUSAL: tl.constexpr, MASK: tl.constexpr, DIRECT: tl.constexpr, ZERO_EMPTY: tl.constexpr,
+        PREC: tl.constexpr, UPCAST: tl.constexpr,
+        PAGED: tl.constexpr, PAGE: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr,
+        PAGE_TILE: tl.constexpr,
+    ):
+        # program (row group, split, sequence): the row groups of one key range are
+        # neighbours in launch order, so the second group's tiles come from L2
+        rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)  # (query, head) pairs
+        split = tl.program_id(1)
+        b = tl.program_id(2).to(tl.int64)
+        row_ok = rows < Sq * H
+        qi = rows // H
+        hi = rows % H
+        BC: tl.constexpr = BR // NSPLIT  # latent columns per accumulator block
+        offs_c = tl.arange(0, BC)
+        offs_d = tl.arange(0, BDR)
+        d_ok = offs_d < DR
+        q_rows = b * sql_b + hi[:, None] * sql_h + qi[:, None] * sql_q
+        ql0 = tl.load(QL + q_rows + offs_c[None, :] * sql_r,
+                      mask=row_ok[:, None] & (offs_c < R)[None, :], other=0.0)
+        if NSPLIT == 2:
+            ql1 = tl.load(QL + q_rows + (BC + offs_c)[None, :] * sql_r,
+                          mask=row_ok[:, None] & (BC + offs_c < R)[None, :], other=0.0)
+        qr = tl.load(QR + b * sqr_b + hi[:, None] * sqr_h + qi[:, None] * sqr_q + offs_d[None, :] * sqr_d,
+                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_H], tl.float32)
+        acc0 = tl.zeros([BLOCK_H, BC], tl.float32)
+        if NSPLIT == 2:
+            acc1 = tl.zeros([BLOCK_H, BC], tl.float32)
+        if PAGED:  # ragged: each sequence its own length
+            Sk = tl.load(SEQ + b)
+        lo = split * keys_per_split
+        hi_key = tl.minimum(lo + keys_per_split, Sk)
+        for n0 in tl.range(lo, hi_key, BLOCK_N):
+            t = n0 + tl.arange(0, BLOCK_N)
+            t_ok = t < hi_key
+            if PAGE_TILE:  # NORMAL pages holding whole key tiles: one page number per tile
+                blk = tl.load(TABLE + b * st_b + n0 // PAGE).to(tl.int64)
+                key_c = C + blk * (PAGE * (R + DR)) + ((n0 % PAGE) + tl.arange(0, BLOCK_N))[:, None] * (R + DR)
+                c0 = tl.load(key_c + offs_c[None, :], mask=t_ok[:, None] & (offs_c < R)[None, :], other=0.0)
+                if NSPLIT == 2:
+                    c1 = tl.load(key_c + (BC + offs_c)[None, :],
+                                 mask=t_ok[:, None] & (BC + offs_c < R)[None, :], other=0.0)
+                kr = tl.load(key_c + R + offs_d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+            elif PAGED:  # C is the cache: latent dims [0, R), rope dims [R, R + DR)
+                c0 = tl.load(C + _wpage_offsets(TABLE, st_b, b, t, t_ok, offs_c, PAGE, R + DR, TT, VEC),
+                             mask=t_ok[:, None] & (offs_c < R)[None, :], other=0.0)
+                if NSPLIT == 2:
+                    c1 = tl.load(C + _wpage_offsets(TABLE, st_b, b, t, t_ok, BC + offs_c, PAGE, R + DR, TT, VEC),
+                                 mask=t_ok[:, None] & (BC + offs_c < R)[None, :], other=0.0)
+                kr = tl.load(C + _wpage_offsets(TABLE, st_b, b, t, t_ok, R + offs_d, PAGE, R + DR, TT, VEC),
+                             mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+            else:
+                key_c = C + b * sc_b + t[:, None].to(tl.int64) * sc_t
+                c0 = tl.load(key_c + offs_c[None, :] * sc_r,
+                             mask=t_ok[:, None] & (offs_c < R)[None, :], other=0.0)
+                if NSPLIT == 2:
+                    c1 = tl.load(key_c + (BC + offs_c)[None, :] * sc_r,
+                                 mask=t_ok[:, None] & (BC + offs_c < R)[None, :], other=0.0)
+                kr = tl.load(KR + b * skr_b + t[:, None].to(tl.int64) * skr_t + offs_d[None, :] * skr_d,
+                             mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+            s = _wdot(qr, tl.trans(kr), None, PREC, UPCAST)
+            s = _wdot(ql0, tl.trans(c0), s, PREC, UPCAST)
+            if NSPLIT == 2:
+                s = _wdot(ql1, tl.trans(c1), s, PREC, UPCAST)
+            s = s * scale
+            if MASK:  # additive, fp32, before any exp: finfo.min stays exact
+                mk = tl.load(MK + b * smk_b + hi[:, None] * smk_h + qi[:, None] * smk_q + t[None, :] * smk_n,
+                             mask=row_ok[:, None] & t_ok[None, :], other=0.0)
+                s = s + mk.to(tl.float32)
+            ok = t_ok[None, :]
+            if CAUSAL:
+                ok = ok & (t[None, :] <= qi[:, None])
+            s = tl.where(ok, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing visible yet
+            p = tl.math.exp2((s - m_sub[:, None]) * 1.4426950408889634)
+            alpha = tl.math.exp2((m_i - m_sub) * 1.4426950408889634)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            pc = p.to(c0.dtype)
+            acc0 = _wdot(pc, c0, acc0 * alpha[:, None], PREC, UPCAST)
+            if NSPLIT == 2:
+                acc1 = _wdot(pc, c1, acc1 * alpha[:, None], PREC, UPCAST)
+            m_i = m_new
+        inv = 1.0 / tl.where(l_i > 0, l_i, 1.0)
+        if DIRECT:  # one split: the final output, in out's dtype
+            if ZERO_EMPTY:
+                inv = tl.where(l_i > 0, inv, 0.0)
+            else:  # eager softmax over no visible key: 0 / 0
+                inv = tl.where(l_i > 0, inv, float("nan"))
+            o_rows = b * so_b + hi[:, None] * so_h + qi[:, None] * so_q
+            tl.store(O + o_rows + offs_c[None, :] * so_r, (acc0 * inv[:, None]).to(O.dtype.element_ty),
+                     mask=row_ok[:, None] & (offs_c < R)[None, :])
+            if NSPLIT == 2:
+                tl.store(O + o_rows + (BC + offs_c)[None, :] * so_r, (acc1 * inv[:, None]).to(O.dtype.element_ty),
+                         mask=row_ok[:, None] & (BC + offs_c < R)[None, :])
+        else:  # normalised partial, its running max and sum (kept apart, not as a
+            # log-sum-exp: m + log(l) rounds away l next to a finfo.min mask)
+            base = ((b * H + hi) * Sq + qi) * tl.num_programs(1) + split  # [B, H, Sq, splits]
+            p_rows = base[:, None].to(tl.int64) * R
+            tl.store(OP + p_rows + offs_c[None, :], acc0 * inv[:, None],
+                     mask=row_ok[:, None] & (offs_c < R)[None, :])
+            if NSPLIT == 2:
+                tl.store(OP + p_rows + (BC + offs_c)[None, :], acc1 * inv[:, None],
+                         mask=row_ok[:, None] & (BC + offs_c < R)[None, :])
+            tl.store(ST + 2 * base, m_i, mask=row_ok)
+            tl.store(ST + 2 * base + 1, l_i, mask=row_ok)
+
+    @triton.jit
+    def _wide_combine(OP, ST, O, so_b, so_h, so_q, so_r, H, Sq, NROWS, SPLITS,
+                      R: tl.constexpr, BRC: tl.constexpr, ROWS: tl.constexpr, SCHUNK: tl.constexpr,
+                      ZERO_EMPTY: tl.constexpr):
+        # ROWS (b, h, q) rows x BRC latent columns per program, SCHUNK splits at a time
+        # (ROWS == 1 or SCHUNK == 1: many rows, few splits, or the other way round); ST
+        # holds each split's (running max, sum of exponentials), OP its normalised output
+        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        row_ok = row < NROWS
+        qi = row % Sq
+        hi = (row // Sq) % H
+        b = (row // (Sq * H)).to(tl.int64)
+        offs_r = tl.program_id(1) * BRC + tl.arange(0, BRC)
+        r_ok = offs_r < R
+        offs_k = tl.arange(0, SCHUNK)
+        m = tl.full([ROWS], float("-inf"), tl.float32)
+        for s0 in range(0, SPLITS, SCHUNK):
+            sp = s0 + offs_k
+            m_s = tl.load(ST + 2 * (row[:, None] * SPLITS + sp[None, :]),
+                          mask=row_ok[:, None] & (sp < SPLITS)[None, :], other=float("-inf"))
+            m = tl.maximum(m, tl.max(m_s, 1))
+        m = tl.where(m == float("-inf"), 0.0, m)
+        acc = tl.zeros([ROWS, BRC], tl.float32)
+        total = tl.zeros([ROWS], tl.float32)
+        for s0 in range(0, SPLITS, SCHUNK):
+            sp = s0 + offs_k
+            base = row[:, None] * SPLITS + sp[None, :]  # [ROWS, SCHUNK]
+            ok = row_ok[:, None] & (sp < SPLITS)[None, :]
+            m_s = tl.load(ST + 2 * base, mask=ok, other=float("-inf"))
+            l_s = tl.load(ST + 2 * base + 1, mask=ok, other=0.0)
+            w = tl.where(l_s > 0, l_s * tl.exp(m_s - m[:, None]), 0.0)  # each split's share of the sum
+            total += tl.sum(w, 1)
+            if ROWS == 1:  # [SCHUNK, BRC] partial rows of the one output row
+                w1 = tl.reshape(w, [SCHUNK])
+                b1 = tl.reshape(base, [SCHUNK])
+                part = tl.load(OP + b1[:, None].to(tl.int64) * R + offs_r[None, :],
+                               mask=(w1 > 0)[:, None] & r_ok[None, :], other=0.0)
+                acc += tl.reshape(tl.sum(part * w1[:, None], 0), [1, BRC])
+            else:  # SCHUNK == 1: [ROWS, BRC], one split
+                w1 = tl.reshape(w, [ROWS])
+                b1 = tl.reshape(base, [ROWS])
+                part = tl.load(OP + b1[:, None].to(tl.int64) * R + offs_r[None, :],
+                               mask=(w1 > 0)[:, None] & r_ok[None, :], other=0.0)
+                acc += part * w1[:, None]
+        if ZERO_EMPTY:
+            out = tl.where(total[:, None] > 0, acc / tl.where(total > 0, total, 1.0)[:, None], 0.0)
+        else:  # eager softmax over no visible key: 0/0
+            out = acc / total[:, None]
+        tl.store(O + (b * so_b + hi * so_h + qi * so_q)[:, None] + offs_r[None, :] * so_r,
+                 out.to(O.dtype.element_ty), mask=row_ok[:, None] & r_ok[None, :])
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def wide_rows_per_program(rows: int, on_gpu: bool) -> int:
+    """Query rows per program: 64 (8 warps, wgmma, each latent tile read once for 64
+    rows) from 64 rows up, else the next power of two >= 16 (4 warps): padding 16 or 32
+    rows to 64 costs more score work than it saves (H200, issue 12)."""
+    if not on_gpu:
+        return 16
+    return 64 if rows >= 64 else max(16, 1 << (max(1, rows) - 1).bit_length())
+
+
+def choose_wide_splits(batch: int, row_groups: int, kv_len: int, block_n: int, slots: int,
+                       max_splits: int = 128, overhead_blocks: float = 3.0) -> int:
+    """Key splits for batch * row_groups * splits programs on `slots` program slots
+    (one per SM for 64-row programs, two for smaller ones): the split count minimising
+    waves * (key blocks per split + a fixed cost per program, in key blocks), where a
+    split has at least 4 key blocks. One split (no partials) whenever the batch alone
+    fills whole waves about as well."""
+    blocks = max(1, -(-kv_len // block_n))
+    units = max(1, batch * row_groups)
+    best, best_cost = 1, None
+    for s in range(1, max(1, min(max_splits, blocks // 4)) + 1):
+        waves = -(-units * s // slots)
+        per = -(-blocks // s)
+        cost = waves * (per + overhead_blocks) + (overhead_blocks if s > 1 else 0.0)
+        if best_cost is None or cost < best_cost - 1e-9:
+            best, best_cost = s, cost
+    return best
+
+
+def supports(q_lat: torch.Tensor, q_pe: torch.Tensor) -> bool:
+    """What this launcher handles: latent widths up to 512 and rope widths up to 64
+    (one program holds them whole); fp32, fp16 or bf16."""
+    return (q_lat.shape[-1] <= 512 and q_pe.shape[-1] <= 64
+            and q_lat.dtype in (torch.float32, torch.float16, torch.bfloat16))
+
+
+def _launch(kernel, grid, *args, **kwargs):
+    """The one place a kernel is launched (the lead wraps it: torch.library.wrap_triton)."""
+    kernel[grid](*args, **kwargs)
+
+
+def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
+                              mask: torch.Tensor | None = None, zero_empty_rows: bool = False,
+                              paged: tuple | None = None,
+                              out: torch.Tensor | None = None, splits: int | None = None,
+                              block_h: int | None = None, block_n: int | None = None,
+                              num_warps: int | None = None, num_stages: int | None = None,
+                              nsplit: int | None = None, sms: int | None = None) -> torch.Tensor:
+    """softmax((q_lat c^T + q_pe k_pe^T) * scale + mask) @ c per (query, head) row: the
+    contract of `triton_decode.mla_decode_attention` (q_lat [B, H, Sq, R], q_pe
+    [B, H, Sq, Dr], c_kv [B, Sk, R], k_pe [B, Sk, Dr], mask broadcasting to
+    [B, H, Sq, Sk], `paged=(cache, block_table, seq_lens, page, (tt, vec))` instead of
+    c_kv / k_pe) -> o_lat [B, H, Sq, R] in q's dtype or written into `out`.
+
+    Defaults on the GPU: 64 rows per program, 64 keys per tile, 8 warps, 2 stages, the
+    latent as 2 column blocks; `splits` from `choose_wide_splits`. Overrides for tests."""
+    if not supports(q_lat, q_pe):
+        raise NotImplementedError("mla_decode_attention_wide: R <= 512, Dr <= 64, float dtypes")
+    B, H, Sq, R = q_lat.shape
+    Dr = q_pe.shape[-1]
+    if paged is not None:
+        cache, table, seq_lens, page, (tt, vec) = paged
+        Sk = int(table.shape[1]) * page  # an upper bound: each program reads its own length
+        c_kv = k_pe = cache
+        seq_arg, table_arg, st_b = seq_lens, table, table.stride(0)
+        c_strides = kr_strides = (0, 0, 0)
+    else:
+        Sk = c_kv.shape[1]
+        page, tt, vec, st_b = 1, 1, 1, 0
+        seq_arg = table_arg = q_lat  # unused pointers
+        c_strides, kr_strides = c_kv.stride(), k_pe.stride()
+    if out is None:
+        out = torch.empty(B, H, Sq, R, device=q_lat.device, dtype=q_lat.dtype)
+    if out.numel() == 0:
+        return out
+    if Sk == 0:
+        return out.zero_()
+    on_gpu = q_lat.device.type == "cuda" and not _interpreting()
+    bn = block_n or (64 if on_gpu else 16)
+    bh = block_h or wide_rows_per_program(Sq * H, on_gpu)
+    br, bdr = max(16, triton.next_power_of_2(R)), max(16, triton.next_power_of_2(Dr))
+    ns = nsplit or (2 if br >= 256 else 1)
+    groups = triton.cdiv(Sq * H, bh)
+    if splits is None:
+        n_sm = sms or (torch.cuda.get_device_properties(q_lat.device).multi_processor_count if on_gpu else 4)
+        # a 64-row program holds ~216 KB of shared memory and all registers: one per SM;
+        # 16 / 32-row programs (4 warps) fit two
+        splits = choose_wide_splits(B, groups, Sk, bn, n_sm * (1 if bh >= 64 else 2))
+    keys_per_split = triton.cdiv(triton.cdiv(Sk, splits), bn) * bn
+    splits = triton.cdiv(Sk, keys_per_split)
+    direct = splits == 1
+    if direct:  # unused pointers
+        partial = stats = out
+    else:
+        partial = torch.empty(B * H * Sq * splits, R, device=q_lat.device, dtype=torch.float32)
+        stats = torch.empty(B * H * Sq * splits * 2, device=q_lat.device, dtype=torch.float32)  # (max, sum)
+    mk = mask.expand(B, H, Sq, Sk) if mask is not None else None
+    mk_strides = mk.stride() if mk is not None else (0, 0, 0, 0)
+    _launch(
+        _wide_split, (groups, splits, B),
+        q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, out, partial, stats, table_arg, seq_arg,
+        *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *mk_strides, *out.stride(), st_b,
+        H, Sq, Sk, keys_per_split, float(scale),
+        R=R, DR=Dr, BR=br, BDR=bdr, NSPLIT=ns, BLOCK_H=bh, BLOCK_N=bn,
+        CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct, ZERO_EMPTY=bool(zero_empty_rows),
+        PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
+        UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16,
+        PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec,
+        PAGE_TILE=paged is not None and tt == 1 and page % bn == 0,
+        num_warps=num_warps or (8 if bh >= 64 else 4), num_stages=num_stages or 2,
+    )
+    if not direct:
+        nrows = B * H * Sq
+        if nrows >= 512:  # many rows (large batch, few splits): 4 rows x all columns, split by split
+            rows_c, brc, chunk = 4, br, 1
+        else:  # few rows (B = 1, many splits): one row x 64 columns, 32 splits at a time
+            rows_c, brc, chunk = 1, min(br, 64), min(32, max(2, triton.next_power_of_2(splits)))
+        _launch(
+            _wide_combine, (triton.cdiv(nrows, rows_c), triton.cdiv(R, brc)),
+            partial, stats, out, *out.stride(), H, Sq, nrows, splits,
+            R=R, BRC=brc, ROWS=rows_c, SCHUNK=chunk, ZERO_EMPTY=bool(zero_empty_rows), num_warps=4,
+        )
+    return out
+
+
+__all__ = ["mla_decode_attention_wide", "choose_wide_splits", "wide_rows_per_program", "supports"]

@@ -1,0 +1,198 @@
+"""The wide decode kernel (custom_ops/triton_decode_wide.py: 64 query rows per program on
+the GPU, the latent in column blocks, direct output with one split) against
+`reference.latent_attention_reference`.
+
+On CPU it runs under Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1)
+with tiny sizes; every program shape the GPU uses (NSPLIT 1 / 2, direct and split
+outputs, several row groups, padded rows, paged pages) is forced here at small scale.
+"""
+import os
+import zlib
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+triton = pytest.importorskip("triton")
+
+from kernel_device import kernel_test_device  # noqa: E402
+from mla_compile.custom_ops import triton_decode_wide  # noqa: E402
+from mla_compile.custom_ops.reference import latent_attention_reference  # noqa: E402
+from mla_compile.custom_ops.triton_decode_wide import (  # noqa: E402
+    choose_wide_splits, mla_decode_attention_wide)
+
+DEVICE = kernel_test_device(triton_decode_wide._wide_split)
+pytestmark = pytest.mark.skipif(DEVICE is None, reason="needs TRITON_INTERPRET=1 (CPU) or a CUDA device")
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+R, DR = 32, 16
+
+
+@pytest.fixture
+def gen(request):
+    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def rand(*shape, gen, dtype=torch.float32, scale=1.0):
+    return (torch.randn(*shape, generator=gen) * scale).to(DEVICE, dtype)
+
+
+def inputs(B, H, Sq, Sk, gen, dtype=torch.float32, r=R, dr=DR):
+    return (rand(B, H, Sq, r, gen=gen, dtype=dtype), rand(B, H, Sq, dr, gen=gen, dtype=dtype),
+            rand(B, Sk, r, gen=gen, dtype=dtype), rand(B, Sk, dr, gen=gen, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("B, H, Sq, Sk, splits, nsplit, block_h", [
+    (1, 1, 1, 1, 1, 2, 16),      # one key, direct output
+    (2, 5, 1, 37, 3, 2, 16),     # ragged last split, padded rows, partials + combine
+    (1, 20, 1, 50, 1, 1, 16),    # two row groups, one split: direct, one column block
+    (2, 40, 1, 33, 2, 2, 32),    # 32-row programs, second group padded
+    (3, 2, 3, 19, 2, 1, 16),     # a short chunk of queries
+    (1, 16, 1, 40, 40, 2, 16),   # more splits than key blocks: empty splits
+])
+def test_matches_reference(B, H, Sq, Sk, splits, nsplit, block_h, dtype, gen):
+    q_lat, q_pe, c, kr = inputs(B, H, Sq, Sk, gen, dtype)
+    scale = 0.1352
+    out = mla_decode_attention_wide(q_lat, q_pe, c, kr, scale, False, splits=splits,
+                                    block_n=16, block_h=block_h, nsplit=nsplit)
+    want = latent_attention_reference(q_lat, q_pe, c, kr, scale, False)
+    assert out.shape == (B, H, Sq, R) and out.dtype == dtype
+    torch.testing.assert_close(out.float(), want.float(), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_64_row_program_default_split_choice(gen):
+    """The GPU's tile (64 rows, 8 warps) with 100 heads: the second group has 28 padded
+    rows; the split count comes from choose_wide_splits."""
+    B, H, Sk = 2, 100, 40
+    q_lat, q_pe, c, kr = inputs(B, H, 1, Sk, gen)
+    out = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.25, False, block_n=16, block_h=64,
+                                    num_warps=8, sms=3)
+    torch.testing.assert_close(out, latent_attention_reference(q_lat, q_pe, c, kr, 0.25, False),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_latent_not_a_power_of_two(gen):
+    """R = 24 in two 16-column blocks (the second half-masked), Dr = 8 padded to 16."""
+    q_lat, q_pe, c, kr = inputs(2, 3, 1, 21, gen, r=24, dr=8)
+    for splits in (1, 2):
+        out = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.3, False, splits=splits, block_n=16, nsplit=2)
+        torch.testing.assert_close(out, latent_attention_reference(q_lat, q_pe, c, kr, 0.3, False),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_strided_inputs_and_out(gen):
+    """Latent and rope key as slices of one [B, Sk, R + DR] buffer, q transposed, the
+    output written into a transposed buffer (direct and combined)."""
+    B, H, Sq, Sk = 2, 3, 2, 21
+    kv = rand(B, Sk, R + DR, gen=gen)
+    q = rand(B, Sq, H, R + DR, gen=gen).transpose(1, 2)
+    want = latent_attention_reference(q[..., :R], q[..., R:], kv[..., :R], kv[..., R:], 0.2, False)
+    for splits in (1, 2):
+        buf = torch.full((B, Sq, H, R), float("nan"), device=DEVICE)
+        out = mla_decode_attention_wide(q[..., :R], q[..., R:], kv[..., :R], kv[..., R:], 0.2, False,
+                                        out=buf.transpose(1, 2), splits=splits, block_n=16)
+        assert out.data_ptr() == buf.data_ptr()
+        torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_causal_mask_and_empty_rows(splits, gen):
+    B, H, Sq, Sk = 2, 2, 3, 20
+    q_lat, q_pe, c, kr = inputs(B, H, Sq, Sk, gen)
+    mask = torch.zeros(B, 1, Sq, Sk, device=DEVICE)
+    mask[0, :, :, 5:] = torch.finfo(torch.float32).min  # padding: eager's finfo.min
+    mask[1, :, 1] = float("-inf")                       # a query row that sees nothing
+    for causal in (False, True):
+        for zero in (False, True):
+            out = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.3, causal, mask=mask,
+                                            zero_empty_rows=zero, splits=splits, block_n=16)
+            want = latent_attention_reference(q_lat, q_pe, c, kr, 0.3, causal, mask, zero)
+            torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4, equal_nan=True)
+            assert out[1, :, 1].isnan().all() != zero and torch.isfinite(out[0]).all()
+
+
+def test_finfo_min_mask_everywhere_is_uniform_not_empty(gen):
+    """A row whose every key is masked with finfo.min is a uniform average (eager), not an
+    empty row: the mask stays exact in fp32."""
+    B, H, Sq, Sk = 1, 2, 1, 18
+    q_lat, q_pe, c, kr = inputs(B, H, Sq, Sk, gen)
+    mask = torch.full((B, 1, Sq, Sk), torch.finfo(torch.float32).min, device=DEVICE)
+    for splits in (1, 2):
+        out = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.3, False, mask=mask, splits=splits, block_n=16)
+        want = latent_attention_reference(q_lat, q_pe, c, kr, 0.3, False, mask)
+        torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["normal", "shuffle"])
+def test_paged_cache_ragged(layout, gen):
+    """Keys from a paged cache (pages in a shuffled order, ragged lengths), against the
+    dense reference per sequence."""
+    from mla_compile.custom_ops import PagedLatentCache
+    from mla_compile.lowering.cache_layout import CacheLayout
+
+    B, H, page, nblk = 3, 4, 16, 3
+    lens = [40, 17, 48]
+    q_lat, q_pe, c, kr = inputs(B, H, 1, page * nblk, gen)
+    cache = PagedLatentCache.allocate(B * nblk, page, R, DR, torch.float32, DEVICE, layout=CacheLayout(layout))
+    table = torch.randperm(B * nblk, generator=gen).view(B, nblk).int().to(DEVICE)
+    t = torch.arange(page * nblk, device=DEVICE)
+    for b in range(B):
+        cache.write(c[b], kr[b], table[b, t // page].long() * page + t % page)
+    seq = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    for splits in (1, 2):
+        out = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.3, False, splits=splits, block_n=16,
+                                        paged=(cache.data, table, seq, page, cache.params))
+        for b, n in enumerate(lens):
+            want = latent_attention_reference(q_lat[b:b + 1], q_pe[b:b + 1], c[b:b + 1, :n], kr[b:b + 1, :n],
+                                              0.3, False)
+            torch.testing.assert_close(out[b:b + 1], want, rtol=1e-4, atol=1e-4)
+
+
+def test_split_choice():
+    # B = 1 long context: many splits, one program per SM
+    assert choose_wide_splits(1, 1, 32768, 64, 132) == 128
+    assert choose_wide_splits(1, 2, 32768, 64, 132) == 64
+    # the batch fills the GPU: one split (direct output)
+    assert choose_wide_splits(128, 2, 4096, 64, 132) == 1
+    assert choose_wide_splits(1, 1, 100, 64, 132) == 1      # short context: one
+    # B = 32, one group: 4 splits = 128 programs in one wave
+    assert choose_wide_splits(32, 1, 4096, 64, 132) == 4
+    assert choose_wide_splits(32, 1, 4096, 64, 264) == 8   # 16-row programs: two per SM
+
+
+def test_rows_per_program_rule():
+    from mla_compile.custom_ops.triton_decode_wide import wide_rows_per_program as rule
+
+    assert [rule(8, True), rule(16, True), rule(20, True), rule(32, True), rule(40, True)] == [16, 16, 32, 32, 64]
+    assert [rule(64, True), rule(128, True), rule(128, False)] == [64, 64, 16]
+
+
+@pytest.mark.parametrize("B, H, splits", [(1, 3, 40), (130, 4, 3)], ids=["few-rows", "many-rows"])
+def test_both_combine_shapes(B, H, splits, gen):
+    """The combine's two program shapes: one row x 32 splits at a time (B = 1, many
+    splits), 4 rows x all columns split by split (>= 512 rows)."""
+    Sk = 16 * splits
+    q_lat, q_pe, c, kr = inputs(B, H, 1, Sk, gen)
+    out = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.3, False, splits=splits, block_n=16)
+    torch.testing.assert_close(out, latent_attention_reference(q_lat, q_pe, c, kr, 0.3, False),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_launcher_traces_on_fake_tensors(monkeypatch):
+    """The launcher needs no real data: under FakeTensorMode (kernel launches recorded,
+    not run) it returns a fake output, one launch with one split, two with partials."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    calls = []
+    monkeypatch.setattr(triton_decode_wide, "_launch", lambda kernel, grid, *a, **k: calls.append((kernel, grid)))
+    with FakeTensorMode():
+        B, H, L = 2, 128, 4096
+        q = torch.empty(B, H, 1, 576, dtype=torch.bfloat16)
+        kv = torch.empty(B, L, 576, dtype=torch.bfloat16)
+        for splits, grids in ((4, [(8, 4, 2), (256, 8)]), (1, [(8, 1, 2)])):
+            calls.clear()
+            out = mla_decode_attention_wide(q[..., :512], q[..., 512:], kv[..., :512], kv[..., 512:], 0.1, False,
+                                            splits=splits)
+            assert isinstance(out, FakeTensor) and out.shape == (B, H, 1, 512)
+            assert [g for _, g in calls] == grids
