@@ -240,13 +240,15 @@ def compute_paged_decode(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv,
     only, so that lowering can trace it into the graph (passes/inline_launches.py)."""
     R, Dr = w_uk.shape[2], q_pe.shape[-1]
     q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
-    if select_backend(q_nope.device, kernel).name == "triton":
-        from .triton_decode import mla_decode_attention
+    backend = select_backend(q_nope.device, kernel)
+    if backend.name == "triton":
         # the kernel steps through a table row and through seq_lens with unit stride
         table = block_table if block_table.stride(-1) == 1 else block_table.contiguous()
         lens = seq_lens.to(torch.int32).contiguous()
-        o_lat = mla_decode_attention(q_lat, q_pe, None, None, scale, False,
-                                     paged=(cache, table, lens, block_size, (tt, vec)))
+        B, H, Sq, _ = q_lat.shape
+        o_lat = q_lat.new_empty(B, H, Sq, R)
+        backend.decode_over_latent(q_lat, q_pe, None, None, scale, False, None, False, o_lat,
+                                   paged=(cache, table, lens, block_size, (tt, vec)))
     else:
         c, kr, valid = gather(cache, block_table, seq_lens, block_size, tt, vec, R, Dr)
         s = (q_lat.float() @ c.float()[:, None].transpose(-1, -2)

@@ -10,9 +10,11 @@ from typing import ClassVar
 
 import torch
 
-from ..compat import same_storage
+from ..compat import same_storage, size_hint
 from .backend import KernelBackend
-from .triton_decode import mla_decode_attention
+from .triton_decode import mla_decode_attention, split_rows_per_program
+from .triton_decode_wide import mla_decode_attention_wide, wide_rows_per_program
+from .triton_decode_wide import supports as wide_supports
 from .triton_prefill import mla_prefill_attention
 from .triton_rope import rope_triton
 
@@ -42,7 +44,7 @@ def decompress(c_kv: torch.Tensor, w_uk: torch.Tensor, w_uv: torch.Tensor):
 
 class TritonBackend(KernelBackend):
     name: ClassVar[str] = "triton"
-    cache_layouts: ClassVar[tuple] = ("normal", "shuffle")  # NORMAL: 2x faster reads (H200)
+    cache_layouts: ClassVar[tuple] = ("normal", "shuffle")  # NORMAL: faster reads (H200)
 
     @classmethod
     def supports(cls, device: torch.device) -> bool:
@@ -53,17 +55,38 @@ class TritonBackend(KernelBackend):
         return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
     @classmethod
-    def decode_rows_per_program(cls, rows: int, on_gpu: bool, batch: int = 1) -> int:
-        """Query rows ((position, head) pairs) one decode program computes: tl.dot needs
-        16 or more; with more rows, 32, and 64 once the batch alone fills the GPU, so each
-        latent block is read once per 32 or 64 heads (H200, H = 128: 64 rows with 8 warps
-        took 0.83-0.93x the time of 32 at B >= 16, 1.1-1.2x at B = 1). The one source of
-        the head padding (seed 002): the kernel masks the rows past `rows` on load and
-        store, and no buffer is sized from the padded count, so padded rows never reach
-        the output."""
-        if not on_gpu or rows <= 16:
-            return 16
-        return 64 if rows >= 64 and batch >= 16 else 32
+    def decode_rows_per_program(cls, rows: int, on_gpu: bool, batch: int = 1, wide: bool = False) -> int:
+        """Query rows ((position, head) pairs) one decode program computes, for the split
+        kernel (`triton_decode.split_rows_per_program`) or the wide one
+        (`triton_decode_wide.wide_rows_per_program`): the one source of the head padding
+        (seed 002). The kernels mask the rows past `rows` on load and store, and no
+        buffer is sized from the padded count, so padded rows never reach the output."""
+        if wide:
+            return wide_rows_per_program(rows, on_gpu)
+        return split_rows_per_program(rows, on_gpu, batch)
+
+    @classmethod
+    def decode_is_wide(cls, q_lat: torch.Tensor, q_pe: torch.Tensor) -> bool:
+        """The wide kernel (each latent tile read once per 64 rows) from 512 (query, head)
+        rows on a GPU: faster than the split kernel in every such case measured (H200,
+        1.06-1.39x at B >= 32, H 16-128); fewer rows (B = 1) keep the split kernel, whose
+        many-split schedule the wide one has not been measured against there."""
+        B, H, Sq, _ = q_lat.shape
+        on_gpu = q_lat.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+        return on_gpu and wide_supports(q_lat, q_pe) and size_hint(B * H * Sq) >= 512
+
+    @classmethod
+    def decode_over_latent(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out,
+                           paged=None) -> None:
+        """The absorbed attention over the latent (or a paged cache): the kernel and its
+        rows per program chosen here."""
+        wide = cls.decode_is_wide(q_lat, q_pe)
+        on_gpu = q_lat.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+        B, H, Sq, _ = q_lat.shape
+        block_h = cls.decode_rows_per_program(size_hint(Sq * H), on_gpu, size_hint(B), wide=wide)
+        run = mla_decode_attention_wide if wide else mla_decode_attention
+        run(q_lat, q_pe, c_kv, k_pe, scale, causal, mask=mask, zero_empty_rows=zero_empty_rows,
+            paged=paged, out=out, block_h=block_h)
 
     @classmethod
     def rope(cls, xs, cos, sin, interleaved_in, interleaved_out, outs) -> None:
@@ -84,5 +107,4 @@ class TritonBackend(KernelBackend):
 
     @classmethod
     def latent_attention(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out) -> None:
-        mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, mask=mask,
-                             zero_empty_rows=zero_empty_rows, out=out)
+        cls.decode_over_latent(q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out)

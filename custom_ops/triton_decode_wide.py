@@ -29,14 +29,19 @@ Program shape (H200 measurements in benchmarks/RESULTS.md, issue 12):
 Supported: everything `mla_decode_attention` takes (causal, additive mask, zero_empty_rows,
 any strides, `out`, the paged cache in NORMAL and SHUFFLE layouts; NORMAL pages holding
 whole key tiles read one page number per tile), for R <= 512 and Dr <= 64 (`supports`),
-fp32 / fp16 / bf16. The launcher uses only torch ops and kernel launches (`_launch` is
-the one place that calls `kernel[grid](...)`), no .item() / .data_ptr() / .tolist().
+fp32 / fp16 / bf16. The launcher uses only torch ops and kernel launches (through
+`launch.launch`, so Inductor can launch them: passes/inline_launches.py); tiles and
+splits are chosen from size hints, so a dynamic graph gets no guard.
 """
 from __future__ import annotations
 
 import os
 
 import torch
+
+from ..compat import size_hint
+from .checks import known_true
+from .launch import launch
 
 try:
     import triton
@@ -84,6 +89,7 @@ if triton is not None:
     ):
         # program (row group, split, sequence): the row groups of one key range are
         # neighbours in launch order, so the second group's tiles come from L2
+        scale = tl.cast(scale, tl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)  # (query, head) pairs
         split = tl.program_id(1)
         b = tl.program_id(2).to(tl.int64)
@@ -277,11 +283,6 @@ def supports(q_lat: torch.Tensor, q_pe: torch.Tensor) -> bool:
             and q_lat.dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
-def _launch(kernel, grid, *args, **kwargs):
-    """The one place a kernel is launched (the lead wraps it: torch.library.wrap_triton)."""
-    kernel[grid](*args, **kwargs)
-
-
 def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
                               mask: torch.Tensor | None = None, zero_empty_rows: bool = False,
                               paged: tuple | None = None,
@@ -303,7 +304,7 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     Dr = q_pe.shape[-1]
     if paged is not None:
         cache, table, seq_lens, page, (tt, vec) = paged
-        Sk = int(table.shape[1]) * page  # an upper bound: each program reads its own length
+        Sk = table.shape[1] * page  # an upper bound: each program reads its own length
         c_kv = k_pe = cache
         seq_arg, table_arg, st_b = seq_lens, table, table.stride(0)
         c_strides = kr_strides = (0, 0, 0)
@@ -314,13 +315,13 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
         c_strides, kr_strides = c_kv.stride(), k_pe.stride()
     if out is None:
         out = torch.empty(B, H, Sq, R, device=q_lat.device, dtype=q_lat.dtype)
-    if out.numel() == 0:
+    if known_true(out.numel() == 0):
         return out
-    if Sk == 0:
+    if known_true(Sk == 0):
         return out.zero_()
     on_gpu = q_lat.device.type == "cuda" and not _interpreting()
     bn = block_n or (64 if on_gpu else 16)
-    bh = block_h or wide_rows_per_program(Sq * H, on_gpu)
+    bh = block_h or wide_rows_per_program(size_hint(Sq * H), on_gpu)
     br, bdr = max(16, triton.next_power_of_2(R)), max(16, triton.next_power_of_2(Dr))
     ns = nsplit or (2 if br >= 256 else 1)
     groups = triton.cdiv(Sq * H, bh)
@@ -328,9 +329,11 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
         n_sm = sms or (torch.cuda.get_device_properties(q_lat.device).multi_processor_count if on_gpu else 4)
         # a 64-row program holds ~216 KB of shared memory and all registers: one per SM;
         # 16 / 32-row programs (4 warps) fit two
-        splits = choose_wide_splits(B, groups, Sk, bn, n_sm * (1 if bh >= 64 else 2))
+        splits = choose_wide_splits(size_hint(B), size_hint(groups), size_hint(Sk), bn,
+                                    n_sm * (1 if bh >= 64 else 2))
     keys_per_split = triton.cdiv(triton.cdiv(Sk, splits), bn) * bn
-    splits = triton.cdiv(Sk, keys_per_split)
+    if isinstance(Sk, int):  # symbolic: the hint's count; a split past the keys is empty
+        splits = triton.cdiv(Sk, keys_per_split)
     direct = splits == 1
     if direct:  # unused pointers
         partial = stats = out
@@ -339,7 +342,7 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
         stats = torch.empty(B * H * Sq * splits * 2, device=q_lat.device, dtype=torch.float32)  # (max, sum)
     mk = mask.expand(B, H, Sq, Sk) if mask is not None else None
     mk_strides = mk.stride() if mk is not None else (0, 0, 0, 0)
-    _launch(
+    launch(
         _wide_split, (groups, splits, B),
         q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, out, partial, stats, table_arg, seq_arg,
         *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *mk_strides, *out.stride(), st_b,
@@ -354,11 +357,11 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     )
     if not direct:
         nrows = B * H * Sq
-        if nrows >= 512:  # many rows (large batch, few splits): 4 rows x all columns, split by split
+        if size_hint(nrows) >= 512:  # many rows (large batch, few splits): 4 rows x all columns, split by split
             rows_c, brc, chunk = 4, br, 1
         else:  # few rows (B = 1, many splits): one row x 64 columns, 32 splits at a time
             rows_c, brc, chunk = 1, min(br, 64), min(32, max(2, triton.next_power_of_2(splits)))
-        _launch(
+        launch(
             _wide_combine, (triton.cdiv(nrows, rows_c), triton.cdiv(R, brc)),
             partial, stats, out, *out.stride(), H, Sq, nrows, splits,
             R=R, BRC=brc, ROWS=rows_c, SCHUNK=chunk, ZERO_EMPTY=bool(zero_empty_rows), num_warps=4,

@@ -185,7 +185,7 @@ def test_launcher_traces_on_fake_tensors(monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     calls = []
-    monkeypatch.setattr(triton_decode_wide, "_launch", lambda kernel, grid, *a, **k: calls.append((kernel, grid)))
+    monkeypatch.setattr(triton_decode_wide, "launch", lambda kernel, grid, *a, **k: calls.append((kernel, grid)))
     with FakeTensorMode():
         B, H, L = 2, 128, 4096
         q = torch.empty(B, H, 1, 576, dtype=torch.bfloat16)
