@@ -22,7 +22,7 @@ Prints correctness (vs an fp32 PyTorch statement), then a markdown table.
 Environment:
   OUT                   write $OUT/decode_bench.md (the table) and $OUT/decode_roofline.png
                         (every case's mla, inductor and max-autotune point on the roofline
-                        of the measured bandwidth and matmul throughput; roofline_png.py)
+                        of the measured bandwidth and matmul throughput; plots.py, matplotlib)
   BENCH_CASES           "BxLxH,..." cases to run, e.g. "1x32768x16,32x4096x128" (default:
                         B in 1, 32, 64, 128 x L in 4096, 8192, 32768 x H in 8, 16, 128)
   BENCH_AUTOTUNE_CASES  "BxLxH,...", "all" or "none": the cases (among those run) also
@@ -37,7 +37,7 @@ import time
 import torch
 import torch._dynamo
 import triton.testing
-from roofline_png import plot_roofline  # benchmarks/ is on sys.path when run as a script
+import plots  # benchmarks/ is on sys.path when run as a script
 
 from mla_compile.custom_ops import PagedLatentCache
 from mla_compile.custom_ops.triton_decode import mla_decode_attention
@@ -179,8 +179,8 @@ def main() -> None:
         with open(os.path.join(os.environ["OUT"], "decode_bench.md"), "w") as f:
             f.write(f"{device}, torch {torch.__version__}, {roofs}\n\n{table}\n")
         png = os.path.join(os.environ["OUT"], "decode_roofline.png")
-        plot_roofline(png, points, peak, bw, f"MLA decode (bf16), {device}", dodge=8)
-        print(f"roofline plot: {png}")
+        if plots.roofline(png, plots.by_series(points), peak, bw, f"MLA decode (bf16), {device}"):
+            print(f"roofline plot: {png}")
 
 
 if __name__ == "__main__":
