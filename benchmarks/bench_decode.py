@@ -16,13 +16,15 @@ measured bf16 matmul throughput (8192^3 torch.matmul); "of max(floor)" = the lar
 floor / mla time. Times are GPU times under CUDA graphs (decode runs captured:
 mode="reduce-overhead"). `paged-64`: the same keys in a `PagedLatentCache` of 64-token
 pages (the layout lowering chooses: NORMAL for Triton; pages in shuffled order), checked
-against the dense result.
+against the dense result; `paged-64 (SHUFFLE)`: the same with SHUFFLE pages (16-token
+tiles of 16-byte vectors), the layout the Triton backend does not choose, timed for
+the comparison.
 Prints correctness (vs an fp32 PyTorch statement), then a markdown table.
 
 Environment:
   OUT                   write $OUT/decode_bench.md (the table) and $OUT/decode_roofline.png
                         (every case's mla, inductor and max-autotune point on the roofline
-                        of the measured bandwidth and matmul throughput; roofline_png.py)
+                        of the measured bandwidth and matmul throughput; plots.py, matplotlib)
   BENCH_CASES           "BxLxH,..." cases to run, e.g. "1x32768x16,32x4096x128" (default:
                         B in 1, 32, 64, 128 x L in 4096, 8192, 32768 x H in 8, 16, 128)
   BENCH_AUTOTUNE_CASES  "BxLxH,...", "all" or "none": the cases (among those run) also
@@ -37,10 +39,11 @@ import time
 import torch
 import torch._dynamo
 import triton.testing
-from roofline_png import plot_roofline  # benchmarks/ is on sys.path when run as a script
+import plots  # benchmarks/ is on sys.path when run as a script
 
 from mla_compile.custom_ops import PagedLatentCache
 from mla_compile.custom_ops.triton_decode import mla_decode_attention
+from mla_compile.lowering.cache_layout import CacheLayout
 
 R, DR = 512, 64
 SCALE = 0.1352
@@ -83,10 +86,10 @@ def absorbed(q_lat, q_pe, c, kr):
     return torch.einsum("bhql,blr->bhqr", p, c)
 
 
-def paged_time(c, kr, q_lat, q_pe, dense_out, page=64) -> float:
-    """The same keys in a 64-token-page cache (lowering's layout: NORMAL), pages in a shuffled order."""
+def paged_time(c, kr, q_lat, q_pe, dense_out, page=64, layout=None) -> float:
+    """The same keys in a 64-token-page cache (`layout`; None: lowering's, NORMAL), pages in a shuffled order."""
     B, L, _ = c.shape
-    cache = PagedLatentCache.allocate(B * L // page, page, R, DR, c.dtype, c.device)
+    cache = PagedLatentCache.allocate(B * L // page, page, R, DR, c.dtype, c.device, layout=layout)
     table = torch.randperm(B * L // page, device=c.device).view(B, L // page).int()
     t = torch.arange(L, device=c.device)
     for b in range(B):
@@ -134,8 +137,8 @@ def main() -> None:
     autotuned = torch.compile(absorbed, mode="max-autotune-no-cudagraphs", dynamic=False)
     rows = ["| B | L | H | mla us | floor us | compute floor us | of floor | of max(floor) "
             "| inductor us | inductor/mla | max-autotune us | autotune/mla | rel. error "
-            "| paged-64 (NORMAL) us | of floor |",
-            "|---" * 15 + "|"]
+            "| paged-64 (NORMAL) us | of floor | paged-64 (SHUFFLE) us | of floor |",
+            "|---" * 17 + "|"]
     points = []  # (label, FLOP/byte, FLOP/s, series) for the roofline plot
     for B, L, H in cases:
         g = torch.Generator(device="cuda").manual_seed(B * L + H)
@@ -162,10 +165,11 @@ def main() -> None:
         floor = cache_bytes(B, L) / bw * 1e6
         floor_c = decode_flops(B, L, H) / peak * 1e6
         t_paged = paged_time(c, kr, q_lat, q_pe, out)
+        t_shuffle = paged_time(c, kr, q_lat, q_pe, out, layout=CacheLayout.SHUFFLE)
         at = f"{t_at:.1f} | {t_at / t_mla:.2f}" if t_at else "- | -"
         rows.append(f"| {B} | {L} | {H} | {t_mla:.1f} | {floor:.1f} | {floor_c:.1f} | {floor / t_mla:.2f} | "
                     f"{max(floor, floor_c) / t_mla:.2f} | {t_ind:.1f} | {t_ind / t_mla:.2f} | {at} | "
-                    f"{err:.1e} | {t_paged:.1f} | {floor / t_paged:.2f} |")
+                    f"{err:.1e} | {t_paged:.1f} | {floor / t_paged:.2f} | {t_shuffle:.1f} | {floor / t_shuffle:.2f} |")
         print(rows[-1], flush=True)
         for series, t in (("mla", t_mla), ("inductor", t_ind), ("inductor max-autotune", t_at)):
             if t:
@@ -179,8 +183,8 @@ def main() -> None:
         with open(os.path.join(os.environ["OUT"], "decode_bench.md"), "w") as f:
             f.write(f"{device}, torch {torch.__version__}, {roofs}\n\n{table}\n")
         png = os.path.join(os.environ["OUT"], "decode_roofline.png")
-        plot_roofline(png, points, peak, bw, f"MLA decode (bf16), {device}", dodge=8)
-        print(f"roofline plot: {png}")
+        if plots.roofline(png, plots.by_series(points), peak, bw, f"MLA decode (bf16), {device}"):
+            print(f"roofline plot: {png}")
 
 
 if __name__ == "__main__":

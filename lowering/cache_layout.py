@@ -16,9 +16,10 @@ The cache writer, the Triton reader and the PyTorch reference all take (tt, vec)
 `layout_params` of the cache's one `CacheLayout`, so they cannot disagree.
 
 Which one: the kernel backend lists the layouts it reads in preference order. The
-Triton decode kernel prefers NORMAL: on an H200 it read 64-token NORMAL pages at
-0.84-0.93 of the copy-bandwidth floor and SHUFFLE pages at 0.45-0.48 (its loads want
-whole token rows; SHUFFLE suits kernels that feed matrix units from 16-byte vectors).
+Triton decode kernel prefers NORMAL: on an H200 (an earlier session, two separate runs)
+it read 64-token NORMAL pages at 0.84-0.93 of the copy-bandwidth floor and SHUFFLE pages
+at 0.45-0.48 (its loads want whole token rows; SHUFFLE suits kernels that feed matrix
+units from 16-byte vectors); benchmarks/bench_decode.py now times both side by side.
 """
 from __future__ import annotations
 

@@ -52,10 +52,31 @@ def emit_structured_artifact(name: str, payload: dict) -> None:
     )
 
 
+try:  # AOTAutograd's descriptors of graph inputs and outputs (torch >= 2.9)
+    from torch._functorch._aot_autograd.descriptors import GradAOTOutput, TangentAOTInput
+except ImportError:  # pragma: no cover - older or reorganised torch: the tags below remain
+    GradAOTOutput = TangentAOTInput = None
+
+
 def is_joint_graph(graph) -> bool:
-    """A training graph: AOTAutograd's joint forward/backward, whose backward inputs
-    are placeholders named tangents_* (all versions 2.11 .. 2.15)."""
-    return any(n.op == "placeholder" and n.name.startswith("tangents") for n in graph.nodes)
+    """A training graph: AOTAutograd's joint forward/backward, read from the roles AOT
+    gives its nodes, never from their names (2.11 .. 2.13; placeholder names are only
+    a convention). Any one of these marks it:
+      - an input whose descriptor (`node.meta["desc"]`) is a tangent, or an output
+        whose descriptor is an input's gradient;
+      - a node AOT traced while it ran the backward (`partitioner_tag` "is_backward",
+        which the partitioner itself reads to split the graph).
+    An inference graph has neither."""
+    for n in graph.nodes:
+        if n.meta.get("partitioner_tag") == "is_backward":
+            return True
+        desc = n.meta.get("desc")
+        if TangentAOTInput is not None and n.op == "placeholder" and isinstance(desc, TangentAOTInput):
+            return True
+        if GradAOTOutput is not None and n.op == "output" and isinstance(desc, (list, tuple)) and any(
+                isinstance(d, GradAOTOutput) for d in desc):
+            return True
+    return False
 
 
 def real_tensors():

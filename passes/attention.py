@@ -26,6 +26,7 @@ from . import latent_attention
 from .arrange import arrange, emit_attention
 from .match_utils import NoMatch, aten, require, val
 from .mla_pieces import MlaPieces, mla_pieces
+from .softmax_reach import softmax_reach_reason
 from .graph_edit import call_with_meta as _call, plain_size as _plain
 
 prefill_op = torch.ops.mla.prefill_attention.default
@@ -79,9 +80,15 @@ def _describe(call: AttentionCall, p: MlaPieces, form: str) -> dict:
     }
 
 
+def _looks_like_attention(node: fx.Node) -> bool:
+    """An SDPA op, or a bmm that a softmax reaches (passes/softmax_reach.py)."""
+    search = _anchor(node)
+    return search is search_sdpa or (search is search_eager and softmax_reach_reason(node, "") is not None)
+
+
 def fuse_attention(graph: fx.Graph, options, record: PassRecord) -> None:
     if is_joint_graph(graph):
-        if any(_anchor(n) for n in graph.nodes):
+        if any(_looks_like_attention(n) for n in graph.nodes):
             record.near_misses.append(NearMiss("attention.mla", "graph", "training (joint forward/backward) graph: "
                                                "attention's intermediates are saved for the backward"))
         return
@@ -99,7 +106,12 @@ def fuse_attention(graph: fx.Graph, options, record: PassRecord) -> None:
             else:
                 pieces = mla_pieces(call)
                 match = Match("attention.mla", _describe(call, pieces, replace(graph, call, pieces, options.kernel)))
-        except NotAttention:  # a bmm with no softmax before it: not a near miss
+        except NotAttention as not_read:
+            # the reader found no attention here; a softmax reaching the bmm anyway is
+            # attention it cannot read: reported, never left alone silently
+            reason = softmax_reach_reason(node, str(not_read))
+            if reason is not None:
+                record.near_misses.append(NearMiss("attention.mla", f"%{node.name} = {node.target}", reason))
             continue
         except NoMatch as reason:
             record.near_misses.append(NearMiss("attention.mla", f"%{node.name} = {node.target}", str(reason)))

@@ -278,7 +278,7 @@ def search_eager(pv: fx.Node) -> AttentionCall:
         p_base, _ = trace_axes(p_src)
     except NoMatch as e:
         raise NotAttention(str(e)) from None
-    _refuse_sliced_softmax(p_base)
+    _refuse_sliced_softmax(_unconvert(p_base))  # sliced in fp32, then cast back: the same
     try:
         x, zero_empty = parse_softmax(p_base)
     except NoMatch as e:

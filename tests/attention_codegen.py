@@ -97,9 +97,9 @@ LOOKALIKES = {
 
 # Pass bugs found by this fuzzer (a minimal repro script for each went with the report
 # that introduced them). name: (kind, description). kind "gap": a fusable program the pass
-# leaves alone: expect "either" (numbers only). kind "quiet": a look-alike left alone
-# without a near miss (no near miss required). There is no kind for a wrong result: a
-# miscompile always fails. MLA_FUZZ_STRICT=1 (tests/test_fuzz_attention.py) ignores this
+# leaves alone: expect "either" (numbers only). There is no kind for a look-alike left
+# alone without a near miss (every attention left alone has one: passes/softmax_reach.py)
+# nor for a wrong result: a miscompile always fails. MLA_FUZZ_STRICT=1 (tests/test_fuzz_attention.py) ignores this
 # table: use it to check a fix, then delete the entry.
 KNOWN_ISSUES = {
     "q_whole": ("gap", "rope none and q used whole (never split/concatenated): 'query: the head dim "
@@ -108,8 +108,6 @@ KNOWN_ISSUES = {
                                 "and the view back): left alone (same-dtype += matches, on matmul and einsum)"),
     "sdpa_math_pad_v": ("gap", "SDPA reaching the pass as its CPU math decomposition (3-D [H, T, D] "
                                "inputs) with V zero-padded: search_eager does not strip the padding"),
-    "sink_cast_quiet": ("quiet", "attention sinks whose sliced fp32 probabilities are cast back (bf16): "
-                                 "left alone without a near miss (NotAttention)"),
 }
 STRICT_ISSUES = False  # set by the test from MLA_FUZZ_STRICT
 
@@ -208,8 +206,6 @@ class Program:
 
     def _known_issues(self) -> list[str]:
         look, out = self.lookalike, []
-        if look == "sink" and self.dtype != torch.float32:
-            out.append("sink_cast_quiet")
         if self.q_asm == "whole":
             out.append("q_whole")
         fresh_scores = (self.scale_where in ("scores_mul", "scores_div", "scores_neg")

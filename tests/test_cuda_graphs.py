@@ -1,5 +1,5 @@
 """CUDA graphs (mode="reduce-overhead"): the fused ops are capturable and replays
-give eager's numbers. Needs a CUDA device; CI has none, the GPU machine runs it."""
+give eager's numbers; the report proves the rewrite happened. Needs a CUDA device; CI has none, the GPU machine runs it."""
 import os
 
 import pytest
@@ -22,7 +22,8 @@ def rope_qk(q, k, cos, sin):
 
 def test_rope_under_cuda_graphs():
     counters.clear()
-    compiled = torch.compile(rope_qk, backend="mla", mode="reduce-overhead")
+    reports = []  # torch.compile refuses mode= with options=: the mode goes into the options
+    compiled = torch.compile(rope_qk, backend="mla", options={"mode": "reduce-overhead", "report": reports.append})
     for step in range(4):  # warm-up, record, then replays with fresh data
         args = (torch.randn(8, 16, 64, device="cuda", dtype=torch.bfloat16),
                 torch.randn(8, 1, 64, device="cuda", dtype=torch.bfloat16),
@@ -32,6 +33,12 @@ def test_rope_under_cuda_graphs():
         for g, e in zip(got, rope_qk(*args)):
             torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-2)
     assert counters["inductor"]["cudagraph_skips"] == 0
+    # the replays ran the fused op: both RoPEs rewritten, merged into one launch
+    assert len(reports) == 1, [r.format() for r in reports]
+    # ... and Inductor launches its kernel (passes/inline_launches.py)
+    assert reports[0].counts() == {"rope.neox": 2, "rope.one_launch": 1, "launch.inductor": 1}, \
+        reports[0].format()
+    assert reports[0].near_misses == [], reports[0].format()
 
 
 def test_prefill_op_under_cuda_graph_capture():

@@ -201,4 +201,4 @@ def test_cuda_deepseek_dims_decode(H):
             x = torch.randn(3, 1, 256, device="cuda", dtype=torch.bfloat16)
             torch.testing.assert_close(compiled(x, pos, freqs[pos:pos + 1]), model(x, pos, freqs[pos:pos + 1]),
                                        rtol=3e-2, atol=3e-2)
-    assert len(latent_matches(reports)) == len(reports) and not near_misses(reports)
+    assert reports and len(latent_matches(reports)) == len(reports) and not near_misses(reports)

@@ -46,3 +46,59 @@ def test_forward_and_backward_equal_eager():
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e)
     assert reports[0].counts() == {"rope.neox": 2, "rope.one_launch": 1}
+
+
+
+def test_joint_graph_found_by_structure_not_names(monkeypatch):
+    """The joint graph is recognised from the roles AOT gives its nodes: with every
+    input renamed while the mla passes run (no tangents_* or primals_* left), attention
+    is still left alone in training, with the reason, and the gradients are eager's;
+    inference still fuses. (The names are put back afterwards: torch's partitioner
+    itself finds the tangents by name.)"""
+    import os
+    import sys
+
+    from mla_compile import pass_manager
+    from mla_compile.compat import is_joint_graph
+    from mla_compile.passes import GraphPass
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from attention_models import SHAPES, AttnSize
+
+    seen, names = [], {}
+
+    def rename(graph, options, record):
+        for i, node in enumerate(n for n in graph.nodes if n.op == "placeholder"):
+            names[node] = (node.name, node.target)
+            node.name = node.target = f"input_{i}"
+        assert not any(n.name.startswith(("tangents", "primals")) for n in graph.nodes)
+        seen.append(is_joint_graph(graph))
+
+    def restore(graph, options, record):
+        for node, (name, target) in names.items():
+            node.name, node.target = name, target
+        names.clear()
+
+    monkeypatch.setattr(pass_manager, "PIPELINE", (GraphPass("rename", "rope", rename), *pass_manager.PIPELINE,
+                                                   GraphPass("restore", "rope", restore)))
+    model = next(s for s in SHAPES if s.name == "hf_v3").build(AttnSize(B=2, S=7, H=2), torch.float32)
+    x, *rest = model.example_inputs(seed=6)
+    reports = []
+    compiled = torch.compile(model, backend="mla", options={"report": reports.append})
+    grads = []
+    for fn in (model, compiled):
+        model.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        fn(xi, *rest).square().mean().backward()
+        grads.append([xi.grad.clone()] + [p.grad.clone() for p in model.parameters()])
+    for g_eager, g_compiled in zip(*grads):
+        torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-5)
+    assert seen == [True] and len(reports) == 1, seen
+    assert "attention.mla" not in reports[0].counts(), reports[0].format()
+    assert any("training" in n.reason for n in reports[0].near_misses), reports[0].format()
+
+    torch._dynamo.reset()
+    with torch.no_grad():  # the same renaming in an inference graph: not joint, fused
+        reports.clear()
+        torch.compile(model, backend="mla", options={"report": reports.append})(x, *rest)
+    assert seen == [True, False] and reports[0].counts().get("attention.mla") == 1, reports[0].format()

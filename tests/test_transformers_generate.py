@@ -99,11 +99,25 @@ def test_third_family_generate():
 @pytest.mark.parametrize("family", ["v3", "v2"])
 def test_generate_cuda_graphs(family):
     """On the GPU, transformers' default compile mode (reduce-overhead: CUDA graphs) with
-    backend="mla": the fused ops are captured and replayed; tokens equal eager (fp32)."""
+    backend="mla": every layer's attention (absorbed) and RoPE fused in the decode step,
+    the fused ops captured and replayed; tokens equal eager (fp32)."""
+    from torch._dynamo.utils import counters
+
     model = build(family, "eager").cuda()
     ids = prompt(2).cuda()
+    reports = []
+    # CompileConfig's default mode, given through the backend's options (torch.compile
+    # refuses mode= with options=, and the report needs options)
+    config = transformers.CompileConfig(backend="mla", mode=None, fullgraph=True,
+                                        options={"mode": "reduce-overhead", "report": reports.append})
+    counters.clear()
     with torch.no_grad():
         expected = model.generate(ids, max_new_tokens=NEW, do_sample=False, cache_implementation="static")
         actual = model.generate(ids, max_new_tokens=NEW, do_sample=False, cache_implementation="static",
-                                compile_config=transformers.CompileConfig(backend="mla", fullgraph=True))
+                                compile_config=config)
     assert torch.equal(actual, expected)
+    assert len(reports) == 1, [r.format() for r in reports]  # the decode step, compiled once
+    counts = reports[0].counts()
+    assert counts["attention.mla"] == LAYERS and counts["rope.one_launch"] == LAYERS, counts
+    assert all(m.params["form"] == "absorbed" for m in reports[0].matches if m.pattern == "attention.mla")
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
