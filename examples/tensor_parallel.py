@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 
 import torch
@@ -39,18 +40,21 @@ ATTENTION_PLAN = {
 
 
 def attention_sharding_plan(model_cls, config) -> dict[str, str]:
-    """The model's own plan (as transformers assembles it: base model plan under `model.`,
-    plus lm_head) with attention sharded by heads. A dict plan replaces the built-in one,
-    hence the copy; rules for modules the config does not have (q_proj or q_b_proj) are
-    dropped, as transformers warns about unmatched rules."""
+    """The model's own plan (as transformers assembles it: the base model's rules under
+    `model.`, plus lm_head) with attention sharded by heads. A dict plan replaces the
+    built-in one, hence the copy; rules for modules this config does not build (q_proj
+    or q_b_proj, experts in an all-dense model) are dropped, as transformers would warn."""
     with torch.device("meta"):
-        plan = dict(model_cls(config).tp_plan)
-    has_q_lora = config.q_lora_rank is not None
-    for key, style in ATTENTION_PLAN.items():
-        if key.endswith(".q_proj") and has_q_lora or key.endswith(".q_b_proj") and not has_q_lora:
-            continue
-        plan[key] = style
-    return plan
+        model = model_cls(config)
+    # rules name modules or parameters (experts.gate_up_proj is a parameter)
+    names = [name for name, _ in [*model.named_modules(), *model.named_parameters()]]
+
+    def present(rule: str) -> bool:
+        pattern = re.compile(re.escape(rule).replace(r"\*", r"\d+"))
+        return any(pattern.fullmatch(name) for name in names)
+
+    plan = {**model.tp_plan, **ATTENTION_PLAN}
+    return {rule: style for rule, style in plan.items() if present(rule)}
 
 
 def small_config(gpu: bool) -> transformers.DeepseekV3Config:
