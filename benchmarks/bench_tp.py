@@ -16,7 +16,9 @@ of L=4096 tokens for B in {1, 32}, timed as the mean of 20 CUDA-graph replays
 16-token prompt written into the same static cache eagerly, then 8 decode steps of the
 timed compiled step, against the same loop in eager (and across TP sizes).
 
-Writes $OUT/bench_tp.json (or ./bench_tp.json): rows, `tp2_over_tp1` (TP=2 time / TP=1
+`--tp 1` / `--tp 2` run one TP size (each run's weights are the same: seeded), so the
+two fit separate time limits; `--merge bench_tp1.json bench_tp2.json` joins them.
+Writes $OUT/bench_tp{1,2}.json per TP size and $OUT/bench_tp.json (or ./): rows, `tp2_over_tp1` (TP=2 time / TP=1
 time per backend and B: below 1 is a speed-up), `tokens_equal`, `fused_every_rank`;
 and a markdown table ($OUT/bench_tp.md). `--tiny` runs the same plumbing on CPU (gloo,
 fp32, tiny dims, no CUDA graphs) to check it, not to time anything.
@@ -140,7 +142,8 @@ def child(directory: str, out_path: str, tiny: bool) -> None:
     if rank == 0:
         result = {"tp": world, "rows": rows, "fused_every_rank": all(e["fused"] for e in every),
                   "tokens": every[0]["tokens"], "ranks_agree": all(e["tokens"] == every[0]["tokens"] for e in every),
-                  "device": torch.cuda.get_device_name() if gpu else "cpu"}
+                  "device": torch.cuda.get_device_name() if gpu else "cpu", "torch": torch.__version__,
+                  "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d")}
         with open(out_path, "w") as f:
             json.dump(result, f)
     dist.barrier()
@@ -153,8 +156,8 @@ def merge(one: dict, two: dict) -> dict:
              for B in BATCHES for name in ("inductor", "mla")}
     same_as_eager = all(r["tokens"][f"mla B={B}"] == r["tokens"][f"eager B={B}"] for r in (one, two) for B in BATCHES)
     return {
-        "device": two["device"], "torch": torch.__version__, "transformers": transformers.__version__,
-        "date": time.strftime("%Y-%m-%d"), "rows": one["rows"] + two["rows"], "tp2_over_tp1": ratio,
+        "device": two["device"], "torch": two["torch"], "transformers": two["transformers"],
+        "date": two["date"], "rows": one["rows"] + two["rows"], "tp2_over_tp1": ratio,
         # mla's greedy tokens equal eager's at the same TP size, on every rank
         "tokens_equal": same_as_eager and one["ranks_agree"] and two["ranks_agree"],
         # informative: bf16 all-reduce order can flip a near-tie between TP sizes
@@ -184,25 +187,38 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="CPU plumbing check: gloo, fp32, tiny dims, no graphs")
+    parser.add_argument("--tp", type=int, choices=[1, 2], action="append",
+                        help="run only this TP size (repeatable; default both): $OUT/bench_tp{N}.json")
+    parser.add_argument("--merge", nargs=2, metavar=("TP1_JSON", "TP2_JSON"),
+                        help="merge two runs' bench_tp1.json and bench_tp2.json (no GPU needed)")
     parser.add_argument("--child", nargs=2, metavar=("MODEL_DIR", "OUT_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child, args.tiny)
-    if not args.tiny and torch.cuda.device_count() < 2:
-        sys.exit("bench_tp.py needs 2 GPUs (or --tiny for a CPU check of the plumbing)")
     out_dir = os.environ.get("OUT", ".")
-    with tempfile.TemporaryDirectory(prefix="bench_tp_") as directory:
-        torch.manual_seed(0)
-        transformers.DeepseekV3ForCausalLM(make_config(args.tiny)).to(torch.bfloat16).save_pretrained(directory)
-        parts = []
-        for n in (1, 2):
-            path = os.path.join(directory, f"tp{n}.json")
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-                   os.path.abspath(__file__), "--child", directory, path] + (["--tiny"] if args.tiny else [])
-            subprocess.run(cmd, check=True, cwd=ROOT)
+    parts = {}
+    if args.merge:
+        for n, path in zip((1, 2), args.merge):
             with open(path) as f:
-                parts.append(json.load(f))
-    result = merge(*parts)
+                parts[n] = json.load(f)
+    else:
+        sizes = sorted(set(args.tp or (1, 2)))
+        if not args.tiny and torch.cuda.device_count() < max(sizes):
+            sys.exit(f"bench_tp.py needs {max(sizes)} GPUs (or --tiny for a CPU check of the plumbing)")
+        with tempfile.TemporaryDirectory(prefix="bench_tp_") as directory:
+            torch.manual_seed(0)  # the same weights in every run: --tp 1 and --tp 2 may run apart
+            transformers.DeepseekV3ForCausalLM(make_config(args.tiny)).to(torch.bfloat16).save_pretrained(directory)
+            for n in sizes:
+                path = os.path.join(out_dir, f"bench_tp{n}.json")
+                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+                       os.path.abspath(__file__), "--child", directory, path] + (["--tiny"] if args.tiny else [])
+                subprocess.run(cmd, check=True, cwd=ROOT)
+                with open(path) as f:
+                    parts[n] = json.load(f)
+    if len(parts) < 2:
+        print(f"wrote {out_dir}/bench_tp{sizes[0]}.json; merge with --merge bench_tp1.json bench_tp2.json")
+        return
+    result = merge(parts[1], parts[2])
     text = table(result)
     print(text)
     with open(os.path.join(out_dir, "bench_tp.json"), "w") as f:
