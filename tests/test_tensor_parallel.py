@@ -5,7 +5,10 @@ replicated) and compile it with backend="mla" (tests/tp_worker.py). On every ran
 each layer's attention fused with exactly H/TP heads (prefill decompressed, decode steps
 absorbed), RoPE fused, the all-reduces left as they were, no near miss; logits and greedy
 tokens equal to the single-process eager run; the paged latent cache attended per rank's
-heads gathers to the 1-process result."""
+heads gathers to the 1-process result.
+
+About 3-5 minutes on two loaded cores, nearly all of it Inductor's C++ compiles (a
+report turns its caches off) and the Triton interpreter."""
 import os
 import signal
 import subprocess
@@ -15,8 +18,6 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-    pytest.skip("needs torch.distributed with gloo", allow_module_level=True)
 
 WORLD, HEADS, LAYERS = 2, 16, 2
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=LAYERS,
@@ -102,16 +103,20 @@ def test_every_rank_fused_with_its_heads(ranks, graph, form):
         assert rep["attention"] == [(HEADS // WORLD, form)] * LAYERS, f"rank {r}:\n{rep['text']}"
         assert rep["counts"].get("rope.one_launch") == LAYERS, f"rank {r}:\n{rep['text']}"
         assert rep["near_misses"] == [], f"rank {r}:\n{rep['text']}"
-        # o_proj and down_proj are row-wise: one all-reduce each per layer; lm_head gathers
-        # its vocabulary shards; every collective kept as it was
+        # o_proj and down_proj are row-wise: one all-reduce each per layer (and one after a
+        # vocab-sharded embedding); lm_head gathers its vocabulary shards; every collective
+        # kept as it was
         before, after = rep["collectives_before"], rep["collectives_after"]
-        want = {"all_reduce": 2 * LAYERS, "all_gather_into_tensor": 1, "wait_tensor": 2 * LAYERS + 1}
+        reduces = 2 * LAYERS + out["sharding"]["embedding_sharded"]
+        want = {"all_reduce": reduces, "all_gather_into_tensor": 1, "wait_tensor": reduces + 1}
         assert before == want, f"rank {r}: collectives in the graph {before}, expected {want}"
         assert after == before, f"rank {r}: collectives changed {before} -> {after}"
 
 
 def test_logits_and_greedy_tokens_equal_single_process(ranks):
     ref, outs = ranks
+    top2 = ref["step_logits"].topk(2, dim=-1).values
+    assert (top2[..., 0] - top2[..., 1]).min() > 1e-2, "near-tied greedy choices: equal tokens would prove little"
     for r, out in enumerate(outs):
         close(out["prefill_logits"], ref["prefill_logits"], f"rank {r} prefill logits")
         close(out["step_logits"], ref["step_logits"], f"rank {r} decode-step logits")

@@ -48,8 +48,11 @@ def sharding(model) -> dict:
     attn = model.model.layers[0].self_attn
     names = ("q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
     weights = {n: getattr(attn, n).weight for n in names}
+    dtensor = torch.distributed.tensor.DTensor
     return {
-        "dtensor": {n: isinstance(w, torch.distributed.tensor.DTensor) for n, w in weights.items()},
+        "dtensor": {n: isinstance(w, dtensor) for n, w in weights.items()},
+        # vocab-parallel input embedding (transformers 5.23 adds it to every plan): one more all-reduce
+        "embedding_sharded": isinstance(model.model.embed_tokens.weight, dtensor),
         "local_shape": {n: tuple(w.to_local().shape if hasattr(w, "to_local") else w.shape)
                         for n, w in weights.items()},
     }
