@@ -25,7 +25,7 @@ from mla_compile.custom_ops.triton_backend import TritonBackend  # noqa: E402
 DEVICE = kernel_test_device(triton_decode._decode_split)
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="needs TRITON_INTERPRET=1 (CPU) or a CUDA device")
 R, DR, DN, DV = 32, 16, 16, 16
-HEADS_PER_RANK = [1, 2, 4, 8, 16, 20]  # TP8 of 8..160 heads, TP2 of 32/40 (Kimi-K2.5 TP8: 8)
+HEADS_PER_RANK = [1, 2, 4, 8, 16, 20]  # 128 heads at TP8: 16; 64 (Kimi-K2.5) at TP8: 8; 20: not a power of 2
 _RULE = TritonBackend.decode_rows_per_program  # the real rule, bound to the class
 
 
