@@ -50,7 +50,8 @@ def spies(monkeypatch):
     calls = []
     state = {"answer": lambda rows, batch: _RULE(rows, True, batch)}
 
-    def rule(cls, rows, on_gpu, batch=1):
+    def rule(cls, rows, on_gpu, batch=1, wide=False):
+        assert not wide, "the interpreter runs the split kernel"
         calls.append((rows, batch))
         return state["answer"](rows, batch)
 
