@@ -57,6 +57,8 @@ class Options:
             raise ValueError(f"mla backend: option 'kernel' must be one of {KERNEL_CHOICES}, got {opts.kernel!r}")
         if not isinstance(opts.strict, bool):
             raise ValueError(f"mla backend: option 'strict' must be a bool, got {opts.strict!r}")
+        if opts.launch not in LAUNCH_CHOICES:
+            raise ValueError(f"mla backend: option 'launch' must be one of {LAUNCH_CHOICES}, got {opts.launch!r}")
         if not (isinstance(opts.report, bool) or callable(opts.report)):
             raise ValueError(f"mla backend: option 'report' must be a bool or a callable, got {opts.report!r}")
         if not isinstance(opts.inductor, Mapping) or "joint_custom_pre_pass" in opts.inductor:
