@@ -100,7 +100,8 @@ def fuse_attention(graph: fx.Graph, options, record: PassRecord) -> None:
                 match = Match("attention.mla", latent_attention.describe(call, pieces))
             else:
                 pieces = mla_pieces(call)
-                call, proof = causal_mask.prove(graph, call)  # a mask built causal: causal=True
+                # a mask built causal: causal=True
+                call, proof = causal_mask.prove(graph, call, (pieces.sizes["Sq"], pieces.sizes["Sk"]))
                 match = Match("attention.mla", _describe(call, pieces, replace(graph, call, pieces, options.kernel),
                                                          proof))
         except NotAttention:  # a bmm with no softmax before it: not a near miss

@@ -82,16 +82,17 @@ def _vec(node) -> Optional[_Vec]:
     if not isinstance(node, fx.Node) or node.op != "call_function":
         return None
     t, a = node.target, node.args
-    if t is prims.iota.default:
-        start, step = _int(node.kwargs.get("start")), _int(node.kwargs.get("step"))
+    if t in (prims.iota.default, aten.arange.default, aten.arange.start):
+        # integers only: exact, and k < q is then k <= q - 1
+        if val(node).dtype.is_floating_point or val(node).dtype == torch.bool:
+            return None
+        if t is prims.iota.default:
+            start, step = _int(node.kwargs.get("start")), _int(node.kwargs.get("step"))
+        else:
+            start, step = (_int(a[0]) if t is aten.arange.start else 0), 1
         if start is None or step != 1:
             return None
-        return _Vec(1, 0, a[0], start)
-    if t in (aten.arange.default, aten.arange.start):
-        ends = a if t is aten.arange.start else (0, a[0])
-        if _int(ends[0]) is None or val(node).dtype.is_floating_point:
-            return None
-        return _Vec(1, 0, val(node).shape[0], ends[0])
+        return _Vec(1, 0, val(node).shape[0], start)
     if t in (aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar) and len(a) == 2:
         v, c = _vec(a[0]), _int(a[1])
         if v is None or c is None or node.kwargs.get("alpha", 1) != 1:
@@ -135,15 +136,19 @@ _ORDER = {aten.le.Tensor: ("le", False), aten.lt.Tensor: ("lt", False),
           aten.ge.Tensor: ("le", True), aten.gt.Tensor: ("lt", True)}
 
 
-def _bound(node) -> Optional[tuple[str, int]]:
+def _bound(node, sizes) -> Optional[tuple[str, int]]:
     """An order comparison of a key and a query vector as ('upper' | 'lower', d):
-    k - q <= d or k - q >= d; None if the node is no such comparison."""
+    k - q <= d or k - q >= d; None if the node is no such comparison. Each vector
+    must span its whole axis (sizes = (Sq, Sk)): one of size 1 would broadcast one
+    value over the axis, not idx + offset."""
     if node.target not in _ORDER:
         return None
     op, swap = _ORDER[node.target]
     lo, hi = (node.args[1], node.args[0]) if swap else (node.args[0], node.args[1])
     a, b = _vec(lo), _vec(hi)  # a (op) b
     if a is None or b is None or {a.pos, b.pos} != {-2, -1}:
+        return None
+    if not all(known_equal(v.size, sizes[v.pos]) for v in (a, b)):
         return None
     d = b.offset - a.offset - (1 if op == "lt" else 0)  # a_idx - b_idx <= d
     if a.pos == -1:  # k - q <= d
@@ -210,25 +215,25 @@ def _same_rows_eq(node) -> bool:
     if a.args[1][0] is None or a.args[1][0] is not b.args[1][0] or None in (a.args[1][1], b.args[1][1]):
         return False
     table = _concrete(a.args[0])
-    if table is None or table.dim() != 2:
+    if table is None or table.dim() != 2 or table.dtype.is_floating_point:  # NaN != NaN
         return False
     with real_tensors():  # outside it, the pass's fake mode refuses real tensors
         return bool((table == table[:, :1]).all())
 
 
-def _scalar(x) -> Optional[float]:
-    """The value of a where() branch that is one number, or None."""
-    if isinstance(x, (int, float)) and not isinstance(x, bool):
-        return float(x)
-    if not isinstance(x, fx.Node):
-        return None
-    if x.target is aten.scalar_tensor.default:
-        return float(x.args[0])
-    t = _concrete(x) if val(x).numel() == 1 else None
-    if t is None:
+def _scalar(x, dtype) -> Optional[float]:
+    """The value of a where() branch that is one number, as the where's output dtype
+    holds it (a fill rounds, e.g. fp32's finfo.min is -inf in bf16), or None."""
+    if isinstance(x, fx.Node) and x.target is aten.scalar_tensor.default:
+        x = torch.tensor(x.args[0], dtype=x.kwargs.get("dtype") or torch.float32)
+    elif isinstance(x, fx.Node):
+        x = _concrete(x) if val(x).numel() == 1 else None
+    elif isinstance(x, bool) or not isinstance(x, (int, float)):
+        x = None
+    if x is None:
         return None
     with real_tensors():
-        return float(t.reshape(()))
+        return float(torch.as_tensor(x).reshape(()).to(dtype))
 
 
 def _leading_dims_only(n: fx.Node) -> bool:
@@ -243,7 +248,8 @@ def _leading_dims_only(n: fx.Node) -> bool:
         return d <= len(new) - 3
     if n.target in (aten.view.default, aten.reshape.default):
         lead = len(new) - len(old)
-        return lead >= 0 and new[lead:] == old and all(known_equal(s, 1) for s in new[:lead])
+        return lead >= 0 and all(known_equal(a, b) for a, b in zip(new[lead:], old)) and all(
+            known_equal(s, 1) for s in new[:lead])
     return False
 
 
@@ -272,15 +278,15 @@ class CausalMask:
     fill: float
 
 
-def analyse(mask: fx.Node) -> CausalMask:
-    """The proof; raises NotProven with the reason."""
+def analyse(mask: fx.Node, sizes: tuple) -> CausalMask:
+    """The proof for scores of (Sq, Sk) = `sizes`; raises NotProven with the reason."""
     where = mask
     while where.target in _ALIASES:
         where = where.args[0]
     if where.target is not aten.where.self or val(where).dtype == torch.bool:
         raise NotProven("mask is not where(condition, 0, fill)")
     cond, zero, fill = where.args
-    z, f = _scalar(zero), _scalar(fill)
+    z, f = _scalar(zero, val(where).dtype), _scalar(fill, val(where).dtype)
     if z != 0.0 or f is None or not (f == -math.inf or f <= FINITE_FILL_MAX):
         raise NotProven(f"mask is where(condition, {z}, {f}), not (0, -inf or finfo.min)")
     if not isinstance(cond, fx.Node) or val(cond).dtype != torch.bool:
@@ -290,10 +296,10 @@ def analyse(mask: fx.Node) -> CausalMask:
         if not isinstance(term, fx.Node):
             raise NotProven(f"condition term {term!r}")
         shape = val(term).shape
-        b = _bound(term) if term.op == "call_function" else None
+        b = _bound(term, sizes) if term.op == "call_function" else None
         if b is not None:
             if b[0] == "lower":
-                raise NotProven("k - q is bounded below (a sliding window), not causal")
+                raise NotProven("k - q is bounded below (a sliding window or k >= q), not causal")
             upper.append(b[1])
         elif len(shape) < 2 or known_equal(shape[-2], 1):
             keys.append(term)
@@ -320,13 +326,14 @@ def rewrite(graph: fx.Graph, call, proof: CausalMask):
     return replace(call, causal=True, mask=mask)
 
 
-def prove(graph: fx.Graph, call):
+def prove(graph: fx.Graph, call, sizes: tuple):
     """(call, note): the call rewritten to causal where its mask is proven causal
-    (plus key padding); note says what was proven, or why not (None: no mask)."""
+    (plus key padding) for scores of (Sq, Sk) = `sizes`; note says what was proven,
+    or why not (None: no mask)."""
     if call.mask is None or call.causal:
         return call, None
     try:
-        proof = analyse(call.mask)
+        proof = analyse(call.mask, sizes)
     except (NotProven, NoMatch) as why:
         return call, f"not causal: {why}"
     note = "causal (k <= q from iota comparisons)"

@@ -130,3 +130,59 @@ def test_transformers_causal_mask(impl, padded):
         assert p["mask"] == want[impl, padded], p
         assert p["mask_proof"].startswith("not causal" if (impl, padded) == ("eager", True) else "causal"), p
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------ the proof alone, on traced graphs (fast)
+
+def _traced_mask(build, *args):
+    """The where() node of `build(*args)` traced to aten with fake values."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gm = make_fx(build, tracing_mode="fake")(*args)
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def _where(cond, fill):
+    return torch.where(cond, torch.tensor(0.0), torch.tensor(fill))
+
+
+S = 6
+IDX = {  # name -> (mask builder over (keep [2, S] bool), proven, key terms)
+    "le": (lambda keep: _where((torch.arange(S)[None, :] <= torch.arange(S)[:, None])[None, None], FMIN), True, 0),
+    "two_bounds": (lambda keep: _where(((torch.arange(S)[None] <= torch.arange(S)[:, None])
+                                        & (torch.arange(S)[None] <= torch.arange(S)[:, None] + 3))[None], FMIN), True, 0),
+    "shifted_lt": (lambda keep: _where((torch.arange(S)[None] - 1 < torch.arange(S)[:, None])[None], FMIN), True, 0),
+    "pad_ninf": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
+                                     & keep[:, None, None, :], float("-inf")), True, 1),
+    "pad_fmin": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
+                                     & keep[:, None, None, :], FMIN), False, 0),
+    "lt": (lambda keep: _where((torch.arange(S)[None] < torch.arange(S)[:, None])[None], FMIN), False, 0),
+    "plus_one": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None] + 1)[None], FMIN), False, 0),
+    "anti": (lambda keep: _where((torch.arange(S)[None] >= torch.arange(S)[:, None])[None], FMIN), False, 0),
+    "one_query": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(1)[:, None]).expand(S, S)[None], FMIN),
+                  False, 0),
+    "float_arange": (lambda keep: _where((torch.arange(S.__float__())[None] <= torch.arange(S.__float__())[:, None])[None],
+                                         FMIN), False, 0),
+    "small_fill": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None], -1e4), False, 0),
+    "or": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
+                               | keep[:, None, None, :], float("-inf")), False, 0),
+    "query_term": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
+                                       & keep[:, None, :, None], float("-inf")), False, 0),
+    "nonzero_keep": (lambda keep: torch.where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None],
+                                              torch.tensor(1.0), torch.tensor(FMIN)), False, 0),
+}
+
+
+@pytest.mark.parametrize("name", list(IDX))
+def test_proof_on_traced_masks(name):
+    from mla_compile.passes.causal_mask import NotProven, analyse
+
+    build, proven, keys = IDX[name]
+    keep = torch.ones(2, S, dtype=torch.bool)
+    mask = _traced_mask(build, keep)
+    if proven:
+        assert len(analyse(mask, (S, S)).keys) == keys
+    else:
+        with pytest.raises(NotProven):
+            analyse(mask, (S, S))
