@@ -60,6 +60,10 @@ class NotProven(Exception):
     """The mask is not proven causal; str(self) says why (for the report)."""
 
 
+class NotBuilt(NotProven):
+    """The mask is no where(condition, ...) at all (an input, say): nothing to report."""
+
+
 @dataclass(frozen=True)
 class _Vec:
     """An index vector: value idx(axis) + offset, constant along every other axis."""
@@ -284,7 +288,7 @@ def analyse(mask: fx.Node, sizes: tuple) -> CausalMask:
     while where.target in _ALIASES:
         where = where.args[0]
     if where.target is not aten.where.self or val(where).dtype == torch.bool:
-        raise NotProven("mask is not where(condition, 0, fill)")
+        raise NotBuilt("mask is not where(condition, 0, fill)")
     cond, zero, fill = where.args
     z, f = _scalar(zero, val(where).dtype), _scalar(fill, val(where).dtype)
     if z != 0.0 or f is None or not (f == -math.inf or f <= FINITE_FILL_MAX):
@@ -334,6 +338,8 @@ def prove(graph: fx.Graph, call, sizes: tuple):
         return call, None
     try:
         proof = analyse(call.mask, sizes)
+    except NotBuilt:
+        return call, None
     except (NotProven, NoMatch) as why:
         return call, f"not causal: {why}"
     note = "causal (k <= q from iota comparisons)"
