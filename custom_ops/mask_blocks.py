@@ -88,37 +88,39 @@ def classify_blocks_reference(mask: torch.Tensor, Sq: int, Sk: int, block_m: int
 
 
 if triton is not None:
+    # the codes as the kernels see them (triton_prefill imports these): one source
+    K_EMPTY: tl.constexpr = tl.constexpr(EMPTY)
+    K_PARTIAL: tl.constexpr = tl.constexpr(PARTIAL)
+    K_FULL: tl.constexpr = tl.constexpr(FULL)
 
-    @triton.jit(do_not_specialize=["rows", "cols", "n_tiles"])
+    @triton.jit(do_not_specialize=["rows", "cols"])
     def _classify_blocks(Mk, T, smk_b, smk_h, smk_m, smk_n, st_b, st_h, st_m, st_n,
-                         Hm, rows, cols, n_tiles,
+                         Hm, rows, cols,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_BOOL: tl.constexpr):
-        # one program per (mask batch, mask head, query tile), walking the key tiles:
-        # the mask is read once in all
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
+        # one program per block: the mask is read once in all, with enough programs
+        # to spread the read over the GPU
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        pid_bh = tl.program_id(2)
         b = (pid_bh // Hm).to(tl.int64)
         h = (pid_bh % Hm).to(tl.int64)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = tl.arange(0, BLOCK_N)
-        m_ok = offs_m < rows
-        src = Mk + b * smk_b + h * smk_h + offs_m.to(tl.int64)[:, None] * smk_m
-        dst = T + b * st_b + h * st_h + pid_m * st_m
-        for t in range(0, n_tiles):
-            cols_t = t * BLOCK_N + offs_n
-            ok = m_ok[:, None] & (cols_t < cols)[None, :]
-            x = tl.load(src + cols_t.to(tl.int64)[None, :] * smk_n, mask=ok, other=0)
-            if IS_BOOL:
-                ninf = x == 0
-                zero = x != 0
-            else:
-                ninf = x == float("-inf")
-                zero = x == 0.0
-            # entries outside [rows, cols] count as both -inf and 0
-            n_not_ninf = tl.sum((ok & ~ninf).to(tl.int32))
-            n_not_zero = tl.sum((ok & ~zero).to(tl.int32))
-            kind = tl.where(n_not_ninf == 0, 0, tl.where(n_not_zero == 0, 2, 1))
-            tl.store(dst + t * st_n, kind.to(tl.int8))
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        ok = (offs_m < rows)[:, None] & (offs_n < cols)[None, :]
+        src = (Mk + b * smk_b + h * smk_h + offs_m.to(tl.int64)[:, None] * smk_m
+               + offs_n.to(tl.int64)[None, :] * smk_n)
+        x = tl.load(src, mask=ok, other=0)
+        if IS_BOOL:
+            ninf = x == 0
+            zero = x != 0
+        else:
+            ninf = x == float("-inf")
+            zero = x == 0.0
+        # entries outside [rows, cols] count as both -inf and 0
+        n_not_ninf = tl.sum((ok & ~ninf).to(tl.int32))
+        n_not_zero = tl.sum((ok & ~zero).to(tl.int32))
+        kind = tl.where(n_not_ninf == 0, K_EMPTY, tl.where(n_not_zero == 0, K_FULL, K_PARTIAL))
+        tl.store(T + b * st_b + h * st_h + pid_m * st_m + pid_n * st_n, kind.to(tl.int8))
 
 
 def classify_blocks(mask: torch.Tensor, Sq: int, Sk: int, block_m: int, block_n: int) -> torch.Tensor:
@@ -131,9 +133,9 @@ def classify_blocks(mask: torch.Tensor, Sq: int, Sk: int, block_m: int, block_n:
     rows = Sq if m.shape[2] != 1 else 1
     cols = Sk if m.shape[3] != 1 else 1
     sm = m.stride()
-    grid = (shape[2], shape[0] * shape[1])
+    grid = (shape[3], shape[2], shape[0] * shape[1])
     _classify_blocks[grid](
-        m, table, sm[0], sm[1], sm[2], sm[3], *table.stride(), shape[1], rows, cols, shape[3],
+        m, table, sm[0], sm[1], sm[2], sm[3], *table.stride(), shape[1], rows, cols,
         BLOCK_M=block_m, BLOCK_N=block_n, IS_BOOL=m.dtype == torch.bool, num_warps=4)
     return table
 

@@ -50,6 +50,9 @@ except ImportError:  # older triton: K/V tiles always come through pointer loads
 
 from .mask_blocks import block_strides, classify_blocks
 
+if triton is not None:
+    from .mask_blocks import K_EMPTY, K_PARTIAL
+
 _LOG2E = 1.4426950408889634
 _MASK_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -117,8 +120,8 @@ if triton is not None:
             if SKIP:
                 kind = tl.load(bk_src + (start_n // BLOCK_N) * sbk_n)
             else:
-                kind = 1  # PARTIAL: load the mask (or there is none)
-            if kind != 0:  # not EMPTY
+                kind = K_PARTIAL  # load the mask (or there is none): a constexpr, no branch
+            if kind != K_EMPTY:
                 cols = start_n + offs_n
                 n_ok = cols < Sk
                 if TMA:
@@ -155,7 +158,7 @@ if triton is not None:
                     # with only -inf so far (a -inf mask) subtracts 0 instead of -inf:
                     # p == 0 and alpha == 0, no NaN unless the whole row is -inf (eager:
                     # NaN as well)
-                    if kind == 1:  # PARTIAL
+                    if kind == K_PARTIAL:
                         if MASKED:
                             mk = tl.load(mk_src, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
                         else:
