@@ -42,12 +42,12 @@ def table_shape(mask: torch.Tensor, Sq: int, Sk: int, block_m: int, block_n: int
     """[Bm, Hm, nMm, nNm]: the mask's own batch and head sizes, and one tile row (column)
     when the mask broadcasts over the query rows (keys)."""
     m = _as_4d(mask)
-    n_m = 1 if m.shape[2] == 1 else triton_cdiv(Sq, block_m)
-    n_n = 1 if m.shape[3] == 1 else triton_cdiv(Sk, block_n)
+    n_m = 1 if m.shape[2] == 1 else _cdiv(Sq, block_m)
+    n_n = 1 if m.shape[3] == 1 else _cdiv(Sk, block_n)
     return (m.shape[0], m.shape[1], n_m, n_n)
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 

@@ -40,7 +40,6 @@ The result must equal eager's, so what replaces the mask depends on its fill:
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass, replace
 from typing import Optional
 
