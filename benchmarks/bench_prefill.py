@@ -16,7 +16,8 @@ Compared (the same useful FLOPs for all, 2*B*H*S*S*(192 + 128) / 2):
 Prints correctness first (mla vs sdpa+prep on fresh random inputs, rel. L2 error,
 bf16 tolerance 2e-2), then a markdown table (also written to $OUT/prefill_bench.md when
 OUT is set). `--sweep` instead times a few kernel configs (tiles, warps, stages, TMA
-or pointer loads) on two shapes. Needs
+or pointer loads) on two shapes; `--masks` times additive masks against causal=True
+(mask block tables: skipped -inf blocks, no mask load for zero blocks). Needs
 torch >= 2.11 and triton >= 3.6.
 """
 from __future__ import annotations
@@ -228,6 +229,42 @@ def sweep(device):
         free()
 
 
+def masks(device):
+    """The kernel with additive masks, block skipping on and off, against causal=True."""
+    from mla_compile.custom_ops.mask_blocks import classify_blocks
+    from mla_compile.custom_ops.triton_prefill import default_config
+
+    for B, H, S in [(1, 16, 1024), (1, 16, 8192), (1, 128, 4096), (1, 128, 8192)]:
+        ins = make_inputs(B, H, S, device, seed=2)
+        above = torch.ones(S, S, dtype=torch.bool, device=device).triu(1)[None, None]
+        ninf = torch.zeros(1, 1, S, S, device=device, dtype=DTYPE).masked_fill(above, float("-inf"))
+        fmin = torch.zeros_like(ninf).masked_fill(above, torch.finfo(DTYPE).min)
+        pad = torch.zeros(1, 1, 1, S, device=device, dtype=DTYPE)
+        pad[..., : S // 4] = float("-inf")  # a quarter of left padding
+        ref = mla_prefill_attention(*ins, SCALE, True)
+        bm, bn = default_config(DN, DR, DV, DTYPE, S, True)[:2]
+        cases = {
+            "causal=True": (True, None, True),
+            "-inf mask, skip": (False, ninf, True),
+            "-inf mask, no skip": (False, ninf, False),
+            "finfo.min mask, skip": (False, fmin, True),
+            "finfo.min mask, no skip": (False, fmin, False),
+            "causal + -inf key padding, skip": (True, pad, True),
+        }
+        t_causal = None
+        print(f"\nB={B} H={H} S={S} (tiles {bm}x{bn}); block table alone "
+              f"{bench(lambda: classify_blocks(ninf, S, S, bm, bn)):.3f} ms")
+        for name, (causal, mask, skip) in cases.items():
+            f = lambda: mla_prefill_attention(  # noqa: E731
+                *ins, SCALE, causal, mask=mask, block_skip=skip)
+            t = bench(f)
+            t_causal = t_causal or t
+            err = rel_err(f(), ref) if mask is not pad else float("nan")
+            print(f"  {name}: {t:.3f} ms ({t / t_causal:.2f}x causal) err {err:.1e}", flush=True)
+        del ins, ref, ninf, fmin, pad
+        free()
+
+
 def main():
     if not torch.cuda.is_available():
         sys.exit("bench_prefill.py needs a CUDA device")
@@ -236,6 +273,9 @@ def main():
     print(f"torch {torch.__version__}, triton {triton.__version__}")
     if "--sweep" in sys.argv:
         sweep(device)
+        return 0
+    if "--masks" in sys.argv:
+        masks(device)
         return 0
     ok = correctness(device)
     print("\ntiming (median ms):")

@@ -21,9 +21,11 @@ diagonal are never visited.
 An optional additive float `mask` (fp32, bf16 or fp16, broadcastable to
 [B, H, Sq, Sk], any strides: stride 0 over broadcast dims) follows transformers' eager
 attention, s = (q k^T) * scale + mask in fp32, then softmax; `causal` may be combined
-with it (both apply). With a mask every key block, also those of the "no mask" stage,
-loads its mask tile, and the online softmax runs in the natural-log domain (see
-_attend); without one (MASK is a constexpr) the kernel is the mask-less one above.
+with it (both apply). With a mask, a pre-pass (mask_blocks.classify_blocks, one read of
+the mask) classifies every (query tile, key tile) block: all -inf blocks are skipped,
+all-zero blocks run without loading the mask, the others load their mask tile; the
+online softmax runs in the natural-log domain (see _attend). Without one (MASK is a
+constexpr) the kernel is the mask-less one above.
 
 Shapes: q_nope [B, H, Sq, Dn], q_pe [B, H, Sq, Dr], k_nope [B, H, Sk, Dn],
 k_pe [B, Sk, Dr], v [B, H, Sk, Dv] -> out [B, H, Sq, Dv]. Any strides (inputs are
@@ -49,6 +51,11 @@ try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # older triton: K/V tiles always come through pointer loads
     TensorDescriptor = None
+
+from .mask_blocks import block_strides, classify_blocks
+
+if triton is not None:
+    from .mask_blocks import K_EMPTY, K_PARTIAL
 
 _LOG2E = 1.4426950408889634
 _MASK_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -90,18 +97,23 @@ if triton is not None:
         return r
 
     @triton.jit
-    def _attend(acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, b32, h32,
-                skn_n, skr_n, sv_n, smk_n, lo, hi, Sk, offs_m, offs_n, m_ok, dn_ok, dr_ok,
-                dv_ok, qk_scale, BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr,
-                BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                MASK_D: tl.constexpr, TMA: tl.constexpr, POS_SCALE: tl.constexpr,
-                PREC: tl.constexpr, UPCAST: tl.constexpr, MASK: tl.constexpr):
+    def _attend(acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, bk_src, b32, h32,
+                skn_n, skr_n, sv_n, smk_n, sbk_n, lo, hi, Sk, offs_m, offs_n, m_ok, dn_ok,
+                dr_ok, dv_ok, qk_scale, BDN: tl.constexpr, BDR: tl.constexpr,
+                BDV: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                CAUSAL: tl.constexpr, MASK_D: tl.constexpr, TMA: tl.constexpr,
+                POS_SCALE: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                MASK: tl.constexpr, SKIP: tl.constexpr):
         # key blocks [lo, hi): MASKED applies the causal and the j < Sk masks.
         # K tiles come transposed ([D, BLOCK_N]) to the dots. *_src are tensor
         # descriptors (TMA: out-of-range rows and columns read as zeros) or pointer
         # tiles at key 0, moved to `lo` (the unmasked stage always starts at 0; the
         # masked one gets a run-time lo, multiplied in int64 for long sequences).
-        # MASK: mk_src is the additive mask's pointer tile, always pointer loads
+        # MASK: mk_src is the additive mask's pointer tile, always pointer loads.
+        # SKIP: bk_src points at this (b, h, query tile)'s row of the mask's block
+        # table (mask_blocks): an EMPTY block (all -inf) is skipped, which leaves
+        # acc, l_i, m_i exactly as visiting it would (p == 0, alpha == 1, or a state
+        # still all zero); a FULL block (all 0) runs without loading the mask
         if MASKED and not TMA:
             kn_src += lo.to(tl.int64) * skn_n
             kr_src += lo.to(tl.int64) * skr_n
@@ -109,81 +121,90 @@ if triton is not None:
         if MASKED and MASK:
             mk_src += lo.to(tl.int64) * smk_n
         for start_n in range(lo, hi, BLOCK_N):
-            cols = start_n + offs_n
-            n_ok = cols < Sk
-            if TMA:
-                kn = kn_src.load([b32, h32, start_n, 0]).reshape(BLOCK_N, BDN).T
-                kr = kr_src.load([b32, start_n, 0]).reshape(BLOCK_N, BDR).T
-                vv = v_src.load([b32, h32, start_n, 0]).reshape(BLOCK_N, BDV)
-            elif MASKED and MASK_D:
-                kn = tl.load(kn_src, mask=n_ok[None, :] & dn_ok[:, None], other=0.0)
-                kr = tl.load(kr_src, mask=n_ok[None, :] & dr_ok[:, None], other=0.0)
-                vv = tl.load(v_src, mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
-            elif MASKED:
-                kn = tl.load(kn_src, mask=n_ok[None, :], other=0.0)
-                kr = tl.load(kr_src, mask=n_ok[None, :], other=0.0)
-                vv = tl.load(v_src, mask=n_ok[:, None], other=0.0)
-            elif MASK_D:
-                kn = tl.load(kn_src, mask=dn_ok[:, None], other=0.0)
-                kr = tl.load(kr_src, mask=dr_ok[:, None], other=0.0)
-                vv = tl.load(v_src, mask=dv_ok[None, :], other=0.0)
+            if SKIP:
+                kind = tl.load(bk_src + (start_n // BLOCK_N) * sbk_n)
             else:
-                kn = tl.load(kn_src)
-                kr = tl.load(kr_src)
-                vv = tl.load(v_src)
-            qk = _dot(qn, kn, None, PREC, UPCAST)
-            qk = _dot(qr, kr, qk, PREC, UPCAST)
-            if MASK:
-                # additive mask: s = qk * scale + mask in fp32 as eager attention, and
-                # m_i, the row max, in the natural-log domain (qk_scale is the plain
-                # scale here): p = exp(s - m) is taken as exp2((s - m) * log2(e)), the
-                # difference formed BEFORE the log2(e) factor. finfo.min masks then stay
-                # exact: a row whose visible keys are all masked has s == finfo.min on
-                # each of them (fp32 absorbs the small qk * scale), so s - m == 0 and
-                # the softmax is uniform over them, as eager's; a masked key in a row
-                # with a larger max gets exp2(-huge or -inf) == 0, as eager's. A row
-                # with only -inf so far (a -inf mask) subtracts 0 instead of -inf:
-                # p == 0 and alpha == 0, no NaN unless the whole row is -inf (eager:
-                # NaN as well)
-                if MASKED:
-                    mk = tl.load(mk_src, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+                kind = K_PARTIAL  # load the mask (or there is none): a constexpr, no branch
+            if kind != K_EMPTY:
+                cols = start_n + offs_n
+                n_ok = cols < Sk
+                if TMA:
+                    kn = kn_src.load([b32, h32, start_n, 0]).reshape(BLOCK_N, BDN).T
+                    kr = kr_src.load([b32, start_n, 0]).reshape(BLOCK_N, BDR).T
+                    vv = v_src.load([b32, h32, start_n, 0]).reshape(BLOCK_N, BDV)
+                elif MASKED and MASK_D:
+                    kn = tl.load(kn_src, mask=n_ok[None, :] & dn_ok[:, None], other=0.0)
+                    kr = tl.load(kr_src, mask=n_ok[None, :] & dr_ok[:, None], other=0.0)
+                    vv = tl.load(v_src, mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+                elif MASKED:
+                    kn = tl.load(kn_src, mask=n_ok[None, :], other=0.0)
+                    kr = tl.load(kr_src, mask=n_ok[None, :], other=0.0)
+                    vv = tl.load(v_src, mask=n_ok[:, None], other=0.0)
+                elif MASK_D:
+                    kn = tl.load(kn_src, mask=dn_ok[:, None], other=0.0)
+                    kr = tl.load(kr_src, mask=dr_ok[:, None], other=0.0)
+                    vv = tl.load(v_src, mask=dv_ok[None, :], other=0.0)
                 else:
-                    mk = tl.load(mk_src, mask=m_ok[:, None], other=0.0)
-                s = qk * qk_scale + mk.to(tl.float32)
-                if MASKED:
+                    kn = tl.load(kn_src)
+                    kr = tl.load(kr_src)
+                    vv = tl.load(v_src)
+                qk = _dot(qn, kn, None, PREC, UPCAST)
+                qk = _dot(qr, kr, qk, PREC, UPCAST)
+                if MASK:
+                    # additive mask: s = qk * scale + mask in fp32 as eager attention, and
+                    # m_i, the row max, in the natural-log domain (qk_scale is the plain
+                    # scale here): p = exp(s - m) is taken as exp2((s - m) * log2(e)), the
+                    # difference formed BEFORE the log2(e) factor. finfo.min masks then stay
+                    # exact: a row whose visible keys are all masked has s == finfo.min on
+                    # each of them (fp32 absorbs the small qk * scale), so s - m == 0 and
+                    # the softmax is uniform over them, as eager's; a masked key in a row
+                    # with a larger max gets exp2(-huge or -inf) == 0, as eager's. A row
+                    # with only -inf so far (a -inf mask) subtracts 0 instead of -inf:
+                    # p == 0 and alpha == 0, no NaN unless the whole row is -inf (eager:
+                    # NaN as well)
+                    if kind == K_PARTIAL:
+                        if MASKED:
+                            mk = tl.load(mk_src, mask=m_ok[:, None] & n_ok[None, :], other=0.0)
+                        else:
+                            mk = tl.load(mk_src, mask=m_ok[:, None], other=0.0)
+                        s = qk * qk_scale + mk.to(tl.float32)
+                    else:  # FULL: every entry is 0 and s + 0 == s (an FMA with 0 too)
+                        s = qk * qk_scale
+                    if MASKED:
+                        ok = n_ok[None, :]
+                        if CAUSAL:
+                            ok = ok & (cols[None, :] <= offs_m[:, None])
+                        s = tl.where(ok, s, float("-inf"))
+                    m_new = tl.maximum(m_i, tl.max(s, 1))
+                    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+                    p = tl.math.exp2((s - m_sub[:, None]) * LOG2E)
+                    alpha = tl.math.exp2((m_i - m_sub) * LOG2E)
+                # no mask: scores in the log2 domain. Every row sees a finite score in its
+                # first visited block (key 0 or an earlier full block): m_new stays finite
+                elif MASKED:
+                    qk = qk * qk_scale
                     ok = n_ok[None, :]
                     if CAUSAL:
                         ok = ok & (cols[None, :] <= offs_m[:, None])
-                    s = tl.where(ok, s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-                p = tl.math.exp2((s - m_sub[:, None]) * LOG2E)
-                alpha = tl.math.exp2((m_i - m_sub) * LOG2E)
-                mk_src += BLOCK_N * smk_n
-            # no mask: scores in the log2 domain. Every row sees a finite score in its
-            # first visited block (key 0 or an earlier full block): m_new stays finite
-            elif MASKED:
-                qk = qk * qk_scale
-                ok = n_ok[None, :]
-                if CAUSAL:
-                    ok = ok & (cols[None, :] <= offs_m[:, None])
-                qk = tl.where(ok, qk, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(qk, 1))
-                p = tl.math.exp2(qk - m_new[:, None])
-                alpha = tl.math.exp2(m_i - m_new)
-            else:
-                # the row max of qk * scale is (max or min of qk) * scale, exactly
-                # (rounding is monotonic); then scale and subtract are one FMA
-                if POS_SCALE:
-                    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+                    qk = tl.where(ok, qk, float("-inf"))
+                    m_new = tl.maximum(m_i, tl.max(qk, 1))
+                    p = tl.math.exp2(qk - m_new[:, None])
+                    alpha = tl.math.exp2(m_i - m_new)
                 else:
-                    m_new = tl.maximum(m_i, tl.min(qk, 1) * qk_scale)
-                p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-                alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            acc = _dot(p.to(vv.dtype), vv, acc, PREC, UPCAST)
-            m_i = m_new
+                    # the row max of qk * scale is (max or min of qk) * scale, exactly
+                    # (rounding is monotonic); then scale and subtract are one FMA
+                    if POS_SCALE:
+                        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+                    else:
+                        m_new = tl.maximum(m_i, tl.min(qk, 1) * qk_scale)
+                    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+                    alpha = tl.math.exp2(m_i - m_new)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None]
+                acc = _dot(p.to(vv.dtype), vv, acc, PREC, UPCAST)
+                m_i = m_new
+            if MASK:
+                mk_src += BLOCK_N * smk_n
             if not TMA:
                 kn_src += BLOCK_N * skn_n
                 kr_src += BLOCK_N * skr_n
@@ -194,7 +215,7 @@ if triton is not None:
     # must stay a run-time value for its int64 product in _attend
     @triton.jit(do_not_specialize=["Sq", "Sk"])
     def _mla_prefill_fwd(
-        Qn, Qr, Kn, Kr, V, O, Mk,
+        Qn, Qr, Kn, Kr, V, O, Mk, Bk,
         sqn_b, sqn_h, sqn_m, sqn_d,
         sqr_b, sqr_h, sqr_m, sqr_d,
         skn_b, skn_h, skn_n, skn_d,
@@ -202,13 +223,14 @@ if triton is not None:
         sv_b, sv_h, sv_n, sv_d,
         so_b, so_h, so_m, so_d,
         smk_b, smk_h, smk_m, smk_n,
+        sbk_b, sbk_h, sbk_m, sbk_n,
         H, Sq, Sk, qk_scale,
         DN: tl.constexpr, DR: tl.constexpr, DV: tl.constexpr,
         BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, MASK_D: tl.constexpr, TMA: tl.constexpr,
         POS_SCALE: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-        MASK: tl.constexpr, ZERO_EMPTY: tl.constexpr,
+        MASK: tl.constexpr, ZERO_EMPTY: tl.constexpr, SKIP: tl.constexpr,
     ):
         # heavy (late) query blocks first: the causal triangle then ends in small blocks
         # a float argument may arrive as fp64 (Inductor's launcher types Python floats so):
@@ -249,6 +271,10 @@ if triton is not None:
             mk_src = Mk + b * smk_b + h * smk_h + rows[:, None] * smk_m + offs_n[None, :] * smk_n
         else:
             mk_src = Mk
+        if SKIP:  # the block table's row of this (b, h, query tile); strides 0 if broadcast
+            bk_src = Bk + b * sbk_b + h * sbk_h + pid_m.to(tl.int64) * sbk_m
+        else:
+            bk_src = Bk
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -262,15 +288,15 @@ if triton is not None:
             hi = Sk
             full_end = (Sk // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attend(
-            acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, b32, h32,
-            skn_n, skr_n, sv_n, smk_n, 0, full_end, Sk, offs_m, offs_n, m_ok,
+            acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, bk_src, b32, h32,
+            skn_n, skr_n, sv_n, smk_n, sbk_n, 0, full_end, Sk, offs_m, offs_n, m_ok,
             dn_ok, dr_ok, dv_ok, qk_scale, BDN, BDR, BDV, BLOCK_N,
-            False, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK)
+            False, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK, SKIP)
         acc, l_i, m_i = _attend(
-            acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, b32, h32,
-            skn_n, skr_n, sv_n, smk_n, full_end, hi, Sk, offs_m, offs_n, m_ok,
+            acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, bk_src, b32, h32,
+            skn_n, skr_n, sv_n, smk_n, sbk_n, full_end, hi, Sk, offs_m, offs_n, m_ok,
             dn_ok, dr_ok, dv_ok, qk_scale, BDN, BDR, BDV, BLOCK_N,
-            True, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK)
+            True, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK, SKIP)
 
         if ZERO_EMPTY:  # SDPA's safe softmax: a row with no visible key (all -inf) is 0
             out = tl.where(l_i[:, None] > 0, acc / l_i[:, None], 0.0)
@@ -333,7 +359,8 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
                           block_n: int | None = None, num_warps: int | None = None,
                           num_stages: int | None = None, tma: bool | None = None,
                           mask: torch.Tensor | None = None,
-                          zero_empty_rows: bool = False) -> torch.Tensor:
+                          zero_empty_rows: bool = False,
+                          block_skip: bool = True) -> torch.Tensor:
     """softmax((q_nope k_nope^T + q_pe k_pe^T) * scale + mask) @ v, per head, by the
     Triton kernel (`zero_empty_rows`: a row whose scores are all -inf gives 0, as
     SDPA's safe softmax, instead of NaN).
@@ -350,6 +377,8 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
     `tma` forces K/V loads through tensor descriptors (True) or pointers (False);
     default: descriptors on Hopper+ for 16-bit inputs with Sk >= 2048 whose layout
     allows them (unit last stride, 16-byte aligned), pointer loads otherwise.
+    `block_skip` (default on): classify the mask's blocks first and skip the all -inf
+    ones, and load no mask for the all-zero ones (bit-exact; off: every block loads).
     """
     if triton is None:
         raise RuntimeError("mla_prefill_attention needs triton; use mla_prefill_reference")
@@ -412,11 +441,16 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
         kn_src = desc(k_nope, [1, 1, bn, bdn])
         kr_src = desc(k_pe, [1, bn, bdr])
         v_src = desc(v, [1, 1, bn, bdv])
+    skip = mask is not None and block_skip
+    # the mask's block table, on device, for the kernel's own tiles (mask_blocks)
+    table = classify_blocks(mask, Sq, Sk, bm, bn) if skip else None
     grid = (triton.cdiv(Sq, bm), B * H)
     launch(
         _mla_prefill_fwd, grid, q_nope, q_pe, kn_src, kr_src, v_src, out, q_nope if mask is None else mask,
+        q_nope if table is None else table,
         *q_nope.stride(), *q_pe.stride(), *k_nope.stride(), *k_pe.stride(),
         *v.stride(), *out.stride(), *mask_strides,
+        *(block_strides(table) if skip else (0, 0, 0, 0)),
         # the mask path keeps its scores in the natural-log domain (see _attend)
         H, Sq, Sk, float(scale) * (_LOG2E if mask is None else 1.0),
         DN=Dn, DR=Dr, DV=Dv, BDN=bdn, BDR=bdr, BDV=bdv,
@@ -424,7 +458,7 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
         MASK_D=(bdn, bdr, bdv) != (Dn, Dr, Dv), TMA=bool(tma), POS_SCALE=float(scale) >= 0,
         PREC="ieee" if q_nope.dtype == torch.float32 else "tf32",
         UPCAST=_interpreting() and q_nope.dtype == torch.bfloat16, MASK=mask is not None,
-        ZERO_EMPTY=bool(zero_empty_rows),
+        ZERO_EMPTY=bool(zero_empty_rows), SKIP=skip,
         num_warps=nw, num_stages=ns,
     )
     return out

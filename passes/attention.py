@@ -22,7 +22,7 @@ from ..lowering.attention_form import choose_attention_form
 from ..report import Match, NearMiss, PassRecord
 from .attention_forms import SDPA_OPS, AttentionCall, NotAttention, search_eager, search_sdpa
 from .canonicalize import slice_assign_to_cat
-from . import latent_attention
+from . import causal_mask, latent_attention
 from .arrange import arrange, emit_attention
 from .match_utils import NoMatch, aten, require, val
 from .mla_pieces import MlaPieces, mla_pieces
@@ -66,17 +66,19 @@ def replace(graph: fx.Graph, call: AttentionCall, p: MlaPieces, kernel: str) -> 
     return form
 
 
-def _describe(call: AttentionCall, p: MlaPieces, form: str) -> dict:
+def _describe(call: AttentionCall, p: MlaPieces, form: str, mask_proof: str | None = None) -> dict:
     s = {k: _plain(v) for k, v in p.sizes.items()}
     qk = s["Dn"] + s["Dr"] if all(isinstance(s[k], int) for k in ("Dn", "Dr")) else None
     rest = call.scale * math.sqrt(qk) if qk else None
-    mask = "causal" if call.causal else ("additive" if call.mask is not None else "none")
+    # "additive+causal" only from a mask proven causal (SDPA takes one or the other)
+    mask = "+".join(["additive"] * (call.mask is not None) + ["causal"] * call.causal) or "none"
     return {
         "form": form, "call": call.kind, **s, "dtype": str(val(p.q_nope.node).dtype).replace("torch.", ""),
         "scale": round(call.scale, 8),
         "scale_from": " * ".join(f"{where} {c:.6g}" for where, c in call.scale_factors) or "none",
         "scale_decomposition": f"({s['Dn']}+{s['Dr']})^-0.5 * {rest:.6g}" if rest else "dynamic",
         "mask": mask + (" (safe softmax)" if call.zero_empty_rows else ""),
+        **({"mask_proof": mask_proof} if mask_proof else {}),
     }
 
 
@@ -105,7 +107,10 @@ def fuse_attention(graph: fx.Graph, options, record: PassRecord) -> None:
                 match = Match("attention.mla", latent_attention.describe(call, pieces))
             else:
                 pieces = mla_pieces(call)
-                match = Match("attention.mla", _describe(call, pieces, replace(graph, call, pieces, options.kernel)))
+                # a mask built causal: causal=True
+                call, proof = causal_mask.prove(graph, call, (pieces.sizes["Sq"], pieces.sizes["Sk"]))
+                match = Match("attention.mla", _describe(call, pieces, replace(graph, call, pieces, options.kernel),
+                                                         proof))
         except NotAttention as not_read:
             # the reader found no attention here; a softmax reaching the bmm anyway is
             # attention it cannot read: reported, never left alone silently

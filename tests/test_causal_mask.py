@@ -1,0 +1,188 @@
+"""A mask whose construction in the graph proves it causal (passes/causal_mask.py)
+becomes the op's causal=True (plus an additive key-padding mask), with logits equal to
+eager; look-alikes (k < q, a sliding window, an offset diagonal, k >= q, a finite fill
+with key padding, packed sequences read from an input) keep their mask."""
+import pytest
+import torch
+
+from attention_models import AttnSize, HFMLA
+from test_transformers_attention import LAYERS, attention, run
+
+transformers = pytest.importorskip("transformers")
+from test_transformers_rope import build  # noqa: E402
+
+SIZE = AttnSize(B=2, S=21, H=2)
+FMIN = torch.finfo(torch.float32).min
+RULES = {  # (rule(q, k) -> visible, proven causal)
+    "causal": (lambda q, k: k <= q, True),
+    "causal_ge": (lambda q, k: q >= k, True),
+    "strict": (lambda q, k: k < q, False),
+    "window": (lambda q, k: (k <= q) & (k > q - 4), False),
+    "offset": (lambda q, k: k <= q + 1, False),
+    "anti": (lambda q, k: k >= q, False),
+}
+
+
+class BuiltMask(torch.nn.Module):
+    """The mask built inside the model, as transformers does: iota comparisons, AND a
+    key-padding input (or a packed-sequence id input), then where(cond, 0, fill)."""
+
+    def __init__(self, rule, fill, attn="eager"):
+        super().__init__()
+        self.rule, self.fill = rule, fill
+        self.mla = HFMLA(SIZE, torch.float32, attn=attn, mask="padded")
+
+    def forward(self, x, pos, key_keep=None, seq_id=None):
+        i = torch.arange(x.shape[1], device=x.device)
+        cond = self.rule(i[:, None], i[None, :])[None, None]
+        if key_keep is not None:
+            cond = cond & key_keep[:, None, None, :]
+        if seq_id is not None:  # packed sequences: same id on both sides
+            cond = cond & (seq_id[:, None, :, None] == seq_id[:, None, None, :])
+        zero = torch.tensor(0.0, device=x.device)
+        mask = torch.where(cond, zero, torch.tensor(self.fill, device=x.device))
+        return self.mla(x, pos, mask)
+
+
+def compile_and_compare(model, *args):
+    reports = []
+    with torch.no_grad():
+        expected = model(*args)
+        actual = torch.compile(model, backend="mla", options={"report": reports.append})(*args)
+    assert len(reports) == 1
+    report = reports[0]
+    assert report.counts().get("attention.mla") == 1, report.format()
+    assert report.near_misses == [], report.format()
+    assert torch.isfinite(expected).all()
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    return attention(report)[0]
+
+
+def inputs(padded=False):
+    x, pos = HFMLA(SIZE, torch.float32, mask="padded").example_inputs()[:2]
+    keep = torch.ones(SIZE.B, SIZE.S, dtype=torch.bool)
+    if padded:
+        keep[1, :5] = False  # left padding: query rows 0..4 of batch 1 see no key
+    return x, pos, keep
+
+
+# the structure read is the same for either fill: -inf once (a row with every key
+# -inf is NaN in eager attention, so not for the rules that leave a row empty)
+@pytest.mark.parametrize("rule, fill", [(r, FMIN) for r in RULES] + [("causal", float("-inf"))],
+                         ids=[f"{r}-finfo_min" for r in RULES] + ["causal-ninf"])
+def test_rules(rule, fill):
+    fn, causal = RULES[rule]
+    x, pos, _ = inputs()
+    p = compile_and_compare(BuiltMask(fn, fill), x, pos)
+    if causal:
+        assert p["mask"] == "causal" and p["mask_proof"].startswith("causal"), p
+    else:
+        assert p["mask"] == "additive" and p["mask_proof"].startswith("not causal"), p
+
+
+@pytest.mark.parametrize("fill", [float("-inf"), FMIN], ids=["ninf", "finfo_min"])
+def test_key_padding(fill):
+    # left padding through SDPA (safe softmax: the pad rows, with no visible key, are 0
+    # in eager and compiled alike); -inf: causal + key padding; finfo.min: left alone,
+    # because eager gives those rows a uniform softmax over ALL keys
+    x, pos, keep = inputs(padded=True)
+    p = compile_and_compare(BuiltMask(RULES["causal"][0], fill, attn="sdpa"), x, pos, keep)
+    if fill == float("-inf"):
+        assert p["mask"] == "additive+causal (safe softmax)", p
+        assert "key padding" in p["mask_proof"], p
+    else:
+        assert p["mask"] == "additive (safe softmax)", p
+        assert p["mask_proof"].startswith("not causal: key padding with a finite fill"), p
+
+
+def test_eager_finfo_min_key_padding_left_alone():
+    x, pos, keep = inputs(padded=True)
+    p = compile_and_compare(BuiltMask(RULES["causal"][0], FMIN), x, pos, keep)
+    assert p["mask"] == "additive" and p["mask_proof"].startswith("not causal"), p
+
+
+def test_packed_sequences_from_an_input_are_not_causal():
+    # seq ids from an input: the eq term is not provably all True
+    x, pos, _ = inputs()
+    seq = (torch.arange(SIZE.S) >= 9).long().expand(SIZE.B, -1).contiguous()
+    p = compile_and_compare(BuiltMask(RULES["causal"][0], FMIN), x, pos, None, seq)
+    assert p["mask"] == "additive" and p["mask_proof"].startswith("not causal"), p
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "left_padded"])
+def test_transformers_causal_mask(impl, padded):
+    """transformers 5.17's own mask (iota comparisons, packed-sequence ids from the
+    positions, key padding): causal where exact, and logits equal at every position,
+    the pad rows included."""
+    model = build("v3", impl)
+    ids = torch.randint(0, 128, (2, 19), generator=torch.Generator().manual_seed(4))
+    mask = None
+    if padded:
+        mask = torch.ones(2, 19, dtype=torch.long)
+        mask[1, :6] = 0
+    actual, expected, report = run(model, ids, mask)
+    assert report.counts()["attention.mla"] == LAYERS, report.format()
+    assert report.near_misses == [], report.format()
+    want = {("eager", False): "causal", ("sdpa", False): "causal (safe softmax)",
+            ("eager", True): "additive", ("sdpa", True): "additive+causal (safe softmax)"}
+    for p in attention(report):
+        assert p["mask"] == want[impl, padded], p
+        assert p["mask_proof"].startswith("not causal" if (impl, padded) == ("eager", True) else "causal"), p
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------ the proof alone, on traced graphs (fast)
+
+def _traced_mask(build, *args):
+    """The where() node of `build(*args)` traced to aten with fake values."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gm = make_fx(build, tracing_mode="fake")(*args)
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def _where(cond, fill):
+    return torch.where(cond, torch.tensor(0.0), torch.tensor(fill))
+
+
+S = 6
+IDX = {  # name -> (mask builder over (keep [2, S] bool), proven, key terms)
+    "le": (lambda keep: _where((torch.arange(S)[None, :] <= torch.arange(S)[:, None])[None, None], FMIN), True, 0),
+    "two_bounds": (lambda keep: _where(((torch.arange(S)[None] <= torch.arange(S)[:, None])
+                                        & (torch.arange(S)[None] <= torch.arange(S)[:, None] + 3))[None], FMIN), True, 0),
+    "shifted_lt": (lambda keep: _where((torch.arange(S)[None] - 1 < torch.arange(S)[:, None])[None], FMIN), True, 0),
+    "pad_ninf": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
+                                     & keep[:, None, None, :], float("-inf")), True, 1),
+    "pad_fmin": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
+                                     & keep[:, None, None, :], FMIN), False, 0),
+    "lt": (lambda keep: _where((torch.arange(S)[None] < torch.arange(S)[:, None])[None], FMIN), False, 0),
+    "plus_one": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None] + 1)[None], FMIN), False, 0),
+    "anti": (lambda keep: _where((torch.arange(S)[None] >= torch.arange(S)[:, None])[None], FMIN), False, 0),
+    "one_query": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(1)[:, None]).expand(S, S)[None], FMIN),
+                  False, 0),
+    "float_arange": (lambda keep: _where((torch.arange(S.__float__())[None] <= torch.arange(S.__float__())[:, None])[None],
+                                         FMIN), False, 0),
+    "small_fill": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None], -1e4), False, 0),
+    "or": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
+                               | keep[:, None, None, :], float("-inf")), False, 0),
+    "query_term": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
+                                       & keep[:, None, :, None], float("-inf")), False, 0),
+    "nonzero_keep": (lambda keep: torch.where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None],
+                                              torch.tensor(1.0), torch.tensor(FMIN)), False, 0),
+}
+
+
+@pytest.mark.parametrize("name", list(IDX))
+def test_proof_on_traced_masks(name):
+    from mla_compile.passes.causal_mask import NotProven, analyse
+
+    build, proven, keys = IDX[name]
+    keep = torch.ones(2, S, dtype=torch.bool)
+    mask = _traced_mask(build, keep)
+    if proven:
+        assert len(analyse(mask, (S, S)).keys) == keys
+    else:
+        with pytest.raises(NotProven):
+            analyse(mask, (S, S))
