@@ -360,7 +360,7 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
                           num_stages: int | None = None, tma: bool | None = None,
                           mask: torch.Tensor | None = None,
                           zero_empty_rows: bool = False,
-                          block_skip: bool = True) -> torch.Tensor:
+                          block_skip: bool = False) -> torch.Tensor:
     """softmax((q_nope k_nope^T + q_pe k_pe^T) * scale + mask) @ v, per head, by the
     Triton kernel (`zero_empty_rows`: a row whose scores are all -inf gives 0, as
     SDPA's safe softmax, instead of NaN).
@@ -377,8 +377,10 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
     `tma` forces K/V loads through tensor descriptors (True) or pointers (False);
     default: descriptors on Hopper+ for 16-bit inputs with Sk >= 2048 whose layout
     allows them (unit last stride, 16-byte aligned), pointer loads otherwise.
-    `block_skip` (default on): classify the mask's blocks first and skip the all -inf
-    ones, and load no mask for the all-zero ones (bit-exact; off: every block loads).
+    `block_skip` (default off): classify the mask's blocks first and skip the all -inf
+    ones, and load no mask for the all-zero ones (bit-exact). Off by default: on the
+    H200 the per-block branch cost more than it saved (1.3-2.6x the time of the plain
+    masked loop; benchmarks/RESULTS.md, issue 16), so every block loads its mask tile.
     """
     if triton is None:
         raise RuntimeError("mla_prefill_attention needs triton; use mla_prefill_reference")

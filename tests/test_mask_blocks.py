@@ -137,7 +137,7 @@ def same(a, b):
 
 def run_both(ins, scale, causal, mask, zero_empty_rows, **cfg):
     kw = dict(mask=mask, zero_empty_rows=zero_empty_rows, block_m=BM, block_n=BN, **cfg)
-    skipped = mla_prefill_attention(*ins, scale, causal, **kw)
+    skipped = mla_prefill_attention(*ins, scale, causal, block_skip=True, **kw)
     plain = mla_prefill_attention(*ins, scale, causal, block_skip=False, **kw)
     assert same(skipped, plain), (skipped - plain).abs().nan_to_num().max()
     return skipped
@@ -222,7 +222,7 @@ def test_empty_blocks_are_not_read(gen):
         t[:, :, 16:32] = float("nan")
     ins[3][:, 16:32] = float("nan")
     kw = dict(mask=mask, block_m=BM, block_n=BN)
-    out = mla_prefill_attention(*ins, 0.25, False, **kw)
+    out = mla_prefill_attention(*ins, 0.25, False, block_skip=True, **kw)
     assert torch.isnan(mla_prefill_attention(*ins, 0.25, False, block_skip=False, **kw)).any()
     assert torch.isfinite(out).all()
     keep = torch.cat([torch.arange(16), torch.arange(32, 48)]).to(DEVICE)
