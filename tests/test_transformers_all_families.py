@@ -33,6 +33,7 @@ class Gap:
     reason: str      # part of the near-miss reason each of them reports
     rope: int        # RoPE launches per graph
     note: str        # what is missing, and where it is tracked
+    breaks: bool = False  # Dynamo splits the model into many graphs: checked pooled over them
 
 
 GAPS: dict[str, Gap] = {
@@ -42,6 +43,15 @@ GAPS: dict[str, Gap] = {
     # 3 layers: linear, linear, full (MLA); the MLA layer applies no RoPE
     "kimi_linear": Gap(unfused=1, reason="query: the head dim is not a whole axis of its tensor", rope=0,
                        note="gap: NoPE MLA, q is never split (issue 13 item 3)"),
+    # 3 layers, all indexed; the third is a NoPE layer (no_rope_layers [1, 1, 0]): 2 fused,
+    # 2 MLA RoPEs + 2 indexer RoPEs (the NoPE layer's indexer rotates nothing)
+    "mistral_large4_text": Gap(unfused=1, reason="key (before the feature concatenation) is aten.slice_scatter",
+                               rope=4, note="gap: NoPE layers, k_rot unrotated (issue 13 item 3)"),
+    # linear + NoPE indexed MLA; graph breaks in the family's code leave the attention's
+    # key a graph input. Recorded from the eager DynamicCache run only (the other phases
+    # were not run before this table was written: first CI run to confirm)
+    "glm5_next_text": Gap(unfused=1, reason="is placeholder, expected aten.cat", rope=0, breaks=True,
+                          note="gap: NoPE MLA (issue 13 item 3) behind graph breaks"),
 }
 # Upstream refusals, checked: when transformers lifts one, this test fails and the
 # entry goes. The family runs those phases with eager attention instead.
@@ -81,6 +91,16 @@ def check_graph(report, model, gap: Gap | None, what: str):
     assert all(gap.reason in n.reason for n in misses), shown
 
 
+def check_pooled(reports, gap: Gap, what: str):
+    """A family split by graph breaks: no graph fuses anything, every near miss is the
+    gap's, and the attention is seen (one near miss at least)."""
+    shown = f"{what}: " + "\n".join(r.format() for r in reports)
+    assert all(r.counts().get("attention.mla", 0) == 0 for r in reports), shown
+    assert all(r.counts().get("rope.one_launch", 0) == gap.rope for r in reports), shown
+    misses = [n for r in reports for n in r.near_misses]
+    assert misses and all(gap.reason in n.reason for n in misses), shown
+
+
 def attention_params(report):
     return [m.params for m in report.matches if m.pattern == "attention.mla"]
 
@@ -108,9 +128,12 @@ def test_family(family):
     reports = []
     model.forward = torch.compile(model.forward, backend="mla", options={"report": reports.append})
     assert_same_generation(generate(model), expected)
-    assert len(reports) == 3, [r.format() for r in reports]
-    for i, report in enumerate(reports):
-        check_graph(report, model, gap, ["prefill", "decode", "decode dynamic"][i])
+    if gap and gap.breaks:
+        check_pooled(reports, gap, "dynamic cache")
+    else:
+        assert len(reports) == 3, [r.format() for r in reports]
+        for i, report in enumerate(reports):
+            check_graph(report, model, gap, ["prefill", "decode", "decode dynamic"][i])
     if not gap or gap.unfused < mla_layers(model):
         assert all(p["Sq"] == 6 and p["form"] == "decompressed" for p in attention_params(reports[0]))
         assert all(p["Sq"] == 1 and p["form"] == "absorbed" for r in reports[1:] for p in attention_params(r))
@@ -129,16 +152,23 @@ def test_family(family):
             logits = model(ids, use_cache=False).logits
             compiled = torch.compile(model, backend="mla", options={"report": reports.append})
             torch.testing.assert_close(compiled(ids, use_cache=False).logits, logits, rtol=1e-4, atol=1e-4)
-        assert len(reports) == 1
-        check_graph(reports[0], model, gap, "prefill sdpa")
+        if gap and gap.breaks:
+            check_pooled(reports, gap, "prefill sdpa")
+        else:
+            assert len(reports) == 1
+            check_graph(reports[0], model, gap, "prefill sdpa")
 
     # sdpa attention, StaticCache, transformers' CompileConfig: the decode step compiled once
     expected = generate(model, cache_implementation="static")
     reports = []
-    config = transformers.CompileConfig(backend="mla", mode=None, fullgraph=True,
+    breaks = bool(gap and gap.breaks)
+    config = transformers.CompileConfig(backend="mla", mode=None, fullgraph=not breaks,
                                         options={"report": reports.append})
     config._compile_all_devices = True  # CPU: transformers would skip compiling
     assert_same_generation(generate(model, cache_implementation="static", compile_config=config), expected)
+    if breaks:
+        check_pooled(reports, gap, "decode static")
+        return
     assert len(reports) == 1, [r.format() for r in reports]
     check_graph(reports[0], model, gap, "decode static")
     assert all(p["Sq"] == 1 and p["form"] == "absorbed" for p in attention_params(reports[0]))
