@@ -26,6 +26,9 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "mla-compile"
 FLAGS = ("--function", "--no-rope", "--no-attention", "--kernel", "--full", "--json", "--seed", "--mode")
 EXPECTED_COUNTS = "matches: 3 (rope.neox=2, rope.one_launch=1)"
 TIMEOUT_S = 600
+# Under pytest-xdist the module fixture `runs` (three dump subprocesses) would run once
+# per worker that gets one of its tests: keep the module on one worker.
+pytestmark = pytest.mark.xdist_group("cli")
 
 
 def _start(argv: list, cwd: Path) -> subprocess.Popen:
