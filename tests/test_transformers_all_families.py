@@ -58,6 +58,11 @@ GAPS: dict[str, Gap] = {
 NO_SDPA = {
     "hy_v4": "transformers 5.23: HYV4ForCausalLM does not support sdpa (it adds sink logits to the softmax)",
 }
+# Skipped, with the upstream reason. Follow-up: check such a family pooled over its graphs.
+UPSTREAM_SKIP = {
+    "longcat_flash": "transformers 5.23: LongcatFlash's experts loop over the experts hit (nonzero, .item()); "
+                     "Dynamo breaks the graph in every MoE layer, so the per-graph counts asserted here do not exist",
+}
 
 
 def prompt():
@@ -120,6 +125,8 @@ def assert_same_generation(actual, expected):
 
 @pytest.mark.parametrize("family", families())
 def test_family(family):
+    if family in UPSTREAM_SKIP:
+        pytest.skip(UPSTREAM_SKIP[family])
     gap = GAPS.get(family)
 
     # eager attention, DynamicCache: prefill, decode, decode dynamic in the context
