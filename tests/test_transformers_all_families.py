@@ -15,12 +15,20 @@ in GAPS with what is true today; a gap closed, or a new one, fails the test.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+
+# A scan, not part of the README's test command: one family takes minutes of CPU on a
+# 2-core machine (the hybrid linear-attention ones tens of minutes), far over the
+# suite's 15-minute budget. MLA_ALL_FAMILIES=1 runs it.
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("MLA_ALL_FAMILIES"),
+    reason="scan over every MLA family of the installed transformers: set MLA_ALL_FAMILIES=1")
 
 from transformers_tiny import build, families, mla_layers  # noqa: E402
 
