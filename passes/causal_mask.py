@@ -149,6 +149,8 @@ def _bound(node, sizes) -> Optional[tuple[str, int]]:
     op, swap = _ORDER[node.target]
     lo, hi = (node.args[1], node.args[0]) if swap else (node.args[0], node.args[1])
     a, b = _vec(lo), _vec(hi)  # a (op) b
+    if a is None and b is None:  # T[i, a] (op) T[i, b] with T's rows increasing
+        a, b = _increasing_rows_pair(lo, hi)
     if a is None or b is None or {a.pos, b.pos} != {-2, -1}:
         return None
     if not all(known_equal(v.size, sizes[v.pos]) for v in (a, b)):
@@ -157,6 +159,37 @@ def _bound(node, sizes) -> Optional[tuple[str, int]]:
     if a.pos == -1:  # k - q <= d
         return "upper", d
     return "lower", -d  # q - k <= d  <=>  k - q >= -d
+
+
+def _row_lookup(node):
+    """index(T, [i, v]) with v an index vector on the last two axes: (T, i, v), or None."""
+    if not isinstance(node, fx.Node) or node.target is not aten.index.Tensor:
+        return None
+    table, idx = node.args
+    if len(idx) != 2 or None in idx:
+        return None
+    v = _vec(idx[1])
+    if v is None or v.offset < 0 or len(val(node).shape) != v.rank:  # a negative index wraps
+        return None
+    return table, idx[0], v
+
+
+def _increasing_rows_pair(lo, hi) -> tuple:
+    """(a, b) for T[i, a] and T[i, b] (one T, one i) when T, computed concretely, is an
+    integer table whose every row strictly increases: T[i, a] <= T[i, b] iff a <= b
+    (and < iff <), so the comparison reads as one of a and b. transformers >= 5.18
+    compares positions `position_ids[b, k] <= position_ids[b, q]` so; (None, None)
+    otherwise."""
+    x, y = _row_lookup(lo), _row_lookup(hi)
+    if x is None or y is None or x[0] is not y[0] or x[1] is not y[1]:
+        return None, None
+    table = _concrete(x[0])
+    if table is None or table.dim() != 2 or table.dtype.is_floating_point or table.dtype == torch.bool:
+        return None, None
+    with real_tensors():
+        if not bool((table[:, 1:] > table[:, :-1]).all()):
+            return None, None
+    return x[2], y[2]
 
 
 def _placeholder_free(node: fx.Node) -> bool:

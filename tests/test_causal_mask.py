@@ -112,9 +112,10 @@ def test_packed_sequences_from_an_input_are_not_causal():
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "left_padded"])
 def test_transformers_causal_mask(impl, padded):
-    """transformers 5.17's own mask (iota comparisons, packed-sequence ids from the
-    positions, key padding): causal where exact, and logits equal at every position,
-    the pad rows included."""
+    """transformers' own mask (5.17: iota comparisons; >= 5.18: positions compared
+    through an in-graph position table; packed-sequence ids from the positions, key
+    padding): causal where exact, and logits equal at every position, the pad rows
+    included."""
     model = build("v3", impl)
     ids = torch.randint(0, 128, (2, 19), generator=torch.Generator().manual_seed(4))
     mask = None
@@ -127,11 +128,6 @@ def test_transformers_causal_mask(impl, padded):
     want = {("eager", False): "causal", ("sdpa", False): "causal (safe softmax)",
             ("eager", True): "additive", ("sdpa", True): "additive+causal (safe softmax)"}
     unproven = {("eager", True)}
-    if not transformers.__version__.startswith("5.17"):
-        # a known gap: transformers >= 5.18 builds the unpadded mask's comparison in a
-        # form the proof does not read yet, so it stays an additive mask (exact, slower)
-        want.update({("eager", False): "additive", ("sdpa", False): "additive (safe softmax)"})
-        unproven |= {("eager", False), ("sdpa", False)}
     for p in attention(report):
         assert p["mask"] == want[impl, padded], p
         assert p["mask_proof"].startswith("not causal" if (impl, padded) in unproven else "causal"), p
@@ -189,6 +185,45 @@ def test_proof_on_traced_masks(name):
     mask = _traced_mask(build, keep)
     if proven:
         assert len(analyse(mask, (S, S)).keys) == keys
+    else:
+        with pytest.raises(NotProven):
+            analyse(mask, (S, S))
+
+
+def _positions(table_fn, k_side=lambda t, b, k: t[b, k], q_side=lambda t, b, q: t[b, q]):
+    """where(T[b, k] <= T[b, q]) as transformers >= 5.18 builds it (positions remapped
+    through a [B, S] table), with the table and either side replaceable."""
+    def build(keep):
+        t = table_fn(keep)
+        b = torch.arange(2)[:, None, None, None]
+        k, q = torch.arange(S)[None, None, None, :], torch.arange(S)[None, None, :, None]
+        return _where(k_side(t, b, k) <= q_side(t, b, q), FMIN)
+    return build
+
+
+POSITIONS = {  # name -> (builder, proven)
+    "increasing": (_positions(lambda keep: (torch.arange(S) + 3).expand(2, -1)), True),
+    "gaps": (_positions(lambda keep: (torch.arange(S) * 2).expand(2, -1)), True),
+    "repeat": (_positions(lambda keep: (torch.arange(S) // 2).expand(2, -1)), False),
+    "decreasing": (_positions(lambda keep: (S - torch.arange(S)).expand(2, -1)), False),
+    "from_input": (_positions(lambda keep: keep.long().cumsum(-1)), False),
+    "mixed": (_positions(lambda keep: torch.arange(S).expand(2, -1), q_side=lambda t, b, q: q), False),
+    "other_rows": (_positions(lambda keep: torch.arange(S).expand(2, -1),
+                              q_side=lambda t, b, q: t[1 - b, q]), False),
+}
+
+
+@pytest.mark.parametrize("name", list(POSITIONS))
+def test_proof_on_position_tables(name):
+    """T[b, k] <= T[b, q] is k <= q exactly when T is computed in the graph and every
+    row strictly increases; a table read from an input, a repeated position, one side
+    not through T, or the two sides on different rows are not proven."""
+    from mla_compile.passes.causal_mask import NotProven, analyse
+
+    build, proven = POSITIONS[name]
+    mask = _traced_mask(build, torch.ones(2, S, dtype=torch.bool))
+    if proven:
+        assert analyse(mask, (S, S)).keys == ()
     else:
         with pytest.raises(NotProven):
             analyse(mask, (S, S))
