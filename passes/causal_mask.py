@@ -13,6 +13,9 @@ contiguous, and a literal True. `prove` reads the terms, by structure only:
   - an order comparison of two index vectors `k + ck <= q + cq` (le/lt/ge/gt in
     either operand order; a vector is an iota of step 1, shifted by int constants,
     reshaped only by unsqueeze/size-1 views/expand/slices) bounds k - q from above;
+  - `T[i, k] <= T[i, q]` (transformers >= 5.18 compares positions so) reads as
+    `k <= q` when T, computed concretely (no graph input, small), is an integer table
+    whose rows strictly increase (one T, one i on both sides);
   - a term of size 1 on the query axis is key-only (constant along the queries);
   - `eq(index(T, [i, x]), index(T, [i, y]))` with one T and one i is all True when T,
     computed concretely (it depends on no graph input and is small), has constant
