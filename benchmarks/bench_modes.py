@@ -26,13 +26,13 @@ DECODE = [(1, 16), (32, 16), (1, 128), (32, 128)]
 BACKENDS = {"inductor": ("inductor", {}), "mla": ("mla", {}), "mla launch=op": ("mla", {"launch": "op"})}
 
 
-def make_model(H: int):
+def make_model(H: int, attn: str = "sdpa"):
     config = transformers.DeepseekV3Config(
         vocab_size=32000, hidden_size=2048, intermediate_size=4096, moe_intermediate_size=256,
         num_hidden_layers=4, first_k_dense_replace=4, num_attention_heads=H, num_key_value_heads=H,
         q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
         n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, max_position_embeddings=8192)
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = attn
     torch.manual_seed(0)
     return transformers.DeepseekV3ForCausalLM(config).cuda().to(torch.bfloat16).eval()
 

@@ -4,6 +4,8 @@ transformers builds its mask under torch.compile as (masking_utils, 5.17)
 
     mask = where(AND of terms, 0, fill)        # fill: -inf (sdpa) or finfo.min (eager)
 
+(or where(NOT (AND of terms), fill, 0): SDPA's boolean mask made additive on CUDA)
+
 with terms such as `k_idx <= q_idx` (iota vectors, unsqueezed to the key and query
 axes), the key padding `attention_mask[b_idx, k_idx]` (one value per key: size 1 on
 the query axis), a packed-sequence term `seq[b, q_idx] == seq[b, k_idx]` whose `seq`
@@ -313,7 +315,7 @@ def _conjuncts(cond) -> list:
 @dataclass(frozen=True)
 class CausalMask:
     keys: tuple          # key-only terms (bool nodes) to keep as an additive mask
-    where: fx.Node       # the mask's where(cond, zero, fill)
+    branches: tuple      # the mask's (zero, fill) where() arguments
     fill: float
 
 
@@ -325,6 +327,10 @@ def analyse(mask: fx.Node, sizes: tuple) -> CausalMask:
     if where.target is not aten.where.self or val(where).dtype == torch.bool:
         raise NotBuilt("mask is not where(condition, 0, fill)")
     cond, zero, fill = where.args
+    if isinstance(cond, fx.Node) and cond.target in (aten.logical_not.default, aten.bitwise_not.default) \
+            and val(cond.args[0]).dtype == torch.bool:
+        # where(not c, fill, 0): SDPA's boolean mask as it becomes additive on CUDA
+        cond, zero, fill = cond.args[0], fill, zero
     z, f = _scalar(zero, val(where).dtype), _scalar(fill, val(where).dtype)
     if z != 0.0 or f is None or not (f == -math.inf or f <= FINITE_FILL_MAX):
         raise NotProven(f"mask is where(condition, {z}, {f}), not (0, -inf or finfo.min)")
@@ -349,7 +355,7 @@ def analyse(mask: fx.Node, sizes: tuple) -> CausalMask:
     if keys and f != -math.inf:
         raise NotProven("key padding with a finite fill: a row with no visible key is "
                         "eager's uniform softmax over all keys, not causal's")
-    return CausalMask(tuple(keys), where, f)
+    return CausalMask(tuple(keys), (zero, fill), f)
 
 
 def rewrite(graph: fx.Graph, call, proof: CausalMask):
@@ -361,7 +367,7 @@ def rewrite(graph: fx.Graph, call, proof: CausalMask):
             cond = proof.keys[0]
             for term in proof.keys[1:]:
                 cond = call_with_meta(graph, aten.bitwise_and.Tensor, (cond, term))
-            mask = call_with_meta(graph, aten.where.self, (cond, *proof.where.args[1:]))
+            mask = call_with_meta(graph, aten.where.self, (cond, *proof.branches))
     return replace(call, causal=True, mask=mask)
 
 

@@ -27,9 +27,9 @@ class BuiltMask(torch.nn.Module):
     """The mask built inside the model, as transformers does: iota comparisons, AND a
     key-padding input (or a packed-sequence id input), then where(cond, 0, fill)."""
 
-    def __init__(self, rule, fill, attn="eager"):
+    def __init__(self, rule, fill, attn="eager", inverted=False):
         super().__init__()
-        self.rule, self.fill = rule, fill
+        self.rule, self.fill, self.inverted = rule, fill, inverted
         self.mla = HFMLA(SIZE, torch.float32, attn=attn, mask="padded")
 
     def forward(self, x, pos, key_keep=None, seq_id=None):
@@ -39,8 +39,9 @@ class BuiltMask(torch.nn.Module):
             cond = cond & key_keep[:, None, None, :]
         if seq_id is not None:  # packed sequences: same id on both sides
             cond = cond & (seq_id[:, None, :, None] == seq_id[:, None, None, :])
-        zero = torch.tensor(0.0, device=x.device)
-        mask = torch.where(cond, zero, torch.tensor(self.fill, device=x.device))
+        zero, fill = torch.tensor(0.0, device=x.device), torch.tensor(self.fill, device=x.device)
+        # inverted: where(not cond, fill, 0), as SDPA makes a boolean mask additive on CUDA
+        mask = torch.where(~cond, fill, zero) if self.inverted else torch.where(cond, zero, fill)
         return self.mla(x, pos, mask)
 
 
@@ -93,6 +94,12 @@ def test_key_padding(fill):
     else:
         assert p["mask"] == "additive (safe softmax)", p
         assert p["mask_proof"].startswith("not causal: key padding with a finite fill"), p
+
+
+def test_inverted_mask_with_key_padding():
+    x, pos, keep = inputs(padded=True)
+    p = compile_and_compare(BuiltMask(RULES["causal"][0], float("-inf"), attn="sdpa", inverted=True), x, pos, keep)
+    assert p["mask"] == "additive+causal (safe softmax)" and "key padding" in p["mask_proof"], p
 
 
 def test_eager_finfo_min_key_padding_left_alone():
@@ -171,6 +178,16 @@ IDX = {  # name -> (mask builder over (keep [2, S] bool), proven, key terms)
                                | keep[:, None, None, :], float("-inf")), False, 0),
     "query_term": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
                                        & keep[:, None, :, None], float("-inf")), False, 0),
+    "inverted": (lambda keep: torch.where(~(torch.arange(S)[None] <= torch.arange(S)[:, None])[None],
+                                          torch.tensor(float("-inf")), torch.tensor(0.0)), True, 0),
+    "inverted_pad": (lambda keep: torch.where(((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
+                                               & keep[:, None, None, :]).logical_not(),
+                                              torch.tensor(float("-inf")), torch.tensor(0.0)), True, 1),
+    "inverted_window": (lambda keep: torch.where(~((torch.arange(S)[None] <= torch.arange(S)[:, None])
+                                                   & (torch.arange(S)[None] > torch.arange(S)[:, None] - 3))[None],
+                                                 torch.tensor(float("-inf")), torch.tensor(0.0)), False, 0),
+    "inverted_zero_fill": (lambda keep: torch.where(~(torch.arange(S)[None] <= torch.arange(S)[:, None])[None],
+                                                    torch.tensor(0.0), torch.tensor(float("-inf"))), False, 0),
     "nonzero_keep": (lambda keep: torch.where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None],
                                               torch.tensor(1.0), torch.tensor(FMIN)), False, 0),
 }
