@@ -9,7 +9,8 @@ size (NORMAL or SHUFFLE). Sequences own pages through a block table [B, max_bloc
     cache.write(latent, k_pe, slots)          # torch.ops.mla.cache_write (mutates the cache)
     q_rot = cache.write_with_rope(latent, k_pe, q_pe, cos, sin, slots)
                                               # torch.ops.mla.rope_cache_write: RoPE on q_pe
-                                              # and k_pe, then the write; q_rot is new
+                                              # and k_pe and the write in one launch
+                                              # (Triton); q_rot is new
     out = cache.attend(q_nope, q_pe, w_uk, w_uv, scale, block_table, seq_lens)
                                               # torch.ops.mla.paged_decode (functional)
 
@@ -28,11 +29,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lowering.cache_layout import CacheLayout, choose_cache_layout, element_offset, layout_params
+from ..lowering.cache_layout import CacheLayout, choose_cache_layout, layout_params, slot_offsets
 from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
 from .backend import KERNEL_DTYPES
 from .checks import (check_index, check_like, check_rank, check_sizes, first_bad, known_true, op_error,
                      value_checks_off)
+from .reference import cache_write_reference
 from .rope import new_output, validate_rope_args
 
 
@@ -138,18 +140,9 @@ def _check_decode(op, q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, bl
 
 # ------------------------------------------------------------------------ ops
 
-def _token_offsets(slots, width, block_size, tt, vec, dims):
-    """Flat element offsets [T, len(dims)] of slots (block * block_size + token)."""
-    blk, tok = slots // block_size, slots % block_size
-    return blk[:, None] * (block_size * width) + element_offset(tok[:, None], dims[None, :], width, tt, vec)
-
-
 def _write(cache, latent, k_pe, slots, block_size, tt, vec) -> None:
     """cache[slot] = [latent | k_pe] (arguments already checked)."""
-    width = latent.shape[-1] + k_pe.shape[-1]
-    dims = torch.arange(width, device=cache.device)
-    offsets = _token_offsets(slots.long(), width, block_size, tt, vec, dims)
-    cache.view(-1).index_copy_(0, offsets.reshape(-1), torch.cat([latent, k_pe], dim=-1).reshape(-1))
+    cache_write_reference(cache, torch.cat([latent, k_pe], dim=-1), slots, block_size, tt, vec)
 
 
 @torch.library.custom_op("mla::cache_write", mutates_args=("cache",))
@@ -179,18 +172,18 @@ def rope_cache_write(cache: torch.Tensor, latent: torch.Tensor, k_pe: torch.Tens
                      cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor, block_size: int,
                      tt: int, vec: int, interleaved_in: bool, interleaved_out: bool,
                      impl: str = "auto") -> torch.Tensor:
-    """Rotate q_pe and k_pe in one RoPE launch (`mla.rope`'s semantics; k_pe [T, Dr] with
-    cos/sin broadcasting to it), write [latent | rotated k_pe] into the cache at `slots`
-    (a declared mutation: nothing can drop it), and return the rotated q_pe as a new
-    tensor (q stays functional). `impl` is the other ops' `kernel` (Inductor reserves
-    that name for mutating ops' fallbacks). Checks: those of mla.rope and
-    mla.cache_write, all before anything runs."""
+    """Rotate q_pe and k_pe (`mla.rope`'s semantics; k_pe [T, Dr] with cos/sin
+    broadcasting to it), write [latent | rotated k_pe] into the cache at `slots` (a
+    declared mutation: nothing can drop it), and return the rotated q_pe as a new tensor
+    (q stays functional). On the Triton backend all of it is one kernel launch
+    (`triton_rope_cache.py`); the rotated k_pe goes straight into the pages. `impl` is
+    the other ops' `kernel` (Inductor reserves that name for mutating ops' fallbacks).
+    Checks: those of mla.rope and mla.cache_write, all before anything runs."""
     _check_rope_write(cache, latent, k_pe, q_pe, cos, sin, slots, block_size, tt, vec, impl)
     _check_slot_values("rope_cache_write", cache, slots, block_size)
-    q_rot, k_rot = [new_output(x) for x in (q_pe, k_pe)]
-    select_backend(q_pe.device, impl).rope([q_pe, k_pe], cos, sin, interleaved_in, interleaved_out,
-                                             [q_rot, k_rot])
-    _write(cache, latent, k_rot, slots, block_size, tt, vec)
+    q_rot = new_output(q_pe)
+    select_backend(q_pe.device, impl).rope_cache_write(q_pe, k_pe, latent, cos, sin, slots, cache, block_size,
+                                                       tt, vec, interleaved_in, interleaved_out, q_rot)
     return q_rot
 
 
@@ -212,7 +205,7 @@ def gather(cache, block_table, seq_lens, block_size, tt, vec, latent_dim, rope_d
     blocks = block_table.long().clamp(0, max(cache.shape[0] - 1, 0))
     slots = blocks[:, t // block_size] * block_size + t % block_size  # [B, L]
     dims = torch.arange(width, device=cache.device)
-    rows = cache.view(-1)[_token_offsets(slots.reshape(-1), width, block_size, tt, vec, dims)]
+    rows = cache.view(-1)[slot_offsets(slots.reshape(-1), dims, width, block_size, tt, vec)]
     rows = rows.view(B, L, width)
     return rows[..., :latent_dim], rows[..., latent_dim:], t[None, :] < seq_lens.long()[:, None]
 

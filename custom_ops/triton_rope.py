@@ -34,33 +34,13 @@ _INT32_MAX = 2**31 - 1
 if triton is not None:
 
     @triton.jit
-    def _rope_rows(
-        x_ptr, o_ptr, c_ptr, s_ptr, blk, n_rows, S1, S2, S3,
-        sx0, sx1, sx2, sx3, sxd,
-        so0, so1, so2, so3, sod,
-        sc0, sc1, sc2, sc3, scd,
-        ss0, ss1, ss2, ss3, ssd,
+    def _rotate(
+        x_ptr, c_ptr, s_ptr, x_row, c_row, s_row, rmask, sxd, scd, ssd,
         HALF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
-        INTERLEAVED_IN: tl.constexpr, INTERLEAVED_OUT: tl.constexpr,
-        HALF_WIDTH: tl.constexpr, INT64: tl.constexpr,
+        INTERLEAVED_IN: tl.constexpr, HALF_WIDTH: tl.constexpr,
     ):
-        # rows of this block, split into the 4 index dims (i0 outermost)
-        if INT64:
-            rows = blk.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-        else:
-            rows = blk * BLOCK_R + tl.arange(0, BLOCK_R)
-        rmask = rows < n_rows
-        i3 = rows % S3
-        t = rows // S3
-        i2 = t % S2
-        t = t // S2
-        i1 = t % S1
-        i0 = t // S1
-        x_row = i0 * sx0 + i1 * sx1 + i2 * sx2 + i3 * sx3
-        o_row = i0 * so0 + i1 * so1 + i2 * so2 + i3 * so3
-        c_row = i0 * sc0 + i1 * sc1 + i2 * sc2 + i3 * sc3
-        s_row = i0 * ss0 + i1 * ss1 + i2 * ss2 + i3 * ss3
-
+        # (lo, hi) in float32, [BLOCK_R, BLOCK_H]: pair j of each row rotated (rows
+        # where `rmask` is False read nothing); shared with the fused cache writer
         j = tl.arange(0, BLOCK_H)  # pair index
         if HALF == BLOCK_H:  # no column mask: keeps the mask constant along a row
             m = tl.broadcast_to(rmask[:, None], [BLOCK_R, BLOCK_H])
@@ -99,6 +79,37 @@ if triton is not None:
 
         lo = a * c_lo - b * s_lo
         hi = b * c_hi + a * s_hi
+        return lo, hi
+
+    @triton.jit
+    def _rope_rows(
+        x_ptr, o_ptr, c_ptr, s_ptr, blk, n_rows, S1, S2, S3,
+        sx0, sx1, sx2, sx3, sxd,
+        so0, so1, so2, so3, sod,
+        sc0, sc1, sc2, sc3, scd,
+        ss0, ss1, ss2, ss3, ssd,
+        HALF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
+        INTERLEAVED_IN: tl.constexpr, INTERLEAVED_OUT: tl.constexpr,
+        HALF_WIDTH: tl.constexpr, INT64: tl.constexpr,
+    ):
+        # rows of this block, split into the 4 index dims (i0 outermost)
+        if INT64:
+            rows = blk.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+        else:
+            rows = blk * BLOCK_R + tl.arange(0, BLOCK_R)
+        rmask = rows < n_rows
+        i3 = rows % S3
+        t = rows // S3
+        i2 = t % S2
+        t = t // S2
+        i1 = t % S1
+        i0 = t // S1
+        x_row = i0 * sx0 + i1 * sx1 + i2 * sx2 + i3 * sx3
+        o_row = i0 * so0 + i1 * so1 + i2 * so2 + i3 * so3
+        c_row = i0 * sc0 + i1 * sc1 + i2 * sc2 + i3 * sc3
+        s_row = i0 * ss0 + i1 * ss1 + i2 * ss2 + i3 * ss3
+        lo, hi = _rotate(x_ptr, c_ptr, s_ptr, x_row, c_row, s_row, rmask, sxd, scd, ssd,
+                         HALF, BLOCK_R, BLOCK_H, INTERLEAVED_IN, HALF_WIDTH)
 
         out_ty = o_ptr.dtype.element_ty
         if INTERLEAVED_OUT:
@@ -110,6 +121,11 @@ if triton is not None:
             y = tl.reshape(tl.join(lo, hi), [BLOCK_R, 2 * BLOCK_H])
             tl.store(o_ptr + o_row[:, None] + k[None, :] * sod, y.to(out_ty), mask=mk)
         else:
+            j = tl.arange(0, BLOCK_H)
+            if HALF == BLOCK_H:
+                m = tl.broadcast_to(rmask[:, None], [BLOCK_R, BLOCK_H])
+            else:
+                m = rmask[:, None] & (j[None, :] < HALF)
             o_off = o_row[:, None] + j[None, :] * sod
             tl.store(o_ptr + o_off, lo.to(out_ty), mask=m)
             tl.store(o_ptr + o_off + HALF * sod, hi.to(out_ty), mask=m)
