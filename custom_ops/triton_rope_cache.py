@@ -22,7 +22,7 @@ import functools
 import torch
 
 from .launch import launch
-from .triton_rope import _INT32_MAX, _bcast_strides, _config, _segment
+from .triton_rope import _bcast_strides, _config, _segment, fits_int32
 
 try:
     import triton
@@ -136,7 +136,7 @@ def _make_plan(key):
      kshape, kstride, lshape, lstride, slot_stride, cache_shape, block_size, tt, vec) = key
     d = qshape[-1]
     half = d // 2
-    q_rows, sizes, q_strides, q_extent = _segment(qshape, qstride, ostride, cshape, cstride, sstride)
+    q_rows, sizes, q_strides, q_extents = _segment(qshape, qstride, ostride, cshape, cstride, sstride)
     T, R = kshape[0], lshape[1]
     if q_rows == 0 and T == 0:
         return None
@@ -146,12 +146,11 @@ def _make_plan(key):
     block_r, num_warps = _config(q_rows + T, block_h, device_index, bool(ii or io))
     block_t = max(1, min(triton.next_power_of_2(max(T, 1)), _TILE // block_l))
     width = R + d
-    # the largest element offset any tensor is addressed at, plus the rows a last block
-    # runs past T (masked, but their offsets are still computed)
-    extent = max(q_extent, cache_shape[0] * cache_shape[1],
-                 (T + block_t) * kstride[0] + d * kstride[1], (T + block_t) * lstride[0] + R * lstride[1],
-                 (T + block_t) * max(sct, sst, slot_stride) + cshape[-1] * max(cstride[-1], sstride[-1]))
-    int64 = extent + block_r > _INT32_MAX
+    # the largest offset each tensor is addressed at (cache: its size)
+    extents = [*q_extents, cache_shape[0] * cache_shape[1], (T - 1) * kstride[0] + (d - 1) * kstride[1],
+               (T - 1) * lstride[0] + (R - 1) * lstride[1], (T - 1) * slot_stride,
+               (T - 1) * max(sct, sst) + (cshape[-1] - 1) * max(cstride[-1], sstride[-1])]
+    int64 = not fits_int32(extents, max(block_r, block_t) * max(width, 1))
     nbq = triton.cdiv(q_rows, block_r)
     grid = (nbq + triton.cdiv(T, block_t),)
     q_ints = [q_rows, *sizes, *q_strides]
