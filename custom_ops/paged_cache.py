@@ -46,22 +46,23 @@ from .rope import new_output, validate_rope_args
 # may not (pages are addressed by flat offset), and the block table and lengths are
 # made contiguous where the kernel reads them with unit stride.
 
-def _check_cache(op, cache, block_size, tt, vec, width) -> None:
+def _check_cache(op, cache, block_size, tt, vec, width, what: str = "R + Dr") -> None:
     """The cache against the page geometry: [num_blocks, block_size * width] with
-    (tt, vec) tiling a page (`cache_layout.element_offset` is then a permutation of it)."""
-    check_rank(op, "cache", cache, 2, "[num_blocks, block_size * (R + Dr)]")
+    (tt, vec) tiling a page (`cache_layout.element_offset` is then a permutation of it).
+    `what`: how the token width reads in messages (the latent's R + Dr, the indexer's D)."""
+    check_rank(op, "cache", cache, 2, f"[num_blocks, block_size * ({what})]")
     if cache.dtype not in KERNEL_DTYPES:
         raise op_error(op, f"cache dtype must be one of {KERNEL_DTYPES}, got {cache.dtype}")
     if known_true(block_size < 1):
         raise op_error(op, f"block_size must be a positive int, got {block_size!r}")
     if known_true(cache.shape[1] != block_size * width):
-        raise op_error(op, f"cache must be [num_blocks, block_size * (R + Dr)] = [*, {block_size * width}] "
-                           f"(block_size {block_size}, R + Dr = {width}), got {tuple(cache.shape)}")
+        raise op_error(op, f"cache must be [num_blocks, block_size * ({what})] = [*, {block_size * width}] "
+                           f"(block_size {block_size}, {what} = {width}), got {tuple(cache.shape)}")
     if (known_true(tt < 1) or known_true(vec < 1) or known_true(block_size % tt != 0)
             or known_true(width % vec != 0)):
-        raise op_error(op, f"tt, vec must tile a page (block_size % tt == 0, (R + Dr) % vec == 0; see "
+        raise op_error(op, f"tt, vec must tile a page (block_size % tt == 0, ({what}) % vec == 0; see "
                            f"lowering.cache_layout), got tt={tt}, vec={vec} for block_size {block_size}, "
-                           f"R + Dr = {width}")
+                           f"{what} = {width}")
     if not cache.is_contiguous():
         raise op_error(op, f"cache must be contiguous (pages are addressed by flat offset), "
                            f"got strides {cache.stride()}")
@@ -194,9 +195,9 @@ def _(cache, latent, k_pe, q_pe, cos, sin, slots, block_size, tt, vec, interleav
     return new_output(q_pe)
 
 
-def gather(cache, block_table, seq_lens, block_size, tt, vec, latent_dim, rope_dim):
-    """Reference read: (c_kv [B, L, R], k_pe [B, L, Dr], valid [B, L]) with L the table's capacity."""
-    width = latent_dim + rope_dim
+def gather_rows(cache, block_table, seq_lens, block_size, tt, vec, width):
+    """Reference read of whole token rows: (rows [B, L, width], valid [B, L]), L the
+    table's capacity. Every paged cache's reader (latent, indexer keys) is this one."""
     B, max_blocks = block_table.shape
     L = max_blocks * block_size
     t = torch.arange(L, device=cache.device)
@@ -206,8 +207,13 @@ def gather(cache, block_table, seq_lens, block_size, tt, vec, latent_dim, rope_d
     slots = blocks[:, t // block_size] * block_size + t % block_size  # [B, L]
     dims = torch.arange(width, device=cache.device)
     rows = cache.view(-1)[slot_offsets(slots.reshape(-1), dims, width, block_size, tt, vec)]
-    rows = rows.view(B, L, width)
-    return rows[..., :latent_dim], rows[..., latent_dim:], t[None, :] < seq_lens.long()[:, None]
+    return rows.view(B, L, width), t[None, :] < seq_lens.long()[:, None]
+
+
+def gather(cache, block_table, seq_lens, block_size, tt, vec, latent_dim, rope_dim):
+    """Reference read: (c_kv [B, L, R], k_pe [B, L, Dr], valid [B, L]) with L the table's capacity."""
+    rows, valid = gather_rows(cache, block_table, seq_lens, block_size, tt, vec, latent_dim + rope_dim)
+    return rows[..., :latent_dim], rows[..., latent_dim:], valid
 
 
 @torch.library.custom_op("mla::paged_decode", mutates_args=())
@@ -261,6 +267,24 @@ def _(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, scale, block_size,
     return q_nope.new_empty(B, H, Sq, w_uv.shape[1])
 
 
+def allocate_pages(op: str, num_blocks, block_size, widths: dict, dtype, device, kernel, layout):
+    """(zeroed pages [num_blocks, block_size * sum(widths)], layout) for a paged cache:
+    the layout is `lowering.cache_layout`'s choice for this block size and backend (or
+    the requested one, checked), as for every paged cache of the package (seed 003a)."""
+    for name, v in (("num_blocks", num_blocks), ("block_size", block_size), *widths.items()):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise op_error(op, f"{name} must be a positive int, got {v!r}")
+    if dtype not in KERNEL_DTYPES:
+        raise op_error(op, f"dtype must be one of {KERNEL_DTYPES}, got {dtype}")
+    if kernel not in KERNEL_CHOICES:
+        raise op_error(op, f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
+    device = torch.device(device)
+    layout = choose_cache_layout(block_size, select_backend(device, kernel), layout)
+    width = sum(widths.values())
+    layout_params(layout, width, dtype)  # raises for a width the layout cannot tile
+    return torch.zeros(num_blocks, block_size * width, dtype=dtype, device=device), layout
+
+
 @dataclass
 class PagedLatentCache:
     data: torch.Tensor           # [num_blocks, block_size * (latent_dim + rope_dim)]
@@ -275,20 +299,8 @@ class PagedLatentCache:
                  layout: CacheLayout | None = None) -> "PagedLatentCache":
         """`layout`: None lets lowering choose (the backend's preference); NORMAL or
         SHUFFLE asks for one, checked against the block size and the backend."""
-        op = "PagedLatentCache.allocate"
-        for name, v in (("num_blocks", num_blocks), ("block_size", block_size),
-                        ("latent_dim", latent_dim), ("rope_dim", rope_dim)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise op_error(op, f"{name} must be a positive int, got {v!r}")
-        if dtype not in KERNEL_DTYPES:
-            raise op_error(op, f"dtype must be one of {KERNEL_DTYPES}, got {dtype}")
-        if kernel not in KERNEL_CHOICES:
-            raise op_error(op, f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
-        device = torch.device(device)
-        layout = choose_cache_layout(block_size, select_backend(device, kernel), layout)
-        width = latent_dim + rope_dim
-        layout_params(layout, width, dtype)  # raises for a width the layout cannot tile
-        data = torch.zeros(num_blocks, block_size * width, dtype=dtype, device=device)
+        data, layout = allocate_pages("PagedLatentCache.allocate", num_blocks, block_size,
+                                      dict(latent_dim=latent_dim, rope_dim=rope_dim), dtype, device, kernel, layout)
         return cls(data, block_size, latent_dim, rope_dim, layout)
 
     @property
