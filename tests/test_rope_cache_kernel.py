@@ -145,3 +145,39 @@ def test_slot_outside_the_cache_is_skipped(gen):
     with pytest.raises(ValueError, match="slots"):
         cache.write_with_rope(args["latent"], args["k_pe"], args["q_pe"], args["cos"], args["sin"], slots,
                               kernel="triton")
+
+
+def test_stays_an_op_call_where_inductor_launches_kernels(monkeypatch, gen):
+    """Where lowering traces ops into Inductor launches (CUDA; forced here), this op's
+    cache mutation keeps it an op call (the graph holds it as auto_functionalized,
+    which inline_launches leaves alone; Inductor writes the caller's cache in place):
+    the one launch happens inside it, the cache is written, q_pe is not."""
+    import importlib
+
+    from torch._inductor.utils import run_and_get_code
+
+    inline_launches = importlib.import_module("mla_compile.passes.inline_launches")
+    monkeypatch.setattr(inline_launches, "inductor_launches", lambda device, kernel: True)
+    cache = poisoned_cache(2, 16, None, torch.float32, gen)
+    args = inputs(3, gen, torch.float32)
+    slots = torch.tensor([1, 5, 20], device=DEVICE)
+    before, q_before = cache.data.clone(), args["q_pe"].clone()
+
+    def step(data, latent, k_pe, q_pe, cos, sin, slots):
+        q_rot = torch.ops.mla.rope_cache_write(data, latent, k_pe, q_pe, cos, sin, slots, 16, *cache.params,
+                                               False, False, "triton")
+        return q_rot * 2 + q_pe  # q_pe read again: it must still hold its pre-RoPE value
+
+    reports = []
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="mla", fullgraph=True, options={"report": reports.append})
+    out, code = run_and_get_code(compiled, cache.data, args["latent"], args["k_pe"], args["q_pe"], args["cos"],
+                                 args["sin"], slots)
+    assert "torch.ops.mla.rope_cache_write" in "\n".join(code)
+    assert not any(k.startswith("launch.") for k in reports[0].counts()), reports[0].format()
+    want, q_ref = before.clone(), torch.empty_like(q_before)  # the reference, on a copy of the starting cache
+    ReferenceBackend.rope_cache_write(q_before, args["k_pe"], args["latent"], args["cos"], args["sin"], slots,
+                                      want, 16, *cache.params, False, False, q_ref)
+    torch.testing.assert_close(cache.data, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, q_ref * 2 + q_before, rtol=1e-5, atol=1e-5)
+    assert torch.equal(args["q_pe"], q_before)
