@@ -1,6 +1,6 @@
 """Fused ops in namespace `mla` (`torch.ops.mla.*`); importing registers them."""
 from . import latent_attention  # noqa: F401  (registers torch.ops.mla.latent_attention)
-from . import indexer_cache  # noqa: F401  (registers torch.ops.mla.indexer_cache_write)
+from . import indexer_cache  # noqa: F401  (registers torch.ops.mla.indexer_cache_write, indexer_rope_cache_write)
 from . import paged_cache  # noqa: F401  (registers torch.ops.mla.cache_write, paged_decode)
 from . import prefill_attention  # noqa: F401  (registers torch.ops.mla.prefill_attention)
 from . import rope  # noqa: F401  (registers torch.ops.mla.rope)

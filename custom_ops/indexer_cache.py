@@ -10,6 +10,10 @@ key plus a scale instead; this cache keeps the model's dtype, so reads equal eag
 
     cache = PagedIndexerKeyCache.allocate(num_blocks, block_size, head_dim, dtype, device)
     cache.write(k, slots)                      # torch.ops.mla.indexer_cache_write (mutates)
+    q_rot = cache.write_with_rope(k, q_pe, cos, sin, slots, rope_dim)
+                                               # torch.ops.mla.indexer_rope_cache_write: the
+                                               # indexer's RoPE (rope dims FIRST) on q_pe and
+                                               # k, and the write, in one launch; q_rot is new
     keys, valid = cache.read(block_table, seq_lens)
 
 Pages hold `block_size` tokens of `head_dim` elements laid out as
@@ -26,10 +30,12 @@ from dataclasses import dataclass
 import torch
 
 from ..lowering.cache_layout import CacheLayout, layout_params
-from .checks import check_index, check_like, check_rank, check_sizes, op_error
+from ..lowering.kernel_choice import select_backend
+from .checks import check_index, check_like, check_rank, check_sizes, known_true, op_error
 from .paged_cache import (_check_cache, _check_slot_values, _check_table, _check_table_values, allocate_pages,
                           gather_rows)
 from .reference import cache_write_reference
+from .rope import new_output, validate_rope_args
 
 _WIDTH = "D"  # how the token width reads in messages
 
@@ -60,6 +66,42 @@ def _(cache, k, slots, block_size, tt, vec):
     return None
 
 
+def _check_rope_write(cache, k, q_pe, cos, sin, slots, rope_dim, block_size, tt, vec, impl) -> None:
+    op = "indexer_rope_cache_write"
+    _check_write(op, cache, k, slots, block_size, tt, vec)
+    if known_true(rope_dim < 2) or known_true(rope_dim > k.shape[1]):
+        raise op_error(op, f"rope_dim must be in [2, D] = [2, {k.shape[1]}] (the rotated first dims of k), "
+                           f"got {rope_dim}")
+    validate_rope_args([q_pe, k[:, :rope_dim]], cos, sin, impl, op, ("q_pe", "k[:, :rope_dim]"), "impl")
+
+
+@torch.library.custom_op("mla::indexer_rope_cache_write", mutates_args=("cache",))
+def indexer_rope_cache_write(cache: torch.Tensor, k: torch.Tensor, q_pe: torch.Tensor, cos: torch.Tensor,
+                             sin: torch.Tensor, slots: torch.Tensor, rope_dim: int, block_size: int, tt: int,
+                             vec: int, interleaved_in: bool, interleaved_out: bool,
+                             impl: str = "auto") -> torch.Tensor:
+    """The DSA indexer's RoPE and key write: its rope dims come FIRST. Rotates q_pe (the
+    query's first rope_dim dims) and k[:, :rope_dim] (`mla.rope`'s semantics; cos/sin
+    broadcast to both), writes [rotated k[:, :rope_dim] | k[:, rope_dim:]] at `slots`
+    (a declared mutation), and returns the rotated q_pe as a new tensor: neither q_pe
+    nor k is written (seed 003b). One kernel launch on the Triton backend. Checks:
+    those of mla.rope and mla.indexer_cache_write, all before anything runs."""
+    _check_rope_write(cache, k, q_pe, cos, sin, slots, rope_dim, block_size, tt, vec, impl)
+    _check_slot_values("indexer_rope_cache_write", cache, slots, block_size)
+    q_rot = new_output(q_pe)
+    select_backend(q_pe.device, impl).rope_cache_write(
+        q_pe, k[:, :rope_dim], k[:, rope_dim:], cos, sin, slots, cache, block_size, tt, vec, interleaved_in,
+        interleaved_out, q_rot, rope_first=True)
+    return q_rot
+
+
+@indexer_rope_cache_write.register_fake
+def _(cache, k, q_pe, cos, sin, slots, rope_dim, block_size, tt, vec, interleaved_in, interleaved_out,
+      impl="auto"):
+    _check_rope_write(cache, k, q_pe, cos, sin, slots, rope_dim, block_size, tt, vec, impl)
+    return new_output(q_pe)
+
+
 @dataclass
 class PagedIndexerKeyCache:
     data: torch.Tensor  # [num_blocks, block_size * head_dim]
@@ -86,6 +128,18 @@ class PagedIndexerKeyCache:
             raise op_error("PagedIndexerKeyCache.write", f"k last dim must be the cache's head_dim = "
                                                          f"{self.head_dim}, got shape {tuple(k.shape)}")
         torch.ops.mla.indexer_cache_write(self.data, k, slots, self.block_size, *self.params)
+
+    def write_with_rope(self, k, q_pe, cos, sin, slots, rope_dim: int, interleaved_in: bool = False,
+                        interleaved_out: bool = False, kernel: str = "auto") -> torch.Tensor:
+        """The indexer's RoPE on q_pe and on k's first rope_dim dims, and the write of the
+        rotated key (one launch); -> the rotated q_pe. Styles: deepseek_v32's neox
+        (False, False), glm_moe_dsa's interleaved pairs (interleaved_in=True)."""
+        if k.dim() == 0 or k.shape[-1] != self.head_dim:
+            raise op_error("PagedIndexerKeyCache.write_with_rope", f"k last dim must be the cache's head_dim = "
+                                                                   f"{self.head_dim}, got shape {tuple(k.shape)}")
+        return torch.ops.mla.indexer_rope_cache_write(self.data, k, q_pe, cos, sin, slots, rope_dim,
+                                                      self.block_size, *self.params, interleaved_in,
+                                                      interleaved_out, kernel)
 
     def read(self, block_table: torch.Tensor, seq_lens: torch.Tensor):
         """(keys [B, L, head_dim], valid [B, L]), L the table's capacity: each sequence's

@@ -59,11 +59,13 @@ def cache_write_reference(cache: torch.Tensor, rows: torch.Tensor, slots: torch.
 
 
 def rope_cache_write_reference(q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,
-                               interleaved_in, interleaved_out) -> torch.Tensor:
+                               interleaved_in, interleaved_out, rope_first=False) -> torch.Tensor:
     """mla.rope_cache_write's semantics: rotate q_pe and k_pe (`rope_reference`), write
-    [latent | rotated k_pe] at `slots`; -> the rotated q_pe, a new tensor."""
+    [latent | rotated k_pe] at `slots` ([rotated k_pe | latent] with `rope_first`: the
+    DSA indexer's key, rope dims first); -> the rotated q_pe, a new tensor."""
     k_rot = rope_reference(k_pe, cos, sin, interleaved_in, interleaved_out)
-    cache_write_reference(cache, torch.cat([latent, k_rot], dim=-1), slots, block_size, tt, vec)
+    rows = torch.cat([k_rot, latent] if rope_first else [latent, k_rot], dim=-1)
+    cache_write_reference(cache, rows, slots, block_size, tt, vec)
     return rope_reference(q_pe, cos, sin, interleaved_in, interleaved_out)
 
 
@@ -167,6 +169,6 @@ class ReferenceBackend(KernelBackend):
 
     @classmethod
     def rope_cache_write(cls, q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,
-                         interleaved_in, interleaved_out, q_out) -> None:
+                         interleaved_in, interleaved_out, q_out, rope_first=False) -> None:
         q_out.copy_(rope_cache_write_reference(q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,
-                                               interleaved_in, interleaved_out))
+                                               interleaved_in, interleaved_out, rope_first))

@@ -95,9 +95,9 @@ class TritonBackend(KernelBackend):
 
     @classmethod
     def rope_cache_write(cls, q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,
-                         interleaved_in, interleaved_out, q_out) -> None:
+                         interleaved_in, interleaved_out, q_out, rope_first=False) -> None:
         rope_cache_write_triton(q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,
-                                interleaved_in, interleaved_out, q_out)
+                                interleaved_in, interleaved_out, q_out, rope_first)
 
     @classmethod
     def prefill_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,

@@ -6,7 +6,9 @@ The grid is the row blocks of q_pe followed by the token blocks of the write:
                   q stays functional, the caller's q_pe is only read;
   token programs  for BLOCK_T tokens: copy the latent row and the rotated k_pe row into
                   the cache at each token's slot. The rotated k_pe never exists outside
-                  registers: it is stored straight into the page.
+                  registers: it is stored straight into the page. The same kernel
+                  writes the DSA indexer's keys, whose rope dims come FIRST
+                  ([RoPE(k[:, :rd]) | k[:, rd:]]): only where the two parts land moves.
 
 Page addressing is `lowering.cache_layout.element_offset` with its (tt, vec) and the
 page geometry as constexprs (NORMAL is tt = 1: a token's row is contiguous), so the
@@ -48,7 +50,7 @@ if triton is not None:
         k_ptr, l_ptr, slot_ptr, cache_ptr, c_ptr, s_ptr, blk, T, n_slots,
         skt, skd, slt, sld, s_slot, sct, scd, sst, ssd,
         R: tl.constexpr, BLOCK_L: tl.constexpr, PAGE: tl.constexpr, WIDTH: tl.constexpr,
-        TT: tl.constexpr, VEC: tl.constexpr,
+        TT: tl.constexpr, VEC: tl.constexpr, REST_AT: tl.constexpr, ROPE_AT: tl.constexpr,
         HALF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
         INTERLEAVED_IN: tl.constexpr, INTERLEAVED_OUT: tl.constexpr,
         HALF_WIDTH: tl.constexpr, INT64: tl.constexpr,
@@ -71,26 +73,27 @@ if triton is not None:
         base = page * (PAGE * WIDTH) + (tok // TT) * (WIDTH * TT) + (tok % TT) * VEC
         out_ty = cache_ptr.dtype.element_ty
 
-        # the latent: dims [0, R)
+        # the rest (the latent): R dims from REST_AT
         dl = tl.arange(0, BLOCK_L)
         lm = ok[:, None] & (dl[None, :] < R)
         lat = tl.load(l_ptr + rows[:, None] * slt + dl[None, :] * sld, mask=lm, other=0.0,
                       eviction_policy="evict_first")
-        tl.store(cache_ptr + base[:, None] + _dim_offsets(dl, TT, VEC)[None, :], lat.to(out_ty), mask=lm)
+        tl.store(cache_ptr + base[:, None] + _dim_offsets(REST_AT + dl, TT, VEC)[None, :], lat.to(out_ty),
+                 mask=lm)
 
-        # the rotated k_pe: dims [R, R + 2 * HALF)
+        # the rotated k_pe: 2 * HALF dims from ROPE_AT
         lo, hi = _rotate(k_ptr, c_ptr, s_ptr, rows * skt, rows * sct, rows * sst, ok, skd, scd, ssd,
                          HALF, BLOCK_T, BLOCK_H, INTERLEAVED_IN, HALF_WIDTH)
         if INTERLEAVED_OUT:
             k = tl.arange(0, 2 * BLOCK_H)
             mk = ok[:, None] & (k[None, :] < 2 * HALF)
             y = tl.reshape(tl.join(lo, hi), [BLOCK_T, 2 * BLOCK_H])
-            tl.store(cache_ptr + base[:, None] + _dim_offsets(R + k, TT, VEC)[None, :], y.to(out_ty), mask=mk)
+            tl.store(cache_ptr + base[:, None] + _dim_offsets(ROPE_AT + k, TT, VEC)[None, :], y.to(out_ty), mask=mk)
         else:
             j = tl.arange(0, BLOCK_H)
             m = ok[:, None] & (j[None, :] < HALF)
-            tl.store(cache_ptr + base[:, None] + _dim_offsets(R + j, TT, VEC)[None, :], lo.to(out_ty), mask=m)
-            tl.store(cache_ptr + base[:, None] + _dim_offsets(R + HALF + j, TT, VEC)[None, :], hi.to(out_ty),
+            tl.store(cache_ptr + base[:, None] + _dim_offsets(ROPE_AT + j, TT, VEC)[None, :], lo.to(out_ty), mask=m)
+            tl.store(cache_ptr + base[:, None] + _dim_offsets(ROPE_AT + HALF + j, TT, VEC)[None, :], hi.to(out_ty),
                      mask=m)
 
     @triton.jit
@@ -104,7 +107,7 @@ if triton is not None:
         k_ptr, l_ptr, slot_ptr, cache_ptr, T, n_slots,
         skt, skd, slt, sld, s_slot, sct, scd, sst, ssd,
         R: tl.constexpr, BLOCK_L: tl.constexpr, PAGE: tl.constexpr, WIDTH: tl.constexpr,
-        TT: tl.constexpr, VEC: tl.constexpr, BLOCK_T: tl.constexpr,
+        TT: tl.constexpr, VEC: tl.constexpr, REST_AT: tl.constexpr, ROPE_AT: tl.constexpr, BLOCK_T: tl.constexpr,
         HALF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
         INTERLEAVED_IN: tl.constexpr, INTERLEAVED_OUT: tl.constexpr,
         HALF_WIDTH: tl.constexpr, INT64: tl.constexpr,
@@ -119,7 +122,7 @@ if triton is not None:
         else:
             _cache_rows(k_ptr, l_ptr, slot_ptr, cache_ptr, c_ptr, s_ptr, pid - NBQ, T, n_slots,
                         skt, skd, slt, sld, s_slot, sct, scd, sst, ssd,
-                        R, BLOCK_L, PAGE, WIDTH, TT, VEC,
+                        R, BLOCK_L, PAGE, WIDTH, TT, VEC, REST_AT, ROPE_AT,
                         HALF, BLOCK_T, BLOCK_H, INTERLEAVED_IN, INTERLEAVED_OUT,
                         HALF_WIDTH, INT64)
 
@@ -133,7 +136,7 @@ _TILE = 4096  # elements of latent per token program (BLOCK_T rows of BLOCK_L)
 @functools.lru_cache(maxsize=1024)
 def _make_plan(key):
     (ii, io, cshape, cstride, sstride, device_index, qshape, qstride, ostride,
-     kshape, kstride, lshape, lstride, slot_stride, cache_shape, block_size, tt, vec) = key
+     kshape, kstride, lshape, lstride, slot_stride, cache_shape, block_size, tt, vec, rope_first) = key
     d = qshape[-1]
     half = d // 2
     q_rows, sizes, q_strides, q_extents = _segment(qshape, qstride, ostride, cshape, cstride, sstride)
@@ -158,6 +161,7 @@ def _make_plan(key):
                 sct, cstride[-1], sst, sstride[-1]]
     constexprs = dict(
         R=R, BLOCK_L=block_l, PAGE=block_size, WIDTH=width, TT=tt, VEC=vec, BLOCK_T=block_t,
+        REST_AT=d if rope_first else 0, ROPE_AT=0 if rope_first else R,
         HALF=half, BLOCK_R=block_r, BLOCK_H=block_h,
         INTERLEAVED_IN=bool(ii), INTERLEAVED_OUT=bool(io), HALF_WIDTH=cshape[-1] != d, INT64=int64,
         num_warps=num_warps,
@@ -166,12 +170,14 @@ def _make_plan(key):
 
 
 def rope_cache_write_triton(q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,
-                            interleaved_in, interleaved_out, q_out) -> None:
-    """q_out = RoPE(q_pe); cache[slots] = [latent | RoPE(k_pe)] in the (tt, vec) layout:
-    one launch (arguments already checked by the op)."""
+                            interleaved_in, interleaved_out, q_out, rope_first=False) -> None:
+    """q_out = RoPE(q_pe); cache[slots] = [latent | RoPE(k_pe)] in the (tt, vec) layout,
+    or [RoPE(k_pe) | rest] with `rope_first` (`latent` then holds the DSA indexer key's
+    unrotated rest): one launch (arguments already checked by the op)."""
     key = (interleaved_in, interleaved_out, tuple(cos.shape), cos.stride(), sin.stride(), q_pe.get_device(),
            tuple(q_pe.shape), q_pe.stride(), q_out.stride(), tuple(k_pe.shape), k_pe.stride(),
-           tuple(latent.shape), latent.stride(), slots.stride(0), tuple(cache.shape), block_size, tt, vec)
+           tuple(latent.shape), latent.stride(), slots.stride(0), tuple(cache.shape), block_size, tt, vec,
+           bool(rope_first))
     plan = _make_plan(key)
     if plan is None:
         return

@@ -181,3 +181,14 @@ def test_stays_an_op_call_where_inductor_launches_kernels(monkeypatch, gen):
     torch.testing.assert_close(cache.data, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out, q_ref * 2 + q_before, rtol=1e-5, atol=1e-5)
     assert torch.equal(args["q_pe"], q_before)
+
+
+@pytest.mark.parametrize("kernel", ["triton", "reference"])
+def test_opcheck(kernel, gen):
+    """The schema is honest (only the cache is written: q_pe is not), the fake agrees
+    with the real op, and it traces."""
+    cache = poisoned_cache(2, 16, None, torch.float32, gen)
+    a = inputs(3, gen, torch.float32)
+    args = (cache.data, a["latent"], a["k_pe"], a["q_pe"], a["cos"], a["sin"], torch.tensor([0, 9, 31], device=DEVICE),
+            16, *cache.params, False, False, kernel)
+    torch.library.opcheck(torch.ops.mla.rope_cache_write.default, args)
