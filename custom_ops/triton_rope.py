@@ -190,7 +190,7 @@ def _bcast_strides(shape, stride, lead) -> list[int]:
 
 def _segment(xshape, xstride, ostride, cshape, cstride, sstride):
     """One tensor's (n_rows, [S1, S2, S3], 4 x [s0, s1, s2, s3, s_last] strides, extents:
-    the largest offset each of x, out, cos and sin is addressed at).
+    the row count and the largest offset each of x, out, cos and sin is addressed at).
 
     Leading dims become 4 index dims: size-1 dims dropped, dims contiguous in x, out,
     cos and sin alike merged, size-1 dims padded behind. Sizes may be SymInts (a traced
@@ -218,7 +218,7 @@ def _segment(xshape, xstride, ostride, cshape, cstride, sstride):
     # pad behind: the outermost real dim is i0, which needs no modulo in the kernel, and
     # size-1 sizes are constants there (so 2 real dims cost one division, not two)
     dims = dims + [[1, 0, 0, 0, 0]] * (_NDIM - len(dims))
-    strides, extents = [], []
+    strides, extents = [], [n_rows]  # the row index itself, then each tensor's offsets
     lasts = ((xshape[-1], xstride[-1]), (xshape[-1], ostride[-1]),
              (cshape[-1], cstride[-1]), (cshape[-1], sstride[-1]))
     for i, (width, last) in enumerate(lasts):

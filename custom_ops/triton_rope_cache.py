@@ -148,6 +148,9 @@ def _make_plan(key):
     block_l = triton.next_power_of_2(max(R, 1))
     block_r, num_warps = _config(q_rows + T, block_h, device_index, bool(ii or io))
     block_t = max(1, min(triton.next_power_of_2(max(T, 1)), _TILE // block_l))
+    # the token programs' latent tile (up to _TILE elements) wants warps of its own
+    # even where few q rows chose few (a guess: not measured yet, bench_rope_cache.py)
+    num_warps = max(num_warps, min(8, block_t * block_l // 1024))
     width = R + d
     # the largest offset each tensor is addressed at (cache: its size)
     extents = [*q_extents, cache_shape[0] * cache_shape[1], (T - 1) * kstride[0] + (d - 1) * kstride[1],
