@@ -192,3 +192,23 @@ def test_opcheck(kernel, gen):
     args = (cache.data, a["latent"], a["k_pe"], a["q_pe"], a["cos"], a["sin"], torch.tensor([0, 9, 31], device=DEVICE),
             16, *cache.params, False, False, kernel)
     torch.library.opcheck(torch.ops.mla.rope_cache_write.default, args)
+
+
+@pytest.mark.parametrize("rope_first", [False, True], ids=["latent", "indexer"])
+def test_int64_offsets(monkeypatch, rope_first, gen):
+    """Tensors of 2**31 elements are too big for CI: the int32 limit is lowered instead,
+    so that the kernel's int64 path (row, slot and page offsets) runs."""
+    monkeypatch.setattr(triton_rope, "_INT32_MAX", 8)
+    plans = []
+    plan = triton_rope_cache._make_plan.__wrapped__  # unmemoised: no plan outlives the lowered limit
+    monkeypatch.setattr(triton_rope_cache, "_make_plan", lambda key: plans.append(plan(key)) or plans[-1])
+    cache = poisoned_cache(3, 16, CacheLayout.SHUFFLE, torch.float32, gen)
+    args = inputs(5, gen, torch.float32)
+    slots = torch.tensor([0, 17, 5, 47, 30], device=DEVICE)
+    common = (args["q_pe"], args["k_pe"], args["latent"], args["cos"], args["sin"], slots)
+    ref, q_tri, q_ref = cache.data.clone(), torch.empty_like(args["q_pe"]), torch.empty_like(args["q_pe"])
+    TritonBackend.rope_cache_write(*common, cache.data, 16, *cache.params, True, False, q_tri, rope_first)
+    ReferenceBackend.rope_cache_write(*common, ref, 16, *cache.params, True, False, q_ref, rope_first)
+    assert len(plans) == 1 and plans[0][-1]["INT64"]
+    torch.testing.assert_close(cache.data, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(q_tri, q_ref, rtol=1e-5, atol=1e-5)
