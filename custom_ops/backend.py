@@ -84,3 +84,14 @@ class KernelBackend(ABC):
     ) -> None:
         """Attention over the latent itself into the preallocated `out` [B, H, Sq, R]:
         semantics of `reference.latent_attention_reference`; inputs were validated."""
+
+    @classmethod
+    @abstractmethod
+    def rope_cache_write(cls, q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,
+                         interleaved_in, interleaved_out, q_out, rope_first=False) -> None:
+        """q_out = RoPE(q_pe) (a new tensor: q_pe is only read) and
+        cache[slots] = [latent | RoPE(k_pe)] in the page layout (tt, vec) of
+        `lowering.cache_layout`, or [RoPE(k_pe) | latent] with `rope_first` (the DSA
+        indexer's key, `latent` its unrotated rest): semantics of
+        `reference.rope_cache_write_reference`. Inputs were validated by the op (slots
+        in range, in eager)."""

@@ -9,7 +9,8 @@ size (NORMAL or SHUFFLE). Sequences own pages through a block table [B, max_bloc
     cache.write(latent, k_pe, slots)          # torch.ops.mla.cache_write (mutates the cache)
     q_rot = cache.write_with_rope(latent, k_pe, q_pe, cos, sin, slots)
                                               # torch.ops.mla.rope_cache_write: RoPE on q_pe
-                                              # and k_pe, then the write; q_rot is new
+                                              # and k_pe and the write in one launch
+                                              # (Triton); q_rot is new
     out = cache.attend(q_nope, q_pe, w_uk, w_uv, scale, block_table, seq_lens)
                                               # torch.ops.mla.paged_decode (functional)
 
@@ -28,11 +29,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lowering.cache_layout import CacheLayout, choose_cache_layout, element_offset, layout_params
+from ..lowering.cache_layout import CacheLayout, choose_cache_layout, layout_params, slot_offsets
 from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
 from .backend import KERNEL_DTYPES
 from .checks import (check_index, check_like, check_rank, check_sizes, first_bad, known_true, op_error,
                      value_checks_off)
+from .reference import cache_write_reference
 from .rope import new_output, validate_rope_args
 
 
@@ -44,22 +46,23 @@ from .rope import new_output, validate_rope_args
 # may not (pages are addressed by flat offset), and the block table and lengths are
 # made contiguous where the kernel reads them with unit stride.
 
-def _check_cache(op, cache, block_size, tt, vec, width) -> None:
+def _check_cache(op, cache, block_size, tt, vec, width, what: str = "R + Dr") -> None:
     """The cache against the page geometry: [num_blocks, block_size * width] with
-    (tt, vec) tiling a page (`cache_layout.element_offset` is then a permutation of it)."""
-    check_rank(op, "cache", cache, 2, "[num_blocks, block_size * (R + Dr)]")
+    (tt, vec) tiling a page (`cache_layout.element_offset` is then a permutation of it).
+    `what`: how the token width reads in messages (the latent's R + Dr, the indexer's D)."""
+    check_rank(op, "cache", cache, 2, f"[num_blocks, block_size * ({what})]")
     if cache.dtype not in KERNEL_DTYPES:
         raise op_error(op, f"cache dtype must be one of {KERNEL_DTYPES}, got {cache.dtype}")
     if known_true(block_size < 1):
         raise op_error(op, f"block_size must be a positive int, got {block_size!r}")
     if known_true(cache.shape[1] != block_size * width):
-        raise op_error(op, f"cache must be [num_blocks, block_size * (R + Dr)] = [*, {block_size * width}] "
-                           f"(block_size {block_size}, R + Dr = {width}), got {tuple(cache.shape)}")
+        raise op_error(op, f"cache must be [num_blocks, block_size * ({what})] = [*, {block_size * width}] "
+                           f"(block_size {block_size}, {what} = {width}), got {tuple(cache.shape)}")
     if (known_true(tt < 1) or known_true(vec < 1) or known_true(block_size % tt != 0)
             or known_true(width % vec != 0)):
-        raise op_error(op, f"tt, vec must tile a page (block_size % tt == 0, (R + Dr) % vec == 0; see "
+        raise op_error(op, f"tt, vec must tile a page (block_size % tt == 0, ({what}) % vec == 0; see "
                            f"lowering.cache_layout), got tt={tt}, vec={vec} for block_size {block_size}, "
-                           f"R + Dr = {width}")
+                           f"{what} = {width}")
     if not cache.is_contiguous():
         raise op_error(op, f"cache must be contiguous (pages are addressed by flat offset), "
                            f"got strides {cache.stride()}")
@@ -138,18 +141,9 @@ def _check_decode(op, q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, bl
 
 # ------------------------------------------------------------------------ ops
 
-def _token_offsets(slots, width, block_size, tt, vec, dims):
-    """Flat element offsets [T, len(dims)] of slots (block * block_size + token)."""
-    blk, tok = slots // block_size, slots % block_size
-    return blk[:, None] * (block_size * width) + element_offset(tok[:, None], dims[None, :], width, tt, vec)
-
-
 def _write(cache, latent, k_pe, slots, block_size, tt, vec) -> None:
     """cache[slot] = [latent | k_pe] (arguments already checked)."""
-    width = latent.shape[-1] + k_pe.shape[-1]
-    dims = torch.arange(width, device=cache.device)
-    offsets = _token_offsets(slots.long(), width, block_size, tt, vec, dims)
-    cache.view(-1).index_copy_(0, offsets.reshape(-1), torch.cat([latent, k_pe], dim=-1).reshape(-1))
+    cache_write_reference(cache, torch.cat([latent, k_pe], dim=-1), slots, block_size, tt, vec)
 
 
 @torch.library.custom_op("mla::cache_write", mutates_args=("cache",))
@@ -179,18 +173,18 @@ def rope_cache_write(cache: torch.Tensor, latent: torch.Tensor, k_pe: torch.Tens
                      cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor, block_size: int,
                      tt: int, vec: int, interleaved_in: bool, interleaved_out: bool,
                      impl: str = "auto") -> torch.Tensor:
-    """Rotate q_pe and k_pe in one RoPE launch (`mla.rope`'s semantics; k_pe [T, Dr] with
-    cos/sin broadcasting to it), write [latent | rotated k_pe] into the cache at `slots`
-    (a declared mutation: nothing can drop it), and return the rotated q_pe as a new
-    tensor (q stays functional). `impl` is the other ops' `kernel` (Inductor reserves
-    that name for mutating ops' fallbacks). Checks: those of mla.rope and
-    mla.cache_write, all before anything runs."""
+    """Rotate q_pe and k_pe (`mla.rope`'s semantics; k_pe [T, Dr] with cos/sin
+    broadcasting to it), write [latent | rotated k_pe] into the cache at `slots` (a
+    declared mutation: nothing can drop it), and return the rotated q_pe as a new tensor
+    (q stays functional). On the Triton backend all of it is one kernel launch
+    (`triton_rope_cache.py`); the rotated k_pe goes straight into the pages. `impl` is
+    the other ops' `kernel` (Inductor reserves that name for mutating ops' fallbacks).
+    Checks: those of mla.rope and mla.cache_write, all before anything runs."""
     _check_rope_write(cache, latent, k_pe, q_pe, cos, sin, slots, block_size, tt, vec, impl)
     _check_slot_values("rope_cache_write", cache, slots, block_size)
-    q_rot, k_rot = [new_output(x) for x in (q_pe, k_pe)]
-    select_backend(q_pe.device, impl).rope([q_pe, k_pe], cos, sin, interleaved_in, interleaved_out,
-                                             [q_rot, k_rot])
-    _write(cache, latent, k_rot, slots, block_size, tt, vec)
+    q_rot = new_output(q_pe)
+    select_backend(q_pe.device, impl).rope_cache_write(q_pe, k_pe, latent, cos, sin, slots, cache, block_size,
+                                                       tt, vec, interleaved_in, interleaved_out, q_rot)
     return q_rot
 
 
@@ -201,9 +195,9 @@ def _(cache, latent, k_pe, q_pe, cos, sin, slots, block_size, tt, vec, interleav
     return new_output(q_pe)
 
 
-def gather(cache, block_table, seq_lens, block_size, tt, vec, latent_dim, rope_dim):
-    """Reference read: (c_kv [B, L, R], k_pe [B, L, Dr], valid [B, L]) with L the table's capacity."""
-    width = latent_dim + rope_dim
+def gather_rows(cache, block_table, seq_lens, block_size, tt, vec, width):
+    """Reference read of whole token rows: (rows [B, L, width], valid [B, L]), L the
+    table's capacity. Every paged cache's reader (latent, indexer keys) is this one."""
     B, max_blocks = block_table.shape
     L = max_blocks * block_size
     t = torch.arange(L, device=cache.device)
@@ -212,9 +206,14 @@ def gather(cache, block_table, seq_lens, block_size, tt, vec, latent_dim, rope_d
     blocks = block_table.long().clamp(0, max(cache.shape[0] - 1, 0))
     slots = blocks[:, t // block_size] * block_size + t % block_size  # [B, L]
     dims = torch.arange(width, device=cache.device)
-    rows = cache.view(-1)[_token_offsets(slots.reshape(-1), width, block_size, tt, vec, dims)]
-    rows = rows.view(B, L, width)
-    return rows[..., :latent_dim], rows[..., latent_dim:], t[None, :] < seq_lens.long()[:, None]
+    rows = cache.view(-1)[slot_offsets(slots.reshape(-1), dims, width, block_size, tt, vec)]
+    return rows.view(B, L, width), t[None, :] < seq_lens.long()[:, None]
+
+
+def gather(cache, block_table, seq_lens, block_size, tt, vec, latent_dim, rope_dim):
+    """Reference read: (c_kv [B, L, R], k_pe [B, L, Dr], valid [B, L]) with L the table's capacity."""
+    rows, valid = gather_rows(cache, block_table, seq_lens, block_size, tt, vec, latent_dim + rope_dim)
+    return rows[..., :latent_dim], rows[..., latent_dim:], valid
 
 
 @torch.library.custom_op("mla::paged_decode", mutates_args=())
@@ -268,6 +267,24 @@ def _(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, scale, block_size,
     return q_nope.new_empty(B, H, Sq, w_uv.shape[1])
 
 
+def allocate_pages(op: str, num_blocks, block_size, widths: dict, dtype, device, kernel, layout):
+    """(zeroed pages [num_blocks, block_size * sum(widths)], layout) for a paged cache:
+    the layout is `lowering.cache_layout`'s choice for this block size and backend (or
+    the requested one, checked), as for every paged cache of the package (seed 003a)."""
+    for name, v in (("num_blocks", num_blocks), ("block_size", block_size), *widths.items()):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise op_error(op, f"{name} must be a positive int, got {v!r}")
+    if dtype not in KERNEL_DTYPES:
+        raise op_error(op, f"dtype must be one of {KERNEL_DTYPES}, got {dtype}")
+    if kernel not in KERNEL_CHOICES:
+        raise op_error(op, f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
+    device = torch.device(device)
+    layout = choose_cache_layout(block_size, select_backend(device, kernel), layout)
+    width = sum(widths.values())
+    layout_params(layout, width, dtype)  # raises for a width the layout cannot tile
+    return torch.zeros(num_blocks, block_size * width, dtype=dtype, device=device), layout
+
+
 @dataclass
 class PagedLatentCache:
     data: torch.Tensor           # [num_blocks, block_size * (latent_dim + rope_dim)]
@@ -282,20 +299,8 @@ class PagedLatentCache:
                  layout: CacheLayout | None = None) -> "PagedLatentCache":
         """`layout`: None lets lowering choose (the backend's preference); NORMAL or
         SHUFFLE asks for one, checked against the block size and the backend."""
-        op = "PagedLatentCache.allocate"
-        for name, v in (("num_blocks", num_blocks), ("block_size", block_size),
-                        ("latent_dim", latent_dim), ("rope_dim", rope_dim)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise op_error(op, f"{name} must be a positive int, got {v!r}")
-        if dtype not in KERNEL_DTYPES:
-            raise op_error(op, f"dtype must be one of {KERNEL_DTYPES}, got {dtype}")
-        if kernel not in KERNEL_CHOICES:
-            raise op_error(op, f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
-        device = torch.device(device)
-        layout = choose_cache_layout(block_size, select_backend(device, kernel), layout)
-        width = latent_dim + rope_dim
-        layout_params(layout, width, dtype)  # raises for a width the layout cannot tile
-        data = torch.zeros(num_blocks, block_size * width, dtype=dtype, device=device)
+        data, layout = allocate_pages("PagedLatentCache.allocate", num_blocks, block_size,
+                                      dict(latent_dim=latent_dim, rope_dim=rope_dim), dtype, device, kernel, layout)
         return cls(data, block_size, latent_dim, rope_dim, layout)
 
     @property

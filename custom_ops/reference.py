@@ -9,6 +9,7 @@ from typing import ClassVar
 
 import torch
 
+from ..lowering.cache_layout import slot_offsets
 from .backend import KernelBackend
 
 
@@ -46,6 +47,26 @@ def rope_reference(
     else:
         out = torch.cat((lo, hi), dim=-1)
     return out.to(x.dtype)
+
+
+def cache_write_reference(cache: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, block_size: int,
+                          tt: int, vec: int) -> None:
+    """cache[slot] = row for each token: rows [T, width] into a paged cache
+    [num_blocks, block_size * width] laid out by (tt, vec) (`lowering.cache_layout`)."""
+    width = rows.shape[-1]
+    offsets = slot_offsets(slots.long(), torch.arange(width, device=cache.device), width, block_size, tt, vec)
+    cache.view(-1).index_copy_(0, offsets.reshape(-1), rows.reshape(-1).to(cache.dtype))
+
+
+def rope_cache_write_reference(q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,
+                               interleaved_in, interleaved_out, rope_first=False) -> torch.Tensor:
+    """mla.rope_cache_write's semantics: rotate q_pe and k_pe (`rope_reference`), write
+    [latent | rotated k_pe] at `slots` ([rotated k_pe | latent] with `rope_first`: the
+    DSA indexer's key, rope dims first); -> the rotated q_pe, a new tensor."""
+    k_rot = rope_reference(k_pe, cos, sin, interleaved_in, interleaved_out)
+    rows = torch.cat([k_rot, latent] if rope_first else [latent, k_rot], dim=-1)
+    cache_write_reference(cache, rows, slots, block_size, tt, vec)
+    return rope_reference(q_pe, cos, sin, interleaved_in, interleaved_out)
 
 
 def _softmax(scores: torch.Tensor, causal: bool, mask: torch.Tensor | None,
@@ -145,3 +166,9 @@ class ReferenceBackend(KernelBackend):
     @classmethod
     def latent_attention(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out) -> None:
         out.copy_(latent_attention_reference(q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows))
+
+    @classmethod
+    def rope_cache_write(cls, q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,
+                         interleaved_in, interleaved_out, q_out, rope_first=False) -> None:
+        q_out.copy_(rope_cache_write_reference(q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,
+                                               interleaved_in, interleaved_out, rope_first))

@@ -17,6 +17,7 @@ from .triton_decode_wide import mla_decode_attention_wide, wide_rows_per_program
 from .triton_decode_wide import supports as wide_supports
 from .triton_prefill import mla_prefill_attention
 from .triton_rope import rope_triton
+from .triton_rope_cache import rope_cache_write_triton
 
 try:
     import triton
@@ -91,6 +92,12 @@ class TritonBackend(KernelBackend):
     @classmethod
     def rope(cls, xs, cos, sin, interleaved_in, interleaved_out, outs) -> None:
         rope_triton(xs, cos, sin, interleaved_in, interleaved_out, outs)
+
+    @classmethod
+    def rope_cache_write(cls, q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,
+                         interleaved_in, interleaved_out, q_out, rope_first=False) -> None:
+        rope_cache_write_triton(q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,
+                                interleaved_in, interleaved_out, q_out, rope_first)
 
     @classmethod
     def prefill_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,

@@ -66,3 +66,11 @@ def layout_params(layout: CacheLayout, width: int, dtype: torch.dtype) -> tuple[
 def element_offset(tok: torch.Tensor, d: torch.Tensor, width: int, tt: int, vec: int) -> torch.Tensor:
     """The formula of the module docstring (broadcasting tok against d)."""
     return ((tok // tt) * (width // vec) + d // vec) * (tt * vec) + (tok % tt) * vec + d % vec
+
+
+def slot_offsets(slots: torch.Tensor, dims: torch.Tensor, width: int, block_size: int, tt: int,
+                 vec: int) -> torch.Tensor:
+    """Flat element offsets [T, len(dims)] in a cache [num_blocks, block_size * width] of
+    dims `dims` of the tokens at `slots` (slot = block * block_size + token in block)."""
+    blk, tok = slots // block_size, slots % block_size
+    return blk[:, None] * (block_size * width) + element_offset(tok[:, None], dims[None, :], width, tt, vec)

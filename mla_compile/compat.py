@@ -12,7 +12,7 @@ TORCH_VERSION = torch.__version__
 
 __all__ = ["TORCH_VERSION", "detect_fake_mode", "known_equal", "known_same_shape",
            "known_broadcasts_to", "statically_known_true", "emit_structured_artifact", "is_joint_graph",
-           "real_tensors", "size_hint", "wrap_triton", "same_storage",
+           "real_tensors", "size_hint", "constant_int", "wrap_triton", "same_storage",
            "inductor_decompositions", "enable_python_dispatcher"]
 
 
@@ -95,6 +95,14 @@ def size_hint(x) -> int:
         return x
     hint = x.node.hint
     return int(hint) if hint is not None else 1
+
+
+def constant_int(x) -> int | None:
+    """x as an int when it is one (an int, or a SymInt whose value is fixed), else None;
+    never adds a guard."""
+    if isinstance(x, int):
+        return x
+    return x.node.maybe_as_int()
 
 
 def wrap_triton(kernel):
