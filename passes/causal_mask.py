@@ -35,9 +35,11 @@ The result must equal eager's, so what replaces the mask depends on its fill:
     key above the diagonal is -inf either way), so rows with no visible key give
     what they gave (NaN, or 0 with safe softmax);
   - without key-only terms: causal, no mask, for fill -inf or a finite fill <=
-    FINITE_FILL_MAX (finfo.min): every row sees key 0, and a masked key's eager
-    weight exp(qk * scale + fill - max) is exactly 0 for scores below |fill| / 2 in
-    magnitude;
+    FINITE_FILL_MAX (fp16's finfo.min, the largest "minus infinity" in use: SDPA
+    turns a boolean mask into 0 / -65504 for its CUDA kernels, bf16 rounds it to
+    -65536): every row sees key 0, and a masked key's eager weight
+    exp(qk * scale + fill - max) underflows to exactly 0 (fp32) while the scores stay
+    below (|fill| - 104) / 2 in magnitude; the report states that bound;
   - key-only terms with a finite fill: left alone. A row with no visible key (a
     left-pad query) gets eager's uniform softmax over ALL keys (every score is
     finfo.min), which causal (keys j <= i only) does not give.
@@ -55,7 +57,7 @@ from ..compat import known_equal, real_tensors
 from .graph_edit import call_with_meta
 from .match_utils import NoMatch, aten, prims, val
 
-FINITE_FILL_MAX = -1e30  # a finite fill at most this is as good as -inf for rows with a visible key
+FINITE_FILL_MAX = -65504.0  # a finite fill at most this masks like -inf for bounded scores (see above)
 _CONCRETE_LIMIT = 1 << 20  # elements of a tensor computed concretely for a proof
 _ALIASES = {aten.expand.default, aten.alias.default, aten.clone.default}
 
@@ -384,6 +386,8 @@ def prove(graph: fx.Graph, call, sizes: tuple):
     except (NotProven, NoMatch) as why:
         return call, f"not causal: {why}"
     note = "causal (k <= q from iota comparisons)"
+    if proof.fill != -math.inf:
+        note += f"; finite fill {proof.fill:g}: exact while |scores| < {(-proof.fill - 104) / 2:g}"
     if proof.keys:
         note += f" + key padding ({len(proof.keys)} key-only term(s), additive -inf)"
     return rewrite(graph, call, proof), note

@@ -102,6 +102,15 @@ def test_inverted_mask_with_key_padding():
     assert p["mask"] == "additive+causal (safe softmax)" and "key padding" in p["mask_proof"], p
 
 
+def test_sdpa_cuda_fill_is_causal_with_its_bound():
+    # SDPA's CUDA kernels get a boolean mask as 0 / -65504 (fp16's finfo.min): causal,
+    # and the report states the score bound under which that is exact
+    x, pos, _ = inputs()
+    p = compile_and_compare(BuiltMask(RULES["causal"][0], -65504.0, attn="sdpa"), x, pos)
+    assert p["mask"] == "causal (safe softmax)", p
+    assert "finite fill -65504: exact while |scores| < 32700" in p["mask_proof"], p
+
+
 def test_eager_finfo_min_key_padding_left_alone():
     x, pos, keep = inputs(padded=True)
     p = compile_and_compare(BuiltMask(RULES["causal"][0], FMIN), x, pos, keep)
@@ -188,6 +197,11 @@ IDX = {  # name -> (mask builder over (keep [2, S] bool), proven, key terms)
                                                  torch.tensor(float("-inf")), torch.tensor(0.0)), False, 0),
     "inverted_zero_fill": (lambda keep: torch.where(~(torch.arange(S)[None] <= torch.arange(S)[:, None])[None],
                                                     torch.tensor(0.0), torch.tensor(float("-inf"))), False, 0),
+    "fp16_min_bf16": (lambda keep: torch.where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None],
+                                               torch.tensor(0.0, dtype=torch.bfloat16),
+                                               torch.tensor(-65504.0, dtype=torch.bfloat16)), True, 0),
+    "fp16_min_pad": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
+                                         & keep[:, None, None, :], -65504.0), False, 0),
     "nonzero_keep": (lambda keep: torch.where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None],
                                               torch.tensor(1.0), torch.tensor(FMIN)), False, 0),
 }
