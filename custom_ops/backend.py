@@ -84,3 +84,23 @@ class KernelBackend(ABC):
     ) -> None:
         """Attention over the latent itself into the preallocated `out` [B, H, Sq, R]:
         semantics of `reference.latent_attention_reference`; inputs were validated."""
+
+    @classmethod
+    @abstractmethod
+    def sparse_attention(
+        cls,
+        q_nope: torch.Tensor,
+        q_pe: torch.Tensor,
+        c_kv: torch.Tensor,
+        k_pe: torch.Tensor,
+        w_uk: torch.Tensor,
+        w_uv: torch.Tensor,
+        indices: torch.Tensor,
+        scale: float,
+        mask: torch.Tensor | None,
+        zero_empty_rows: bool,
+        out: torch.Tensor,
+    ) -> None:
+        """MLA attention over the keys `indices` [B, Sq, K] chooses per query row, into
+        the preallocated `out` [B, H, Sq, Dv]: semantics of
+        `reference.sparse_attention_reference`; inputs were validated."""
