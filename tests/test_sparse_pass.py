@@ -104,3 +104,25 @@ def test_dsa_layers():
         said = p.get("sparse_proof") if form == "sparse" else p.get("sparse", "")
         assert said.startswith(why), (variant, p)
         assert form != "sparse" or p["K"] == TOPK
+
+
+def test_sparse_op_inlined_on_cpu_with_the_reference(monkeypatch):
+    """Lowering's last step traces the sparse op's computation into the graph (what
+    runs on CUDA): opened on CPU with the reference kernel, no mla op is left and the
+    numbers equal eager."""
+    import importlib
+
+    inline_launches = importlib.import_module("mla_compile.passes.inline_launches")
+    monkeypatch.setattr(inline_launches, "inductor_launches", lambda device, kernel: True)
+    torch.manual_seed(0)
+    model = DsaLayer("bool").eval()
+    reports = []
+    compiled = torch.compile(model, backend="mla", options={"report": reports.append, "kernel": "reference"})
+    x = torch.randn(2, 7, D, generator=torch.Generator().manual_seed(2))
+    other = torch.zeros(2, 7, TOPK, dtype=torch.int32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, other), model(x, other), rtol=1e-5, atol=1e-5)
+    counts = reports[0].counts()
+    assert counts.get("attention.mla") == 1 and counts.get("launch.inductor") == 1, reports[0].format()
+    assert [m.params["form"] for m in reports[0].matches if m.pattern == "attention.mla"] == ["sparse"]
+    assert "mla.sparse_attention" not in reports[0].final_graph
