@@ -85,14 +85,19 @@ def _describe(call: AttentionCall, p: MlaPieces, form: str, mask_proof: str | No
 def _fuse_mla(graph: fx.Graph, call: AttentionCall, pieces: MlaPieces, kernel: str) -> Match:
     """A DSA top-k mask proven: the sparse op; else the dense op, causal where the mask
     is proven causal. The report says why a top-k mask stayed dense."""
+    dense_why = None
     try:
         dsa = sparse_attention.search(call, pieces)
     except sparse_attention.NotDsa:
-        dsa, dense_why = None, None
+        dsa = None
     except NoMatch as why:
         dsa, dense_why = None, f"left dense: {why}"
     if dsa is not None:
-        sparse_attention.replace(graph, call, pieces, dsa, kernel, _head_weights)
+        try:  # nodes built before a refusal are dead: the pass manager drops them
+            sparse_attention.replace(graph, call, pieces, dsa, kernel, _head_weights)
+        except NoMatch as why:
+            dsa, dense_why = None, f"left dense: {why}"
+    if dsa is not None:
         params = _describe(call, pieces, "sparse")
         params.update(K=_plain(val(dsa.indices).shape[-1]), mask=("+".join(["additive"] * (dsa.base is not None))
                       or "none") + "+top-k" + (" (safe softmax)" if call.zero_empty_rows else ""),
