@@ -4,10 +4,13 @@ from . import indexer_cache  # noqa: F401  (registers torch.ops.mla.indexer_cach
 from . import paged_cache  # noqa: F401  (registers torch.ops.mla.cache_write, paged_decode)
 from . import prefill_attention  # noqa: F401  (registers torch.ops.mla.prefill_attention)
 from . import rope  # noqa: F401  (registers torch.ops.mla.rope)
+from . import sparse_attention  # noqa: F401  (registers torch.ops.mla.sparse_attention)
 from .backend import KernelBackend
 from .indexer_cache import PagedIndexerKeyCache
 from .paged_cache import PagedLatentCache
-from .reference import ReferenceBackend, latent_attention_reference, prefill_attention_reference, rope_reference
+from .reference import (ReferenceBackend, latent_attention_reference, prefill_attention_reference, rope_reference,
+                        sparse_attention_reference)
 
 __all__ = ["KernelBackend", "PagedIndexerKeyCache", "PagedLatentCache", "ReferenceBackend",
-           "latent_attention_reference", "prefill_attention_reference", "rope_reference"]
+           "latent_attention_reference", "prefill_attention_reference", "rope_reference",
+           "sparse_attention_reference"]

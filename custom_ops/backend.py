@@ -95,3 +95,23 @@ class KernelBackend(ABC):
         indexer's key, `latent` its unrotated rest): semantics of
         `reference.rope_cache_write_reference`. Inputs were validated by the op (slots
         in range, in eager)."""
+
+    @classmethod
+    @abstractmethod
+    def sparse_attention(
+        cls,
+        q_nope: torch.Tensor,
+        q_pe: torch.Tensor,
+        c_kv: torch.Tensor,
+        k_pe: torch.Tensor,
+        w_uk: torch.Tensor,
+        w_uv: torch.Tensor,
+        indices: torch.Tensor,
+        scale: float,
+        mask: torch.Tensor | None,
+        zero_empty_rows: bool,
+        out: torch.Tensor,
+    ) -> None:
+        """MLA attention over the keys `indices` [B, Sq, K] chooses per query row, into
+        the preallocated `out` [B, H, Sq, Dv]: semantics of
+        `reference.sparse_attention_reference`; inputs were validated."""

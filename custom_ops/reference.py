@@ -144,6 +144,31 @@ def latent_attention_reference(
     return (_softmax(scores, causal, mask, zero_empty_rows) @ c[:, None]).to(q_lat.dtype)
 
 
+def sparse_attention_reference(
+    q_nope: torch.Tensor,
+    q_pe: torch.Tensor,
+    c_kv: torch.Tensor,
+    k_pe: torch.Tensor,
+    w_uk: torch.Tensor,
+    w_uv: torch.Tensor,
+    indices: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None = None,
+    zero_empty_rows: bool = False,
+) -> torch.Tensor:
+    """MLA attention over the keys `indices` [B, Sq, K] chooses, as eager DSA code
+    computes it: the indices scattered into a full [B, Sq, Sk] selection (a duplicate
+    selects once), every unchosen key at -inf after the additive base `mask`, then
+    `prefill_attention_reference`'s dense attention. Indices must lie in [0, Sk)."""
+    B, Sq, _ = indices.shape
+    chosen = torch.zeros(B, Sq, c_kv.shape[1], dtype=torch.bool, device=indices.device)
+    chosen = chosen.scatter(-1, indices.long(), True)[:, None]  # [B, 1, Sq, Sk]
+    base = mask.float() if mask is not None else torch.zeros((), device=q_nope.device)
+    full = torch.where(chosen, base, float("-inf"))
+    return prefill_attention_reference(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, False, "decompressed",
+                                       full, zero_empty_rows)
+
+
 class ReferenceBackend(KernelBackend):
     name: ClassVar[str] = "reference"
     cache_layouts: ClassVar[tuple] = ("normal", "shuffle")
@@ -172,3 +197,9 @@ class ReferenceBackend(KernelBackend):
                          interleaved_in, interleaved_out, q_out, rope_first=False) -> None:
         q_out.copy_(rope_cache_write_reference(q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,
                                                interleaved_in, interleaved_out, rope_first))
+
+    @classmethod
+    def sparse_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask, zero_empty_rows,
+                         out) -> None:
+        out.copy_(sparse_attention_reference(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask,
+                                             zero_empty_rows))

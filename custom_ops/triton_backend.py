@@ -18,6 +18,7 @@ from .triton_decode_wide import supports as wide_supports
 from .triton_prefill import mla_prefill_attention
 from .triton_rope import rope_triton
 from .triton_rope_cache import rope_cache_write_triton
+from .triton_sparse import mla_sparse_attention
 
 try:
     import triton
@@ -115,3 +116,14 @@ class TritonBackend(KernelBackend):
     @classmethod
     def latent_attention(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out) -> None:
         cls.decode_over_latent(q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out)
+
+    @classmethod
+    def sparse_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask, zero_empty_rows,
+                         out) -> None:
+        """Always over the latent (absorbed): a query reads only its K chosen latent rows;
+        decompressing would expand all Sk keys through kv_b_proj first."""
+        q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
+        o_lat = torch.empty_like(q_lat)
+        mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale, mask=mask, zero_empty_rows=zero_empty_rows,
+                             out=o_lat)
+        out.copy_(torch.einsum("bhqr,hvr->bhqv", o_lat, w_uv))

@@ -124,11 +124,11 @@ def rounded_back(node: fx.Node, dtype) -> bool:
 
 def emit_attention(graph: fx.Graph, call: AttentionCall, p, op, operands, options: tuple) -> None:
     """Replace call.output by op(*operands(), *options, mask, call.zero_empty_rows):
-    the operands are built (at the insertion point) by `operands`, must share one
-    dtype, and the result goes back in the replaced node's layout and dtype."""
+    the operands are built (at the insertion point) by `operands`, the float ones must
+    share one dtype, and the result goes back in the replaced node's layout and dtype."""
     with graph.inserting_before(call.output):
         args = operands()
-        dtypes = {val(a).dtype for a in args}
+        dtypes = {val(a).dtype for a in args if val(a).is_floating_point()}  # not the indices
         require(len(dtypes) == 1, f"operands mix dtypes {sorted(map(str, dtypes))}")
         dtype, out_dtype = dtypes.pop(), val(call.output).dtype
         require(out_dtype == dtype or (call.upcast and rounded_back(call.output, dtype)),

@@ -22,7 +22,7 @@ from ..lowering.attention_form import choose_attention_form
 from ..report import Match, NearMiss, PassRecord
 from .attention_forms import SDPA_OPS, AttentionCall, NotAttention, search_eager, search_sdpa
 from .canonicalize import slice_assign_to_cat
-from . import causal_mask, latent_attention
+from . import causal_mask, latent_attention, sparse_attention
 from .arrange import arrange, emit_attention
 from .match_utils import NoMatch, aten, require, val
 from .mla_pieces import MlaPieces, mla_pieces
@@ -82,6 +82,34 @@ def _describe(call: AttentionCall, p: MlaPieces, form: str, mask_proof: str | No
     }
 
 
+def _fuse_mla(graph: fx.Graph, call: AttentionCall, pieces: MlaPieces, kernel: str) -> Match:
+    """A DSA top-k mask proven: the sparse op; else the dense op, causal where the mask
+    is proven causal. The report says why a top-k mask stayed dense."""
+    dense_why = None
+    try:
+        dsa = sparse_attention.search(call, pieces)
+    except sparse_attention.NotDsa:
+        dsa = None
+    except NoMatch as why:
+        dsa, dense_why = None, f"left dense: {why}"
+    if dsa is not None:
+        try:  # nodes built before a refusal are dead: the pass manager drops them
+            sparse_attention.replace(graph, call, pieces, dsa, kernel, _head_weights)
+        except NoMatch as why:
+            dsa, dense_why = None, f"left dense: {why}"
+    if dsa is not None:
+        params = _describe(call, pieces, "sparse")
+        params.update(K=_plain(val(dsa.indices).shape[-1]), mask=("+".join(["additive"] * (dsa.base is not None))
+                      or "none") + "+top-k" + (" (safe softmax)" if call.zero_empty_rows else ""),
+                      sparse_proof=dsa.proof)
+        return Match("attention.mla", params)
+    call, proof = causal_mask.prove(graph, call, (pieces.sizes["Sq"], pieces.sizes["Sk"]))  # causal=True
+    params = _describe(call, pieces, replace(graph, call, pieces, kernel), proof)
+    if dense_why:
+        params["sparse"] = dense_why
+    return Match("attention.mla", params)
+
+
 def _looks_like_attention(node: fx.Node) -> bool:
     """An SDPA op, or a bmm that a softmax reaches (passes/softmax_reach.py)."""
     search = _anchor(node)
@@ -107,10 +135,7 @@ def fuse_attention(graph: fx.Graph, options, record: PassRecord) -> None:
                 match = Match("attention.mla", latent_attention.describe(call, pieces))
             else:
                 pieces = mla_pieces(call)
-                # a mask built causal: causal=True
-                call, proof = causal_mask.prove(graph, call, (pieces.sizes["Sq"], pieces.sizes["Sk"]))
-                match = Match("attention.mla", _describe(call, pieces, replace(graph, call, pieces, options.kernel),
-                                                         proof))
+                match = _fuse_mla(graph, call, pieces, options.kernel)
         except NotAttention as not_read:
             # the reader found no attention here; a softmax reaching the bmm anyway is
             # attention it cannot read: reported, never left alone silently

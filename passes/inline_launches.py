@@ -26,6 +26,7 @@ from ..custom_ops.latent_attention import compute_latent_attention
 from ..custom_ops.paged_cache import compute_paged_decode
 from ..custom_ops.prefill_attention import compute_prefill_attention
 from ..custom_ops.rope import compute_rope
+from ..custom_ops.sparse_attention import compute_sparse_attention
 from ..lowering.kernel_choice import inductor_launches
 from ..report import Match, PassRecord
 
@@ -34,6 +35,7 @@ COMPUTE = {
     torch.ops.mla.prefill_attention.default: compute_prefill_attention,
     torch.ops.mla.latent_attention.default: compute_latent_attention,
     torch.ops.mla.paged_decode.default: compute_paged_decode,
+    torch.ops.mla.sparse_attention.default: compute_sparse_attention,
 }
 
 _WRAPPERS = ("triton_kernel_wrapper_functional", "triton_kernel_wrapper_mutation")

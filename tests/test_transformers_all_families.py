@@ -149,8 +149,11 @@ def test_family(family):
         assert len(reports) == 3, [r.format() for r in reports]
         for i, report in enumerate(reports):
             check_graph(report, model, gap, ["prefill", "decode", "decode dynamic"][i])
+    # a DSA layer (top-k mask) is sparse where proven: prefill with a cache and sdpa decode;
+    # eager decode (finfo.min fill, causal with an offset) stays dense (README, DSA)
+    sparse = {"sparse"} if indexers(model) else set()
     if not gap or gap.unfused < mla_layers(model):
-        assert all(p["Sq"] == 6 and p["form"] == "decompressed" for p in attention_params(reports[0]))
+        assert all(p["Sq"] == 6 and p["form"] in {"decompressed"} | sparse for p in attention_params(reports[0]))
         assert all(p["Sq"] == 1 and p["form"] == "absorbed" for r in reports[1:] for p in attention_params(r))
         assert all(not isinstance(p["Sk"], int) for p in attention_params(reports[2]))
 
@@ -186,4 +189,4 @@ def test_family(family):
         return
     assert len(reports) == 1, [r.format() for r in reports]
     check_graph(reports[0], model, gap, "decode static")
-    assert all(p["Sq"] == 1 and p["form"] == "absorbed" for p in attention_params(reports[0]))
+    assert all(p["Sq"] == 1 and p["form"] in {"absorbed"} | sparse for p in attention_params(reports[0]))

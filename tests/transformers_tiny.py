@@ -99,9 +99,12 @@ def _class_ending(config, suffix: str):
     return next(v for v in vars(module).values() if isinstance(v, type) and v.__name__.endswith(suffix))
 
 
-def build(family: str, impl: str):
-    """A tiny random causal LM of `family` in fp32 with attention `impl`."""
+def build(family: str, impl: str, **changes):
+    """A tiny random causal LM of `family` in fp32 with attention `impl` (`changes`:
+    config fields to set, e.g. mlp_layer_types)."""
     config = tiny_config(family)
+    for k, v in changes.items():
+        setattr(config, k, v)
     name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(family)
     try:
         model_cls = getattr(transformers, name) if name else _class_ending(config, "ForCausalLM")

@@ -1,0 +1,119 @@
+"""`torch.ops.mla.sparse_attention` (DSA): the Triton kernel (interpreted on CPU)
+against the reference, and the reference against eager DSA code (indices scattered
+into an all-True mask, masked_fill, dense attention); opcheck; argument and index
+checks; a hypothesis fuzzer over index patterns (duplicates, all-masked rows,
+top-k >= length, ragged lengths, one index, splits)."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from kernel_device import kernel_test_device  # noqa: E402
+from mla_compile.custom_ops import sparse_attention_reference  # noqa: E402
+from mla_compile.custom_ops.triton_sparse import _sparse_split, mla_sparse_attention  # noqa: E402
+
+DEVICE = kernel_test_device(_sparse_split)
+needs_kernel = pytest.mark.skipif(DEVICE is None, reason="no Triton device (GPU or TRITON_INTERPRET=1)")
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+op = torch.ops.mla.sparse_attention
+
+
+def inputs(B=2, H=3, Sq=4, Sk=20, K=6, dtype=torch.float32, seed=0, device="cpu", Dn=8, Dr=4, Dv=8, R=16):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, sc=1.0: (torch.randn(*s, generator=g) * sc).to(dtype).to(device)  # noqa: E731
+    idx = torch.randint(0, Sk, (B, Sq, K), generator=g).to(device)
+    return (r(B, H, Sq, Dn), r(B, H, Sq, Dr), r(B, Sk, R), r(B, Sk, Dr), r(H, Dn, R, sc=0.3),
+            r(H, Dv, R, sc=0.3), idx)
+
+
+def eager_dsa(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, idx, scale, base, fill):
+    """What transformers' DSA code computes: scatter, masked_fill, dense attention."""
+    B, Sq, _ = idx.shape
+    Sk = c_kv.shape[1]
+    unchosen = torch.ones(B, Sq, Sk, dtype=torch.bool).scatter(-1, idx.long(), False).unsqueeze(1)
+    mask = (base if base is not None else torch.zeros(B, 1, Sq, Sk)).float().masked_fill(unchosen, fill)
+    qf, qr, c, kr, wk, wv = (t.float() for t in (q_nope, q_pe, c_kv, k_pe, w_uk, w_uv))
+    k = torch.cat([torch.einsum("bsr,hdr->bhsd", c, wk), kr[:, None].expand(-1, wk.shape[0], -1, -1)], -1)
+    v = torch.einsum("bsr,hdr->bhsd", c, wv)
+    scores = torch.cat([qf, qr], -1) @ k.transpose(-1, -2) * scale + mask
+    return (torch.softmax(scores, -1) @ v).to(q_nope.dtype)
+
+
+def test_reference_is_eager_dsa():
+    """The reference equals eager's formula with fill -inf, and with finfo.min where
+    every row keeps a visible chosen key (causal base, key 0 chosen)."""
+    q_nope, q_pe, c, kp, wk, wv, idx = inputs(Sq=6, Sk=6, K=3)
+    base = torch.full((6, 6), torch.finfo(torch.float32).min).triu(1)[None, None].expand(2, 1, 6, 6)
+    idx[..., 0] = 0
+    want = eager_dsa(q_nope, q_pe, c, kp, wk, wv, idx, 0.3, base, torch.finfo(torch.float32).min)
+    got = sparse_attention_reference(q_nope, q_pe, c, kp, wk, wv, idx, 0.3, base)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    want = eager_dsa(q_nope, q_pe, c, kp, wk, wv, idx, 0.3, None, float("-inf"))
+    torch.testing.assert_close(sparse_attention_reference(q_nope, q_pe, c, kp, wk, wv, idx, 0.3), want,
+                               rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_op_kernel_matches_reference(dtype, masked):
+    args = inputs(dtype=dtype, device=DEVICE)
+    mask = None
+    if masked:  # ragged: batch 1 sees only its first 9 keys; row (0, 2) sees nothing
+        mask = torch.zeros(2, 1, 4, 20, device=DEVICE, dtype=dtype)
+        mask[1, :, :, 9:] = float("-inf")
+        mask[0, :, 2] = float("-inf")
+    for zero in (False, True):
+        want = sparse_attention_reference(*args, 0.4, mask, zero)
+        got = op(*args, 0.4, "triton", mask, zero)
+        assert torch.equal(got.isnan(), want.isnan())
+        if masked:  # the empty row: NaN in eager softmax, 0 in SDPA's safe softmax
+            assert bool(got.isnan().any()) != zero
+        torch.testing.assert_close(got.nan_to_num(7.0), want.nan_to_num(7.0), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@needs_kernel
+def test_kernel_splits_and_duplicates():
+    """Duplicates straddling split boundaries count once; many splits merge exactly."""
+    q_nope, q_pe, c, kp, wk, wv, idx = inputs(K=40, Sk=12, seed=3, device=DEVICE)
+    q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, wk)
+    want = sparse_attention_reference(q_nope, q_pe, c, kp, wk, wv, idx, 0.5)
+    for splits, block_n in ((1, 16), (3, 16), (5, 16)):
+        o_lat = mla_sparse_attention(q_lat, q_pe, c, kp, idx, 0.5, splits=splits, block_n=block_n)
+        got = torch.einsum("bhqr,hvr->bhqv", o_lat, wv)
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_opcheck():
+    args = inputs()
+    mask = torch.zeros(2, 1, 4, 20)
+    torch.library.opcheck(op.default, (*args, 0.3, "reference", mask, True))
+    if DEVICE is not None and DEVICE.type == "cpu":
+        torch.library.opcheck(op.default, (*args, 0.3, "triton", None, False))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda a: a.__setitem__(6, a[6].clone().fill_(20)), r"indices\[0, 0, 0\] = 20 is outside \[0, Sk = 20\)"),
+    (lambda a: a[6].__setitem__((1, 2, 3), -1), r"indices\[1, 2, 3\] = -1 is outside"),
+    (lambda a: a.__setitem__(6, a[6][:, :3]), r"indices must be \[B, Sq, K\] = \(2, 4, \*\)"),
+    (lambda a: a.__setitem__(6, a[6].float()), "indices dtype must be one of"),
+    (lambda a: a.__setitem__(2, a[2][:, :10]), r"k_pe must be \[B, Sk, Dr\] = \(2, 10, 4\)"),
+])
+def test_argument_checks(bad, message):
+    """Eager's scatter raises on an index outside [0, Sk); so does the op, naming it."""
+    args = list(inputs())
+    bad(args)
+    with pytest.raises(ValueError, match=message):
+        op(*args, 0.3, "reference")
+
+
+def test_fake_shapes_and_empty():
+    """K = 0 (no key chosen): every row empty (0 with safe softmax); Sq = 0: empty."""
+    args = list(inputs())
+    args[6] = args[6][..., :0]
+    assert torch.equal(op(*args, 0.3, "reference", None, True), torch.zeros(2, 3, 4, 8))
+    if DEVICE is not None:
+        assert torch.equal(op(*[a.to(DEVICE) for a in args], 0.3, "triton", None, True),
+                           torch.zeros(2, 3, 4, 8, device=DEVICE))

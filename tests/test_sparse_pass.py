@@ -1,0 +1,128 @@
+"""The sparse attention pass on a small DSA layer written as transformers writes it (an
+indexer's top-k scattered into an all-True mask, and-ed with a bool base for SDPA or
+masked_fill over an additive base for eager attention): rewritten to
+`mla.sparse_attention` with exact counts, equal to eager on fresh inputs; look-alikes
+(a scatter along the query axis, indices that are no top-k under a finite fill, the
+mask also read elsewhere) keep the dense fused op, with the reason in the report."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+H, DN, DR, DV, R, D, TOPK = 2, 8, 4, 8, 16, 32, 3
+
+
+class DsaLayer(nn.Module):
+    """MLA (latent -> kv_b_proj per head, one shared rope key) under a DSA mask."""
+
+    def __init__(self, variant: str):
+        super().__init__()
+        self.variant = variant
+        self.q_proj = nn.Linear(D, H * (DN + DR), bias=False)
+        self.kv_a = nn.Linear(D, R + DR, bias=False)
+        self.kv_b = nn.Linear(R, H * (DN + DV), bias=False)
+        self.idx_q = nn.Linear(D, 8, bias=False)
+        self.idx_k = nn.Linear(D, 8, bias=False)
+        self.scale = (DN + DR) ** -0.5
+
+    def forward(self, x, other_idx):
+        B, S, _ = x.shape
+        q_nope, q_pe = self.q_proj(x).view(B, S, H, DN + DR).transpose(1, 2).split([DN, DR], -1)
+        q = torch.cat([q_nope, q_pe * 1.0], -1)
+        c, k_pe = self.kv_a(x).split([R, DR], -1)
+        kv = self.kv_b(c).view(B, S, H, DN + DV).transpose(1, 2)
+        k_nope, v = kv.split([DN, DV], -1)
+        k = torch.cat([k_nope, k_pe.view(B, 1, S, DR).expand(-1, H, -1, -1)], -1)
+        pos = torch.arange(S, device=x.device)
+        keep = (pos[None, :] <= pos[:, None])[None, None].expand(B, 1, S, S)  # transformers' causal build
+        base = torch.where(keep, 0.0, torch.finfo(x.dtype).min)
+        scores = self.idx_q(x) @ self.idx_k(x).transpose(1, 2)
+        if self.variant == "bool":
+            scores = scores.masked_fill(~keep[:, 0], float("-inf"))
+        else:
+            scores = scores + base[:, 0]
+        idx = scores.topk(TOPK, dim=-1).indices.to(torch.int32)
+        if self.variant == "not_topk":
+            idx = other_idx
+        if self.variant == "query_axis":  # scattered along the queries: not the indexer's selection
+            unchosen = torch.ones(B, S, S, dtype=torch.bool).scatter(1, idx.transpose(1, 2).long(), False)
+        else:
+            unchosen = torch.ones(B, S, S, dtype=torch.bool).scatter(-1, idx.long(), False)
+        unchosen = unchosen.unsqueeze(1)
+        if self.variant == "bool":
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep & ~unchosen, scale=self.scale)
+            return out.transpose(1, 2).reshape(B, S, H * DV)
+        mask = base.masked_fill(unchosen, torch.finfo(x.dtype).min)
+        p = torch.softmax(q @ k.transpose(-1, -2) * self.scale + mask, -1, dtype=torch.float32).to(x.dtype)
+        out = (p @ v).transpose(1, 2).reshape(B, S, H * DV)
+        if self.variant == "mask_elsewhere":
+            return out, mask
+        return out
+
+
+CASES = {  # variant: (form, what the report says)
+    "bool": ("sparse", "top-k mask, unchosen keys -inf"),
+    "float": ("sparse", "top-k of scores + causal base: every row keeps a visible chosen key"),
+    "not_topk": ("decompressed", "left dense: finite fill, and the indices are no top-k"),
+    "query_axis": ("decompressed", "left dense: the scatter is not along the key axis"),
+    "mask_elsewhere": ("decompressed", "left dense: the DSA mask is also read elsewhere"),
+}
+
+
+class DsaStack(nn.Module):
+    """Every case side by side in one graph (one compile): outputs in CASES order."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(DsaLayer(v) for v in CASES)
+
+    def forward(self, x, other_idx):
+        return tuple(layer(x, other_idx) for layer in self.layers)
+
+
+def test_dsa_layers():
+    torch.manual_seed(0)
+    model = DsaStack().eval()
+    reports = []
+    compiled = torch.compile(model, backend="mla", options={"report": reports.append})
+    g = torch.Generator().manual_seed(1)
+    for _ in range(2):  # fresh inputs after the compile
+        x = torch.randn(2, 7, D, generator=g)
+        other = torch.randint(0, 7, (2, 7, TOPK), generator=g, dtype=torch.int32)
+        with torch.no_grad():
+            want, got = model(x, other), compiled(x, other)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert len(reports) == 1 and not reports[0].near_misses, [r.format() for r in reports]
+    params = [m.params for m in reports[0].matches if m.pattern == "attention.mla"]
+    assert len(params) == len(CASES), params
+    for p, (variant, (form, why)) in zip(params, CASES.items()):  # graph order is the layers' order
+        assert p["form"] == form, (variant, p)
+        said = p.get("sparse_proof") if form == "sparse" else p.get("sparse", "")
+        assert said.startswith(why), (variant, p)
+        assert form != "sparse" or p["K"] == TOPK
+
+
+def test_sparse_op_inlined_on_cpu_with_the_reference(monkeypatch):
+    """Lowering's last step traces the sparse op's computation into the graph (what
+    runs on CUDA): opened on CPU with the reference kernel, no mla op is left and the
+    numbers equal eager."""
+    import importlib
+
+    inline_launches = importlib.import_module("mla_compile.passes.inline_launches")
+    monkeypatch.setattr(inline_launches, "inductor_launches", lambda device, kernel: True)
+    torch.manual_seed(0)
+    model = DsaLayer("bool").eval()
+    reports = []
+    compiled = torch.compile(model, backend="mla", options={"report": reports.append, "kernel": "reference"})
+    x = torch.randn(2, 7, D, generator=torch.Generator().manual_seed(2))
+    other = torch.zeros(2, 7, TOPK, dtype=torch.int32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, other), model(x, other), rtol=1e-5, atol=1e-5)
+    counts = reports[0].counts()
+    assert counts.get("attention.mla") == 1 and counts.get("launch.inductor") == 1, reports[0].format()
+    assert [m.params["form"] for m in reports[0].matches if m.pattern == "attention.mla"] == ["sparse"]
+    assert "mla.sparse_attention" not in reports[0].final_graph
