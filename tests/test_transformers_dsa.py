@@ -77,9 +77,7 @@ def test_prefill_sparse(family):
 def test_prefill_eager_finite_fill_proven_causal():
     """eager attention: masked_fill with finfo.min; sparse only with the proof that
     every row keeps a visible chosen key (top-k over scores + the causal base). With a
-    DynamicCache (what generate() uses); without one (use_cache=False) transformers
-    >= 5.18 builds the mask from position tensors the causal proof does not read yet
-    (the known gap of tests/test_causal_mask.py): dense there."""
+    DynamicCache, as generate() runs it."""
     model = dsa("deepseek_v32", "eager")
     reports = []
     ids = prompt(seed=1)
