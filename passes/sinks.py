@@ -17,6 +17,7 @@ import operator
 
 import torch.fx as fx
 
+from ..compat import known_equal
 from .match_utils import NoMatch, aten, is_last_dim, is_op, norm_dim, require, val
 
 
@@ -29,8 +30,9 @@ def sink_softmax(sliced: fx.Node, is_softmax) -> fx.Node:
     args = list(sliced.args) + [0, None, None, 1][len(sliced.args) - 1:]
     _, dim, start, end, step = args[:5]
     width = val(src).shape[-1]
+    end = end.meta["val"] if isinstance(end, fx.Node) else end  # a dynamic width: a SymInt
     require(norm_dim(dim, val(src).dim()) == val(src).dim() - 1 and start in (0, None) and step == 1
-            and isinstance(width, int) and end in (-1, width - 1),
+            and end is not None and (end == -1 or known_equal(end, width - 1)),
             "probabilities are a slice of a wider softmax other than its last column dropped")
     return src
 
