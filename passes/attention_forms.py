@@ -306,6 +306,8 @@ def search_eager(pv: fx.Node) -> AttentionCall:
         raise NotAttention(str(e)) from None
     softmax, sinks = p_base, None
     if is_op(_unconvert(p_base), aten.slice.Tensor):  # sliced in fp32, then cast back: the same
+        if not _is_softmax(_unconvert(p_base).args[0]):  # no softmax: no attention here
+            raise NotAttention("probabilities are a slice of something other than a softmax")
         softmax = sinks_form.sink_softmax(_unconvert(p_base), _is_softmax)  # P = softmax(..)[..., :-1]
     try:
         x, zero_empty = parse_softmax(softmax)
