@@ -44,6 +44,7 @@ class Gap:
     rope: int        # RoPE launches per graph
     note: str        # what is missing, and where it is tracked
     breaks: bool = False  # Dynamo splits the model into many graphs: checked pooled over them
+    other: str = ""  # pooled: a near miss that is not MLA attention, also expected
 
 
 GAPS: dict[str, Gap] = {
@@ -51,7 +52,9 @@ GAPS: dict[str, Gap] = {
     # key a graph input: nothing proves it a latent's up-projection. Recorded from the eager
     # DynamicCache run only (the other phases were not run before this table was written)
     "glm5_next_text": Gap(unfused=1, reason="is placeholder, expected aten.mm", rope=0, breaks=True,
-                          note="gap: NoPE MLA behind graph breaks (issue 13 item 3)"),
+                          note="gap: NoPE MLA behind graph breaks (issue 13 item 3)",
+                          # its linear-attention layers: softmax -> add -> div -> bmm, not MLA
+                          other="reaches this bmm's left operand through aten.add.Tensor, aten.div.Tensor"),
 }
 # Upstream refusals, checked: when transformers lifts one, this test fails and the
 # entry goes. The family runs those phases with eager attention instead.
@@ -83,6 +86,8 @@ def rope_layers(model) -> int:
     config = getattr(model.config, "text_config", model.config)
     if not getattr(config, "qk_rope_head_dim", 0):
         return 0
+    if not any(type(m).__name__.endswith("RotaryEmbedding") for m in model.modules()):
+        return 0  # a rope width but no rotation (Kimi-Linear: k_rot unrotated)
     no_rope = getattr(config, "no_rope_layers", None)  # 1 = uses RoPE (smollm3 convention)
     return mla_layers(model) - (no_rope.count(0) if no_rope else 0)
 
@@ -108,7 +113,8 @@ def check_pooled(reports, gap: Gap, what: str):
     assert all(r.counts().get("attention.mla", 0) == 0 for r in reports), shown
     assert all(r.counts().get("rope.one_launch", 0) == gap.rope for r in reports), shown
     misses = [n for r in reports for n in r.near_misses]
-    assert misses and all(gap.reason in n.reason for n in misses), shown
+    assert any(gap.reason in n.reason for n in misses), shown
+    assert all(gap.reason in n.reason or (gap.other and gap.other in n.reason) for n in misses), shown
 
 
 def attention_params(report):
