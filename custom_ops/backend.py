@@ -58,10 +58,12 @@ class KernelBackend(ABC):
         mask: torch.Tensor | None,
         zero_empty_rows: bool,
         out: torch.Tensor,
+        sinks: torch.Tensor | None = None,
     ) -> None:
         """MLA attention over the latent `c_kv` into the preallocated `out`
         (`mask`: optional additive mask broadcasting to [B, H, Sq, Sk];
-        `zero_empty_rows`: a row with every score -inf gives 0, not NaN).
+        `zero_empty_rows`: a row with every score -inf gives 0, not NaN;
+        `sinks`: optional [H] logits in every row's softmax denominator).
 
         Semantics are those of `reference.prefill_attention_reference`; `form` is
         how to compute it ("decompressed" or "absorbed"), not what. Inputs were
@@ -81,6 +83,7 @@ class KernelBackend(ABC):
         mask: torch.Tensor | None,
         zero_empty_rows: bool,
         out: torch.Tensor,
+        sinks: torch.Tensor | None = None,
     ) -> None:
         """Attention over the latent itself into the preallocated `out` [B, H, Sq, R]:
         semantics of `reference.latent_attention_reference`; inputs were validated."""

@@ -70,6 +70,18 @@ def first_bad(t: torch.Tensor, bad: torch.Tensor) -> tuple[str, int]:
     return "[" + ", ".join(map(str, idx)) + "]", int(t[idx])
 
 
+def check_sinks(op: str, sinks, device: torch.device, heads) -> None:
+    """Optional attention sinks: one float logit per head, [H], on `device`."""
+    from .backend import KERNEL_DTYPES
+
+    if sinks is None:
+        return
+    if sinks.dtype not in KERNEL_DTYPES or sinks.device != device:
+        raise op_error(op, f"sinks must be a float tensor on {device}, got {sinks.dtype} on {sinks.device}")
+    if sinks.dim() != 1 or known_true(sinks.shape[0] != heads):
+        raise op_error(op, f"sinks must be [H] = ({heads},), one logit per head, got {tuple(sinks.shape)}")
+
+
 def check_mask(op: str, mask, device: torch.device, full: tuple) -> None:
     """An optional additive attention mask: a float tensor on `device` broadcasting to
     `full` = [B, H, Sq, Sk] (the attention ops share this)."""

@@ -7,7 +7,8 @@ per (batch, head, query) row, keys c_kv [B, Sk, R] and k_pe [B, Sk, Dr] shared b
 every head. The model's own q_nope @ W_uk before it and o_lat @ W_uv^T after it stay
 in its graph. Semantics: `reference.latent_attention_reference` (causal top-left as
 SDPA's is_causal, `scale` used exactly as given, `mask` additive and broadcasting to
-[B, H, Sq, Sk], `zero_empty_rows` gives 0 for a row whose scores are all -inf).
+[B, H, Sq, Sk], `zero_empty_rows` gives 0 for a row whose scores are all -inf,
+`sinks` [H] optional logits in every row's softmax denominator).
 """
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ import torch
 
 from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
 from .backend import KERNEL_DTYPES
-from .checks import check_like, check_mask, check_rank, check_sizes, op_error
+from .checks import check_like, check_mask, check_rank, check_sinks, check_sizes, op_error
 
 _OP = "latent_attention"
 _LAYOUTS = (("q_lat", 4, "[B, H, Sq, R]"), ("q_pe", 4, "[B, H, Sq, Dr]"),
             ("c_kv", 3, "[B, Sk, R]"), ("k_pe", 3, "[B, Sk, Dr]"))
 
 
-def validate_latent_args(q_lat, q_pe, c_kv, k_pe, kernel, mask=None) -> None:
+def validate_latent_args(q_lat, q_pe, c_kv, k_pe, kernel, mask=None, sinks=None) -> None:
     """Every check names the argument; messages are built only on failure."""
     if kernel not in KERNEL_CHOICES:
         raise op_error(_OP, f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
@@ -38,6 +39,7 @@ def validate_latent_args(q_lat, q_pe, c_kv, k_pe, kernel, mask=None) -> None:
     for t, want, (name, _, layout) in zip(ts[1:], ((B, H, Sq, Dr), (B, Sk, R), (B, Sk, Dr)), _LAYOUTS[1:]):
         check_sizes(_OP, name, t, want, layout)
     check_mask(_OP, mask, q_lat.device, (B, H, Sq, Sk))
+    check_sinks(_OP, sinks, q_lat.device, H)
 
 
 def new_latent_output(q_lat: torch.Tensor) -> torch.Tensor:
@@ -48,11 +50,11 @@ def new_latent_output(q_lat: torch.Tensor) -> torch.Tensor:
 
 
 def compute_latent_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, kernel="auto", mask=None,
-                             zero_empty_rows=False) -> torch.Tensor:
+                             zero_empty_rows=False, sinks=None) -> torch.Tensor:
     """The op's computation without its checks (traceable: see compute_prefill_attention)."""
     out = new_latent_output(q_lat)
     select_backend(q_lat.device, kernel).latent_attention(
-        q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out)
+        q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out, sinks)
     return out
 
 
@@ -67,15 +69,16 @@ def latent_attention(
     kernel: str = "auto",
     mask: torch.Tensor | None = None,
     zero_empty_rows: bool = False,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of q = [q_lat, q_pe] over keys [c_kv, k_pe] and values c_kv."""
-    validate_latent_args(q_lat, q_pe, c_kv, k_pe, kernel, mask)
+    validate_latent_args(q_lat, q_pe, c_kv, k_pe, kernel, mask, sinks)
     return compute_latent_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, kernel, mask,
-                                    zero_empty_rows)
+                                    zero_empty_rows, sinks)
 
 
 @latent_attention.register_fake
 def _latent_attention_fake(q_lat, q_pe, c_kv, k_pe, scale, causal, kernel="auto", mask=None,
-                           zero_empty_rows=False):
-    validate_latent_args(q_lat, q_pe, c_kv, k_pe, kernel, mask)
+                           zero_empty_rows=False, sinks=None):
+    validate_latent_args(q_lat, q_pe, c_kv, k_pe, kernel, mask, sinks)
     return new_latent_output(q_lat)

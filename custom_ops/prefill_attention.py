@@ -9,7 +9,9 @@ Semantics: `reference.prefill_attention_reference`; causal is top-left aligned
 (SDPA's is_causal), `scale` is used exactly as given, and an optional additive
 `mask` (what eager attention adds to the scaled scores) broadcasts to
 [B, H, Sq, Sk]. `zero_empty_rows` gives 0 for a query row whose scores are all
--inf (SDPA's safe softmax; eager softmax gives NaN there).
+-inf (SDPA's safe softmax; eager softmax gives NaN there). `sinks` (optional [H]):
+attention sinks, a logit per head in every row's softmax denominator. Dr may be 0
+(NoPE MLA: q_pe and k_pe zero-width).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from ..compat import known_same_shape
 from ..lowering.attention_form import FORMS
 from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
 from .backend import KERNEL_DTYPES
-from .checks import check_mask
+from .checks import check_mask, check_sinks
 
 # (argument, rank, layout) in the op's argument order
 _LAYOUTS = (("q_nope", 4, "[B, H, Sq, Dn]"), ("q_pe", 4, "[B, H, Sq, Dr]"),
@@ -31,7 +33,7 @@ def _error(msg: str) -> ValueError:
     return ValueError(f"mla.prefill_attention: {msg}")
 
 
-def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask=None) -> None:
+def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask=None, sinks=None) -> None:
     """Every check names the argument; messages are built only on failure (this runs
     on every call). `symbolic=False` (the real kernel's call) promises int sizes."""
     if kernel not in KERNEL_CHOICES:
@@ -59,6 +61,7 @@ def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, ma
             raise _error(f"{name} must be {layout} = {want} to agree with the other inputs, "
                          f"got {tuple(t.shape)}")
     check_mask("prefill_attention", mask, device, (B, H, Sq, Sk))
+    check_sinks("prefill_attention", sinks, device, H)
 
 
 def new_output(q_nope: torch.Tensor, w_uv: torch.Tensor) -> torch.Tensor:
@@ -70,12 +73,12 @@ def new_output(q_nope: torch.Tensor, w_uv: torch.Tensor) -> torch.Tensor:
 
 
 def compute_prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                              kernel="auto", mask=None, zero_empty_rows=False) -> torch.Tensor:
+                              kernel="auto", mask=None, zero_empty_rows=False, sinks=None) -> torch.Tensor:
     """The op's computation without its checks: torch ops and kernel launches only,
     so that lowering can trace it into the graph (passes/inline_launches.py)."""
     out = new_output(q_nope, w_uv)
     select_backend(q_nope.device, kernel).prefill_attention(
-        q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows, out)
+        q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows, out, sinks)
     return out
 
 
@@ -93,15 +96,16 @@ def prefill_attention(
     kernel: str = "auto",
     mask: torch.Tensor | None = None,
     zero_empty_rows: bool = False,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MLA attention of q over the latent c_kv (see `reference.prefill_attention_reference`)."""
-    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask)
+    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask, sinks)
     return compute_prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                                     kernel, mask, zero_empty_rows)
+                                     kernel, mask, zero_empty_rows, sinks)
 
 
 @prefill_attention.register_fake
 def _prefill_attention_fake(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                            kernel="auto", mask=None, zero_empty_rows=False):
-    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask)
+                            kernel="auto", mask=None, zero_empty_rows=False, sinks=None):
+    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask, sinks)
     return new_output(q_nope, w_uv)

@@ -70,12 +70,15 @@ def rope_cache_write_reference(q_pe, k_pe, latent, cos, sin, slots, cache, block
 
 
 def _softmax(scores: torch.Tensor, causal: bool, mask: torch.Tensor | None,
-             zero_empty_rows: bool) -> torch.Tensor:
+             zero_empty_rows: bool, sinks: torch.Tensor | None = None) -> torch.Tensor:
     if mask is not None:  # eager attention: additive, upcast to fp32, before the causal fill
         scores = scores + mask.float()
     if causal:  # top-left aligned, as SDPA's is_causal: key j visible to query i iff j <= i
         keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
         scores = scores.masked_fill(~keep, float("-inf"))
+    if sinks is not None:  # one more logit per head in the denominator, no value (gpt-oss, HY-V4)
+        col = sinks.float().view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        return torch.cat([scores, col], dim=-1).softmax(dim=-1)[..., :-1]
     p = torch.softmax(scores, dim=-1)
     if zero_empty_rows:  # SDPA's safe softmax: a row with no visible key gives 0, not NaN
         p = p.masked_fill((scores == float("-inf")).all(-1, keepdim=True), 0.0)
@@ -94,11 +97,16 @@ def prefill_attention_reference(
     form: str,
     mask: torch.Tensor | None = None,
     zero_empty_rows: bool = False,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MLA attention, per head h, computing in float32:
 
         k_nope = c_kv @ w_uk[h]^T,  v = c_kv @ w_uv[h]^T
         out = softmax((q_nope @ k_nope^T + q_pe @ k_pe^T) * scale + mask) @ v
+
+    `sinks` (optional, [H]): a logit per head that joins every row's softmax
+    denominator and has no value (attention sinks); a row with no visible key then
+    gives 0. Dr may be 0 (NoPE: no rope term).
 
     `mask` (optional) is additive and broadcasts to [B, H, Sq, Sk]; with
     `zero_empty_rows` a query row whose scores are all -inf gives 0 (SDPA's safe
@@ -114,11 +122,11 @@ def prefill_attention_reference(
     if form == "decompressed":
         k_nope = torch.einsum("bsr,hdr->bhsd", c, wk)
         v = torch.einsum("bsr,hdr->bhsd", c, wv)
-        p = _softmax((qn @ k_nope.transpose(-1, -2) + rope_scores) * scale, causal, mask, zero_empty_rows)
+        p = _softmax((qn @ k_nope.transpose(-1, -2) + rope_scores) * scale, causal, mask, zero_empty_rows, sinks)
         out = p @ v
     elif form == "absorbed":
         q_lat = torch.einsum("bhqd,hdr->bhqr", qn, wk)
-        p = _softmax((q_lat @ c[:, None].transpose(-1, -2) + rope_scores) * scale, causal, mask, zero_empty_rows)
+        p = _softmax((q_lat @ c[:, None].transpose(-1, -2) + rope_scores) * scale, causal, mask, zero_empty_rows, sinks)
         out = torch.einsum("bhqr,hvr->bhqv", p @ c[:, None], wv)
     else:
         raise ValueError(f"form must be 'decompressed' or 'absorbed', got {form!r}")
@@ -134,14 +142,15 @@ def latent_attention_reference(
     causal: bool,
     mask: torch.Tensor | None = None,
     zero_empty_rows: bool = False,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax((q_lat @ c_kv^T + q_pe @ k_pe^T) * scale + mask) @ c_kv per head, in
     float32: q_lat [B,H,Sq,R], q_pe [B,H,Sq,Dr], c_kv [B,Sk,R], k_pe [B,Sk,Dr] (shared
     by the heads) -> [B,H,Sq,R] in q_lat's dtype. Mask, causal and zero_empty_rows as
-    in `prefill_attention_reference`."""
+    in `prefill_attention_reference`, `sinks` too."""
     ql, qr, c, kr = (t.float() for t in (q_lat, q_pe, c_kv, k_pe))
     scores = (ql @ c[:, None].transpose(-1, -2) + qr @ kr[:, None].transpose(-1, -2)) * scale
-    return (_softmax(scores, causal, mask, zero_empty_rows) @ c[:, None]).to(q_lat.dtype)
+    return (_softmax(scores, causal, mask, zero_empty_rows, sinks) @ c[:, None]).to(q_lat.dtype)
 
 
 def sparse_attention_reference(
@@ -184,13 +193,14 @@ class ReferenceBackend(KernelBackend):
 
     @classmethod
     def prefill_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                          mask, zero_empty_rows, out) -> None:
+                          mask, zero_empty_rows, out, sinks=None) -> None:
         out.copy_(prefill_attention_reference(
-            q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows))
+            q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows, sinks))
 
     @classmethod
-    def latent_attention(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out) -> None:
-        out.copy_(latent_attention_reference(q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows))
+    def latent_attention(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out,
+                         sinks=None) -> None:
+        out.copy_(latent_attention_reference(q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, sinks))
 
     @classmethod
     def rope_cache_write(cls, q_pe, k_pe, latent, cos, sin, slots, cache, block_size, tt, vec,

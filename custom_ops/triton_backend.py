@@ -79,7 +79,7 @@ class TritonBackend(KernelBackend):
 
     @classmethod
     def decode_over_latent(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out,
-                           paged=None) -> None:
+                           paged=None, sinks=None) -> None:
         """The absorbed attention over the latent (or a paged cache): the kernel and its
         rows per program chosen here."""
         wide = cls.decode_is_wide(q_lat, q_pe)
@@ -88,7 +88,7 @@ class TritonBackend(KernelBackend):
         block_h = cls.decode_rows_per_program(size_hint(Sq * H), on_gpu, size_hint(B), wide=wide)
         run = mla_decode_attention_wide if wide else mla_decode_attention
         run(q_lat, q_pe, c_kv, k_pe, scale, causal, mask=mask, zero_empty_rows=zero_empty_rows,
-            paged=paged, out=out, block_h=block_h)
+            paged=paged, out=out, block_h=block_h, sinks=sinks)
 
     @classmethod
     def rope(cls, xs, cos, sin, interleaved_in, interleaved_out, outs) -> None:
@@ -102,20 +102,21 @@ class TritonBackend(KernelBackend):
 
     @classmethod
     def prefill_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                          mask, zero_empty_rows, out) -> None:
+                          mask, zero_empty_rows, out, sinks=None) -> None:
         if form == "absorbed":  # q into latent space, attend over the latent, then w_uv
             q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
             o_lat = torch.empty_like(q_lat)
-            cls.latent_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, o_lat)
+            cls.latent_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, o_lat, sinks)
             out.copy_(torch.einsum("bhqr,hvr->bhqv", o_lat, w_uv))
             return
         k_nope, v = decompress(c_kv, w_uk, w_uv)
         mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale, causal, mask=mask,
-                              zero_empty_rows=zero_empty_rows, out=out)
+                              zero_empty_rows=zero_empty_rows, out=out, sinks=sinks)
 
     @classmethod
-    def latent_attention(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out) -> None:
-        cls.decode_over_latent(q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out)
+    def latent_attention(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out,
+                         sinks=None) -> None:
+        cls.decode_over_latent(q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out, sinks=sinks)
 
     @classmethod
     def sparse_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask, zero_empty_rows,

@@ -62,7 +62,7 @@ if triton is not None:
 
     @triton.jit
     def _decode_split(
-        QL, QR, C, KR, MK, OP, LSE, TABLE, SEQ,
+        QL, QR, C, KR, MK, OP, LSE, TABLE, SEQ, SINKS,
         sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d,
         sc_b, sc_t, sc_r, skr_b, skr_t, skr_d,
         smk_b, smk_h, smk_q, smk_n, st_b,
@@ -71,6 +71,7 @@ if triton is not None:
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, MASK: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
         PAGED: tl.constexpr, PAGE: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr,
+        SINK: tl.constexpr,
     ):
         scale = tl.cast(scale, tl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)  # (query, head) pairs
@@ -89,6 +90,11 @@ if triton is not None:
                      mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_H], tl.float32)
+        if SINK:  # split 0 starts from the head's sink logit (a key with no value): the
+            # combine then counts it once, in split 0's log-sum-exp
+            sink = tl.load(SINKS + hi, mask=row_ok, other=0.0).to(tl.float32)
+            m_i = tl.where(split == 0, sink, m_i)
+            l_i = tl.where(split == 0, 1.0, l_i)
         acc = tl.zeros([BLOCK_H, BR], tl.float32)
         if PAGED:  # ragged: each sequence has its own length
             Sk = tl.load(SEQ + b)
@@ -108,7 +114,9 @@ if triton is not None:
                 kr = tl.load(KR + b * skr_b + t[:, None].to(tl.int64) * skr_t + offs_d[None, :] * skr_d,
                              mask=t_ok[:, None] & d_ok[None, :], other=0.0)
             s = _dot(ql, tl.trans(c), None, PREC, UPCAST)
-            s = _dot(qr, tl.trans(kr), s, PREC, UPCAST) * scale
+            if DR > 0:  # NoPE (Dr = 0): no rope dot
+                s = _dot(qr, tl.trans(kr), s, PREC, UPCAST)
+            s = s * scale
             if MASK:  # additive, in fp32, before any exp: finfo.min stays exact
                 mk = tl.load(MK + b * smk_b + hi[:, None] * smk_h + qi[:, None] * smk_q + t[None, :] * smk_n,
                              mask=row_ok[:, None] & t_ok[None, :], other=0.0)
@@ -195,12 +203,13 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
                          out: torch.Tensor | None = None, splits: int | None = None,
                          block_h: int | None = None, block_n: int | None = None,
                          num_warps: int | None = None, num_stages: int | None = None,
-                         programs_per_sm: int = 2) -> torch.Tensor:
+                         programs_per_sm: int = 2, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """softmax((q_lat c^T + q_pe k_pe^T) * scale + mask) @ c per (query, head) row.
 
     q_lat [B, H, Sq, R], q_pe [B, H, Sq, Dr], c_kv [B, Sk, R], k_pe [B, Sk, Dr] (one dtype,
-    any strides), mask broadcasting to [B, H, Sq, Sk] -> o_lat [B, H, Sq, R] in q's
-    dtype (or written into `out`). `splits` / block sizes override the defaults (tests).
+    any strides), mask broadcasting to [B, H, Sq, Sk], optional sinks [H] (a logit per head
+    in every row's softmax denominator) -> o_lat [B, H, Sq, R] in q's dtype (or written
+    into `out`). `splits` / block sizes override the defaults (tests).
 
     `paged=(cache, block_table, seq_lens, page, (tt, vec))` reads the keys from a paged
     cache instead (c_kv and k_pe are then None): cache [num_blocks, page * (R + Dr)],
@@ -248,13 +257,13 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
     launch(
         _decode_split, (groups, B, splits),
         q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, partial, lse, table_arg, seq_arg,
-        *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *mk_strides, st_b,
+        q_lat if sinks is None else sinks, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *mk_strides, st_b,
         H, Sq, Sk, keys_per_split, float(scale),
         R=R, DR=Dr, BR=br, BDR=bdr, BLOCK_H=block_h, BLOCK_N=bn,
         CAUSAL=bool(causal), MASK=mask is not None,
         PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
         UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16,
-        PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec,
+        PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec, SINK=sinks is not None,
         # H200: 3 stages and 8 warps won at B=1 L=32768 (25 vs 28 us) but lost at B >= 32
         # (up to 1.2x slower at B=64 L=32768), so 4 warps, 2 stages; 64-row programs want 8
         # warps (the fp32 [64, 512] accumulator)

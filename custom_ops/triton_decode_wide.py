@@ -26,7 +26,7 @@ Program shape (H200 measurements in benchmarks/RESULTS.md, issue 12):
 - The combine: 4 rows x all columns per program, split by split, from 512 rows; else
   one row x 64 columns, 32 splits at a time (B = 1).
 
-Supported: everything `mla_decode_attention` takes (causal, additive mask, zero_empty_rows,
+Supported: everything `mla_decode_attention` takes (causal, additive mask, zero_empty_rows, sinks,
 any strides, `out`, the paged cache in NORMAL and SHUFFLE layouts; NORMAL pages holding
 whole key tiles read one page number per tile), for R <= 512 and Dr <= 64 (`supports`),
 fp32 / fp16 / bf16. The launcher uses only torch ops and kernel launches (through
@@ -75,7 +75,7 @@ if triton is not None:
 
     @triton.jit
     def _wide_split(
-        QL, QR, C, KR, MK, O, OP, ST, TABLE, SEQ,
+        QL, QR, C, KR, MK, O, OP, ST, TABLE, SEQ, SINKS,
         sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d,
         sc_b, sc_t, sc_r, skr_b, skr_t, skr_d,
         smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
@@ -85,7 +85,7 @@ if triton is not None:
         CAUSAL: tl.constexpr, MASK: tl.constexpr, DIRECT: tl.constexpr, ZERO_EMPTY: tl.constexpr,
         PREC: tl.constexpr, UPCAST: tl.constexpr,
         PAGED: tl.constexpr, PAGE: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr,
-        PAGE_TILE: tl.constexpr,
+        PAGE_TILE: tl.constexpr, SINK: tl.constexpr,
     ):
         # program (row group, split, sequence): the row groups of one key range are
         # neighbours in launch order, so the second group's tiles come from L2
@@ -110,6 +110,10 @@ if triton is not None:
                      mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_H], tl.float32)
+        if SINK:  # split 0 starts from the head's sink logit (a key with no value)
+            sink = tl.load(SINKS + hi, mask=row_ok, other=0.0).to(tl.float32)
+            m_i = tl.where(split == 0, sink, m_i)
+            l_i = tl.where(split == 0, 1.0, l_i)
         acc0 = tl.zeros([BLOCK_H, BC], tl.float32)
         if NSPLIT == 2:
             acc1 = tl.zeros([BLOCK_H, BC], tl.float32)
@@ -145,8 +149,11 @@ if triton is not None:
                                  mask=t_ok[:, None] & (BC + offs_c < R)[None, :], other=0.0)
                 kr = tl.load(KR + b * skr_b + t[:, None].to(tl.int64) * skr_t + offs_d[None, :] * skr_d,
                              mask=t_ok[:, None] & d_ok[None, :], other=0.0)
-            s = _wdot(qr, tl.trans(kr), None, PREC, UPCAST)
-            s = _wdot(ql0, tl.trans(c0), s, PREC, UPCAST)
+            if DR > 0:
+                s = _wdot(qr, tl.trans(kr), None, PREC, UPCAST)
+                s = _wdot(ql0, tl.trans(c0), s, PREC, UPCAST)
+            else:  # NoPE (Dr = 0): no rope dot
+                s = _wdot(ql0, tl.trans(c0), None, PREC, UPCAST)
             if NSPLIT == 2:
                 s = _wdot(ql1, tl.trans(c1), s, PREC, UPCAST)
             s = s * scale
@@ -289,7 +296,8 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
                               out: torch.Tensor | None = None, splits: int | None = None,
                               block_h: int | None = None, block_n: int | None = None,
                               num_warps: int | None = None, num_stages: int | None = None,
-                              nsplit: int | None = None, sms: int | None = None) -> torch.Tensor:
+                              nsplit: int | None = None, sms: int | None = None,
+                              sinks: torch.Tensor | None = None) -> torch.Tensor:
     """softmax((q_lat c^T + q_pe k_pe^T) * scale + mask) @ c per (query, head) row: the
     contract of `triton_decode.mla_decode_attention` (q_lat [B, H, Sq, R], q_pe
     [B, H, Sq, Dr], c_kv [B, Sk, R], k_pe [B, Sk, Dr], mask broadcasting to
@@ -345,14 +353,14 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     launch(
         _wide_split, (groups, splits, B),
         q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, out, partial, stats, table_arg, seq_arg,
-        *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *mk_strides, *out.stride(), st_b,
+        q_lat if sinks is None else sinks, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *mk_strides, *out.stride(), st_b,
         H, Sq, Sk, keys_per_split, float(scale),
         R=R, DR=Dr, BR=br, BDR=bdr, NSPLIT=ns, BLOCK_H=bh, BLOCK_N=bn,
         CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct, ZERO_EMPTY=bool(zero_empty_rows),
         PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
         UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16,
         PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec,
-        PAGE_TILE=paged is not None and tt == 1 and page % bn == 0,
+        PAGE_TILE=paged is not None and tt == 1 and page % bn == 0, SINK=sinks is not None,
         num_warps=num_warps or (8 if bh >= 64 else 4), num_stages=num_stages or 2,
     )
     if not direct:

@@ -10,6 +10,9 @@ followed by an online softmax (exp2, log2(e) folded into the scale) and p @ v, w
 fp32 accumulation. `scale` is used exactly as given (DeepSeek's yarn mscale makes it
 differ from Dqk**-0.5).
 
+Attention sinks (optional, one logit per head): the sink joins each row's softmax
+denominator and has no value; the online softmax starts from it (m = sink, l = 1).
+
 Causal masking is TOP-LEFT aligned, the convention of
 `F.scaled_dot_product_attention(is_causal=True)`: query i attends keys j <= i whatever
 Sq and Sk are (not the bottom-right alignment of decode-with-prefix). Each program
@@ -30,7 +33,8 @@ constexpr) the kernel is the mask-less one above.
 Shapes: q_nope [B, H, Sq, Dn], q_pe [B, H, Sq, Dr], k_nope [B, H, Sk, Dn],
 k_pe [B, Sk, Dr], v [B, H, Sk, Dv] -> out [B, H, Sq, Dv]. Any strides (inputs are
 usually transposed views of [B, S, H, D] projections); head dims need not be powers
-of two (padded to one in registers, masked on load and store).
+of two (padded to one in registers, masked on load and store). Dr may be 0 (NoPE MLA):
+the rope dot is then compiled out.
 """
 from __future__ import annotations
 
@@ -103,7 +107,7 @@ if triton is not None:
                 BDV: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                 CAUSAL: tl.constexpr, MASK_D: tl.constexpr, TMA: tl.constexpr,
                 POS_SCALE: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                MASK: tl.constexpr, SKIP: tl.constexpr):
+                MASK: tl.constexpr, SKIP: tl.constexpr, ROPE: tl.constexpr):
         # key blocks [lo, hi): MASKED applies the causal and the j < Sk masks.
         # K tiles come transposed ([D, BLOCK_N]) to the dots. *_src are tensor
         # descriptors (TMA: out-of-range rows and columns read as zeros) or pointer
@@ -149,7 +153,8 @@ if triton is not None:
                     kr = tl.load(kr_src)
                     vv = tl.load(v_src)
                 qk = _dot(qn, kn, None, PREC, UPCAST)
-                qk = _dot(qr, kr, qk, PREC, UPCAST)
+                if ROPE:  # NoPE (Dr = 0): no rope dot, its (masked, unused) loads dropped
+                    qk = _dot(qr, kr, qk, PREC, UPCAST)
                 if MASK:
                     # additive mask: s = qk * scale + mask in fp32 as eager attention, and
                     # m_i, the row max, in the natural-log domain (qk_scale is the plain
@@ -215,7 +220,7 @@ if triton is not None:
     # must stay a run-time value for its int64 product in _attend
     @triton.jit(do_not_specialize=["Sq", "Sk"])
     def _mla_prefill_fwd(
-        Qn, Qr, Kn, Kr, V, O, Mk, Bk,
+        Qn, Qr, Kn, Kr, V, O, Mk, Bk, Sinks,
         sqn_b, sqn_h, sqn_m, sqn_d,
         sqr_b, sqr_h, sqr_m, sqr_d,
         skn_b, skn_h, skn_n, skn_d,
@@ -231,6 +236,7 @@ if triton is not None:
         CAUSAL: tl.constexpr, MASK_D: tl.constexpr, TMA: tl.constexpr,
         POS_SCALE: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
         MASK: tl.constexpr, ZERO_EMPTY: tl.constexpr, SKIP: tl.constexpr,
+        ROPE: tl.constexpr, SINK: tl.constexpr,
     ):
         # heavy (late) query blocks first: the causal triangle then ends in small blocks
         # a float argument may arrive as fp64 (Inductor's launcher types Python floats so):
@@ -276,8 +282,16 @@ if triton is not None:
         else:
             bk_src = Bk
 
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
+        if SINK:  # the head's sink logit as a key already seen, with no value: m = sink,
+            # l = exp(0) = 1, in the scores' domain (log2 without a mask: qk_scale has log2(e))
+            sink = tl.load(Sinks + h).to(tl.float32)
+            if not MASK:
+                sink = sink * LOG2E
+            m_i = tl.full([BLOCK_M], 0.0, tl.float32) + sink
+            l_i = tl.full([BLOCK_M], 1.0, tl.float32)
+        else:
+            m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BDV], tl.float32)
 
         if CAUSAL:
@@ -291,12 +305,12 @@ if triton is not None:
             acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, bk_src, b32, h32,
             skn_n, skr_n, sv_n, smk_n, sbk_n, 0, full_end, Sk, offs_m, offs_n, m_ok,
             dn_ok, dr_ok, dv_ok, qk_scale, BDN, BDR, BDV, BLOCK_N,
-            False, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK, SKIP)
+            False, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK, SKIP, ROPE)
         acc, l_i, m_i = _attend(
             acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, bk_src, b32, h32,
             skn_n, skr_n, sv_n, smk_n, sbk_n, full_end, hi, Sk, offs_m, offs_n, m_ok,
             dn_ok, dr_ok, dv_ok, qk_scale, BDN, BDR, BDV, BLOCK_N,
-            True, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK, SKIP)
+            True, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK, SKIP, ROPE)
 
         if ZERO_EMPTY:  # SDPA's safe softmax: a row with no visible key (all -inf) is 0
             out = tl.where(l_i[:, None] > 0, acc / l_i[:, None], 0.0)
@@ -350,7 +364,7 @@ def _tma_ok(ts, dims) -> bool:
 def _use_tma(ts, dims, on_gpu: bool) -> bool:
     # Hopper and later, 16-bit inputs, long key loops: faster than pointer loads at
     # S >= 4096 (H200); at S = 1024 building the descriptors costs more than it saves
-    return (on_gpu and ts[0].dtype != torch.float32 and ts[0].shape[2] >= 2048
+    return (on_gpu and ts[0].dtype != torch.float32 and ts[0].shape[2] >= 2048 and ts[1].shape[-1] > 0
             and _tma_ok(ts, dims) and torch.cuda.get_device_capability(ts[0].device)[0] >= 9)
 
 
@@ -360,7 +374,8 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
                           num_stages: int | None = None, tma: bool | None = None,
                           mask: torch.Tensor | None = None,
                           zero_empty_rows: bool = False,
-                          block_skip: bool = False) -> torch.Tensor:
+                          block_skip: bool = False,
+                          sinks: torch.Tensor | None = None) -> torch.Tensor:
     """softmax((q_nope k_nope^T + q_pe k_pe^T) * scale + mask) @ v, per head, by the
     Triton kernel (`zero_empty_rows`: a row whose scores are all -inf gives 0, as
     SDPA's safe softmax, instead of NaN).
@@ -378,7 +393,8 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
     default: descriptors on Hopper+ for 16-bit inputs with Sk >= 2048 whose layout
     allows them (unit last stride, 16-byte aligned), pointer loads otherwise.
     `block_skip` (default off): classify the mask's blocks first and skip the all -inf
-    ones, and load no mask for the all-zero ones (bit-exact). Off by default: on the
+    ones, and load no mask for the all-zero ones (bit-exact). `sinks` ([H], optional):
+    a logit per head in every row's softmax denominator (attention sinks). Off by default: on the
     H200 the per-block branch cost more than it saved (1.3-2.6x the time of the plain
     masked loop; benchmarks/RESULTS.md, issue 16), so every block loads its mask tile.
     """
@@ -421,7 +437,7 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
         raise ValueError("mla_prefill_attention: out must be [B, H, Sq, Dv] of q's dtype")
     if known_true(out.numel() == 0):
         return out
-    if known_true(Sk == 0):  # softmax over no keys: the reference's empty matmul gives zeros
+    if known_true(Sk == 0):  # softmax over no keys (or only the sink): zeros
         return out.zero_()
 
     on_gpu = q_nope.device.type == "cuda" and not _interpreting()
@@ -433,7 +449,7 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
     bdn, bdr, bdv = _pad(Dn), _pad(Dr), _pad(Dv)
     if tma is None:  # a traced launch has no data pointer to check the alignment of
         tma = not is_traced(k_nope) and _use_tma((k_nope, k_pe, v), (bn, bdn, bdr, bdv), on_gpu)
-    elif tma and not _tma_ok((k_nope, k_pe, v), (bn, bdn, bdr, bdv)):
+    elif tma and (Dr == 0 or not _tma_ok((k_nope, k_pe, v), (bn, bdn, bdr, bdv))):
         raise ValueError("mla_prefill_attention: tma=True needs triton's TensorDescriptor, "
                          "unit last strides and 16-byte aligned K/V")
     kn_src, kr_src, v_src = k_nope, k_pe, v
@@ -449,7 +465,7 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
     grid = (triton.cdiv(Sq, bm), B * H)
     launch(
         _mla_prefill_fwd, grid, q_nope, q_pe, kn_src, kr_src, v_src, out, q_nope if mask is None else mask,
-        q_nope if table is None else table,
+        q_nope if table is None else table, q_nope if sinks is None else sinks,
         *q_nope.stride(), *q_pe.stride(), *k_nope.stride(), *k_pe.stride(),
         *v.stride(), *out.stride(), *mask_strides,
         *(block_strides(table) if skip else (0, 0, 0, 0)),
@@ -460,7 +476,7 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
         MASK_D=(bdn, bdr, bdv) != (Dn, Dr, Dv), TMA=bool(tma), POS_SCALE=float(scale) >= 0,
         PREC="ieee" if q_nope.dtype == torch.float32 else "tf32",
         UPCAST=_interpreting() and q_nope.dtype == torch.bfloat16, MASK=mask is not None,
-        ZERO_EMPTY=bool(zero_empty_rows), SKIP=skip,
+        ZERO_EMPTY=bool(zero_empty_rows), SKIP=skip, ROPE=Dr > 0, SINK=sinks is not None,
         num_warps=nw, num_stages=ns,
     )
     return out

@@ -39,6 +39,8 @@ def arrange(graph: fx.Graph, piece: Piece) -> fx.Node:
     for pos, i in enumerate(src):
         if i is None:
             x = _call(graph, aten.unsqueeze.default, (x, pos))
+    if piece.cut:
+        x = _call(graph, aten.slice.Tensor, (x, -1, *piece.cut))
     return x
 
 
@@ -81,8 +83,24 @@ def arrange_mask(graph: fx.Graph, call: AttentionCall, p) -> fx.Node | None:
     lead = nb + 2 - len(shape)
     require(lead >= 0, f"mask of rank {len(shape)} for scores of rank {nb + 2}")
     axes = [None] * lead + [None if known_equal(s, 1) else Axis(i, 1, s, s) for i, s in enumerate(shape)]
+    order = call.roles or tuple(range(nb + 2))  # the scores' axis of each role
     roles = [p.batch_role, p.head_role, nb, nb + 1]
-    return arrange(graph, Piece(call.mask, tuple(None if i is None else axes[i] for i in roles)))
+    return arrange(graph, Piece(call.mask, tuple(None if i is None else axes[order[i]] for i in roles)))
+
+
+def arrange_sinks(graph: fx.Graph, call: AttentionCall, p) -> fx.Node | None:
+    """The sink logits as the op's [H]: they may vary over the heads only."""
+    if call.sinks is None:
+        return None
+    axes = call.sinks.axes
+    require(p.batch_role is None or axes[p.batch_role] is None, "the sink logit varies over the batch")
+    head = axes[p.head_role] if p.head_role is not None else None
+    x = arrange(graph, Piece(call.sinks.base, (head,)))
+    if head is None:  # one logit for every head
+        sizes = shape_args(graph, [p.sizes["H"]], [call.q.base, *_inputs(graph)])
+        require(sizes is not None, "no symbolic size for the heads of the sink logits")
+        x = _call(graph, aten.expand.default, (x, sizes))
+    return x
 
 
 def arrange_result(graph: fx.Graph, out: fx.Node, call: AttentionCall, p) -> fx.Node:
@@ -134,8 +152,9 @@ def emit_attention(graph: fx.Graph, call: AttentionCall, p, op, operands, option
         require(out_dtype == dtype or (call.upcast and rounded_back(call.output, dtype)),
                 f"attention output is {out_dtype}, operands {dtype}")
         mask = arrange_mask(graph, call, p)
-        try:
-            out = _call(graph, op, (*args, *options, mask, call.zero_empty_rows))
+        sinks = arrange_sinks(graph, call, p)
+        try:  # sinks only when there are (graphs without them print as before)
+            out = _call(graph, op, (*args, *options, mask, call.zero_empty_rows, *([sinks] if sinks is not None else [])))
         except ValueError as e:  # the op's own checks: shapes that do not agree
             raise NoMatch(str(e)) from None
         result = arrange_result(graph, out, call, p)

@@ -21,7 +21,7 @@ from ..compat import is_joint_graph, known_equal
 from ..lowering.attention_form import choose_attention_form
 from ..report import Match, NearMiss, PassRecord
 from .attention_forms import SDPA_OPS, AttentionCall, NotAttention, search_eager, search_sdpa
-from .canonicalize import slice_assign_to_cat
+from .canonicalize import drop_empty_cat_parts, read_back_written, slice_assign_to_cat
 from . import causal_mask, latent_attention, sparse_attention
 from .arrange import arrange, emit_attention
 from .match_utils import NoMatch, aten, require, val
@@ -59,8 +59,12 @@ def replace(graph: fx.Graph, call: AttentionCall, p: MlaPieces, kernel: str) -> 
     form = choose_attention_form(s["Sq"], s["Sk"], s["H"], s["Dn"], s["Dr"], s["Dv"], s["R"])
     def operands() -> list:
         views: dict = {}  # one W.view(H, width, R) per weight
-        return [*(arrange(graph, piece) for piece in (p.q_nope, p.q_pe, p.keys.latent, p.k_pe)),
-                _head_weights(graph, p.keys, views), _head_weights(graph, p.values, views)]
+        q_nope, c_kv = arrange(graph, p.q_nope), arrange(graph, p.keys.latent)
+        if p.q_pe is None:  # NoPE: zero-width rope parts, views of q and the latent
+            q_pe, k_pe = (_call(graph, aten.slice.Tensor, (t, -1, 0, 0)) for t in (q_nope, c_kv))
+        else:
+            q_pe, k_pe = arrange(graph, p.q_pe), arrange(graph, p.k_pe)
+        return [q_nope, q_pe, c_kv, k_pe, _head_weights(graph, p.keys, views), _head_weights(graph, p.values, views)]
 
     emit_attention(graph, call, p, prefill_op, operands, (call.scale, call.causal, form, kernel))
     return form
@@ -78,6 +82,7 @@ def _describe(call: AttentionCall, p: MlaPieces, form: str, mask_proof: str | No
         "scale_from": " * ".join(f"{where} {c:.6g}" for where, c in call.scale_factors) or "none",
         "scale_decomposition": f"({s['Dn']}+{s['Dr']})^-0.5 * {rest:.6g}" if rest else "dynamic",
         "mask": mask + (" (safe softmax)" if call.zero_empty_rows else ""),
+        **({"sinks": "per head"} if call.sinks is not None else {}),
         **({"mask_proof": mask_proof} if mask_proof else {}),
     }
 
@@ -92,6 +97,10 @@ def _fuse_mla(graph: fx.Graph, call: AttentionCall, pieces: MlaPieces, kernel: s
         dsa = None
     except NoMatch as why:
         dsa, dense_why = None, f"left dense: {why}"
+    unsupported = ("attention sinks" if call.sinks is not None else "scores in [B, S, H, T] order" if call.roles
+                   else "no RoPE part (NoPE)" if pieces.q_pe is None else None)
+    if dsa is not None and unsupported:  # the sparse op has none of these
+        dsa, dense_why = None, f"left dense: {unsupported} (the sparse op does not take them)"
     if dsa is not None:
         try:  # nodes built before a refusal are dead: the pass manager drops them
             sparse_attention.replace(graph, call, pieces, dsa, kernel, _head_weights)
@@ -103,7 +112,9 @@ def _fuse_mla(graph: fx.Graph, call: AttentionCall, pieces: MlaPieces, kernel: s
                       or "none") + "+top-k" + (" (safe softmax)" if call.zero_empty_rows else ""),
                       sparse_proof=dsa.proof)
         return Match("attention.mla", params)
-    call, proof = causal_mask.prove(graph, call, (pieces.sizes["Sq"], pieces.sizes["Sk"]))  # causal=True
+    # a mask built causal: causal=True (its proof reads the scores' axes in order)
+    call, proof = (call, None) if call.roles else causal_mask.prove(
+        graph, call, (pieces.sizes["Sq"], pieces.sizes["Sk"]))
     params = _describe(call, pieces, replace(graph, call, pieces, kernel), proof)
     if dense_why:
         params["sparse"] = dense_why
@@ -123,6 +134,8 @@ def fuse_attention(graph: fx.Graph, options, record: PassRecord) -> None:
                                                "attention's intermediates are saved for the backward"))
         return
     slice_assign_to_cat(graph)
+    drop_empty_cat_parts(graph)
+    read_back_written(graph)
     for node in list(graph.nodes):
         search = _anchor(node)
         if search is None:

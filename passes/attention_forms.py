@@ -22,6 +22,7 @@ from ..compat import known_equal, real_tensors
 from .layout import Axis, AxisMap, trace_axes
 from .bmm_roles import operand_dims, output_order, probs_places, rhs_batch, scores_places, whole
 from .match_utils import NoMatch, aten, describe, expect_op, is_op, norm_dim, prims, require, val
+from . import sinks as sinks_form
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class AttentionCall:
     kind: str                    # "eager" or "sdpa"
     qk2: Optional[tuple] = None  # (q2, k2): scores = q k^T + q2 k2^T (two bmms, e.g. latent + rope)
     out_order: Optional[tuple] = None  # roles (L..., q, v) in the order `output` flattens them
+    sinks: Optional[Operand] = None  # a sink logit column, roles (L..., q): in the denominator only
+    roles: Optional[tuple] = None  # the scores' axis of each role (None: in order), e.g. [B, S, H, T]
 
 
 class NotAttention(NoMatch):
@@ -161,7 +164,7 @@ def _parse_logits(x: fx.Node) -> tuple[fx.Node, Optional[fx.Node], list]:
     """softmax input -> (scores node, additive mask, scale factors), reading
     x = scores * c (or / c) + mask, in any operand order, dtype casts skipped."""
     mask, factors = None, []
-    x = _same_shape_views(_unconvert(x))
+    x = _unconvert(_same_shape_views(_unconvert(x)))  # the copy `scores += mask` may make, either side of a cast
     if is_op(x, aten.add.Tensor) and x.kwargs.get("alpha", 1) == 1 and len(_score_terms(x)) == 1:
         a, b = x.args  # scores + mask (two bmm terms are both scores: `_score_terms`)
         scores_side = [(s, m) for s, m in ((a, b), (b, a)) if isinstance(m, fx.Node) and _reaches_scores(s)]
@@ -180,7 +183,8 @@ def _parse_logits(x: fx.Node) -> tuple[fx.Node, Optional[fx.Node], list]:
     return x, mask, factors
 
 
-_RESHAPES = (aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.alias.default)
+_RESHAPES = (aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.alias.default,
+             aten.clone.default)  # clone: the same values (`scores += mask` may copy)
 _REINDEX = _RESHAPES + (aten.permute.default, aten.unsqueeze.default, aten.squeeze.dim)
 
 
@@ -259,15 +263,37 @@ def _reaches_bmm(node) -> bool:
     return False
 
 
-def _refuse_sliced_softmax(node: fx.Node) -> None:
-    """P sliced out of a wider softmax (attention sinks: extra logits that take
-    probability mass) is attention the fused op cannot express."""
-    if is_op(node, aten.slice.Tensor):
-        try:
-            parse_softmax(trace_axes(node.args[0])[0])
-        except NoMatch:
-            return
-        raise NoMatch("probabilities are a slice of a wider softmax (extra logits, e.g. attention sinks)")
+def _is_softmax(node: fx.Node) -> bool:
+    try:
+        parse_softmax(node)
+    except NoMatch:
+        return False
+    return True
+
+
+def _sink_operand(col: fx.Node, nb: int, perm: list) -> Operand:
+    """The sink column [L..., q, 1] (scores' axes) read back to its parameter: roles (L..., q)."""
+    op = trace_operand(col)
+    require(op.factor == 1.0, "the sink logits are scaled")
+    axes = tuple(op.axes[j] for j in perm[:nb + 1])
+    require(axes[nb] is None, "the sink logit varies over the queries")
+    return replace(op, axes=axes)
+
+
+def _role_order(places: list, nb: int) -> list:
+    """The scores' axis of each role (L..., q, k). The query is a row of the q k^T bmm
+    (the key cannot vary along it); scores written [B, S, H, T] (DeepSeek's naive
+    einsum "bshd,bthd->bsht") have the heads, a bmm batch axis, next to the keys and the
+    positions before them: the one row role among the batch axes is then the query (or,
+    with none, a size-1 one: a decode step's single position)."""
+    perm = list(range(nb + 2))
+    if places[nb] is None or places[nb][0] == 1:
+        return perm
+    rows = [i for i in range(nb) if places[i] is not None and places[i][0] == 1]
+    rows = rows or [i for i in range(nb) if places[i] is None]
+    if len(rows) == 1:
+        perm[rows[0]], perm[nb] = nb, rows[0]
+    return perm
 
 
 def search_eager(pv: fx.Node) -> AttentionCall:
@@ -278,17 +304,28 @@ def search_eager(pv: fx.Node) -> AttentionCall:
         p_base, _ = trace_axes(p_src)
     except NoMatch as e:
         raise NotAttention(str(e)) from None
-    _refuse_sliced_softmax(_unconvert(p_base))  # sliced in fp32, then cast back: the same
+    softmax, sinks = p_base, None
+    if is_op(_unconvert(p_base), aten.slice.Tensor):  # sliced in fp32, then cast back: the same
+        if not _is_softmax(_unconvert(p_base).args[0]):  # no softmax: no attention here
+            raise NotAttention("probabilities are a slice of something other than a softmax")
+        softmax = sinks_form.sink_softmax(_unconvert(p_base), _is_softmax)  # P = softmax(..)[..., :-1]
     try:
-        x, zero_empty = parse_softmax(p_base)
+        x, zero_empty = parse_softmax(softmax)
     except NoMatch as e:
         raise NotAttention(str(e)) from None
     batch = tuple(val(p_base).shape[:-2])
     nb = len(batch)
-    require(tuple(val(x).shape) == tuple(val(p_base).shape), "softmax input broadcasts the scores")
-    pv_places = probs_places(p3, p_base, nb)  # where P @ V holds each role
+    require(tuple(val(x).shape) == tuple(val(softmax).shape), "softmax input broadcasts the scores")
+    col = None
+    if softmax is not p_base:  # attention sinks: the softmax's last column is a logit per head
+        x, col = sinks_form.split_sinks(x, _unconvert)
     scores, mask, factors = _parse_logits(x)
-    terms = [_qk_term(t, nb, val(scores).shape) for t in _score_terms(scores)]
+    score_terms = _score_terms(scores)
+    perm = _role_order(_term_places(score_terms[0], nb, val(scores).shape)[1], nb)
+    batch = tuple(val(p_base).shape[j] for j in perm[:nb])
+    sinks = None if col is None else _sink_operand(col, nb, perm)
+    pv_places = [probs_places(p3, p_base, nb)[j] for j in perm]  # where P @ V holds each role
+    terms = [_qk_term(t, nb, val(scores).shape, perm) for t in score_terms]
     (q, k, term_factors), rest = terms[0], terms[1:]
     if rest:  # one scale for both: a per-term scale is not one attention's
         require(math.prod(c for _, c in rest[0][2]) == math.prod(c for _, c in term_factors),
@@ -301,11 +338,13 @@ def search_eager(pv: fx.Node) -> AttentionCall:
     out_places = pv_places[:nb + 1] + [whole(2, dv)]
     return AttentionCall(q, k, v, batch, math.prod(c for _, c in factors), tuple(factors),
                          mask, False, zero_empty, upcast, pv, "matmul",
-                         tuple(rest[0][:2]) if rest else None, tuple(output_order(out_places)))
+                         tuple(rest[0][:2]) if rest else None, tuple(output_order(out_places)), sinks,
+                         None if perm == sorted(perm) else tuple(perm))
 
 
-def _qk_term(node: fx.Node, nb: int, shape) -> tuple[Operand, Operand, list]:
-    """One q k^T bmm of the scores (scalar multiplies on it peeled): (q, k, factors)."""
+def _term_places(node: fx.Node, nb: int, shape) -> tuple[fx.Node, list, list]:
+    """One q k^T bmm of the scores (scalar multiplies on it peeled): (bmm, the places of
+    the scores' axes on it, factors)."""
     factors = []
     node = _unconvert(node)
     while (c := _scalar_factor(node)) is not None:
@@ -314,7 +353,13 @@ def _qk_term(node: fx.Node, nb: int, shape) -> tuple[Operand, Operand, list]:
     qk, s_axes = trace_axes(node)
     expect_op(qk, aten.bmm.default, what="scores")
     require(tuple(val(node).shape) == tuple(shape), "a score term broadcasts to the scores")
-    places = scores_places(s_axes, qk, nb)
+    return qk, scores_places(s_axes, qk, nb), factors
+
+
+def _qk_term(node: fx.Node, nb: int, shape, perm: list) -> tuple[Operand, Operand, list]:
+    """One q k^T bmm of the scores, its roles in `perm`'s order: (q, k, factors)."""
+    qk, places, factors = _term_places(node, nb, shape)
+    places = [places[j] for j in perm]
     d = val(qk.args[0]).shape[2]
     q = unflatten_operand(qk.args[0], places[:nb + 1] + [whole(2, d)], "query")
     k = unflatten_operand(qk.args[1], rhs_batch(places[:nb]) + [places[nb + 1], whole(1, d)], "key")

@@ -3,6 +3,8 @@
 Given an AttentionCall (q, k, v over roles), this reads, by structure and shapes only:
   q = cat(q_nope, q_pe) along the feature axis;
   k = cat(k_nope, k_pe broadcast over heads);
+  or, NoPE (no rope part: Kimi-Linear, GLM-5-Next, Mistral-Large-4's NoPE layers), q and
+      k the no-rope parts alone, k and v windows of ONE up-projection (kv_b_proj);
   k_nope and v = per-head slices of up-projections `c @ W^T` of ONE latent c,
       W's rows head-major: W.view(H, width, R)[:, offset:offset + length];
 and returns each piece with the axes of its node that the op's roles index.
@@ -27,6 +29,7 @@ class Piece:
     node: fx.Node
     axes: AxisMap                # axes of node, in the op argument's role order
     window: tuple = ()           # (axis, start, end): the piece is node[start:end] along axis
+    cut: tuple = ()              # (start, end): then [start:end] of the last role, once arranged
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,8 @@ class Projection:
 @dataclass(frozen=True)
 class MlaPieces:
     q_nope: Piece                # (b, h, q, d)
-    q_pe: Piece
-    k_pe: Piece                  # (b, k, d)
+    q_pe: Optional[Piece]        # None: NoPE, q and k are the no-rope parts alone
+    k_pe: Optional[Piece]        # (b, k, d), shared by the heads
     keys: Projection
     values: Projection
     batch_role: Optional[int]    # which batch role of the scores is the batch (None: B = 1)
@@ -80,10 +83,12 @@ def _query_parts(q: Operand, nope: object) -> tuple[Piece, Piece]:
         (qn, qn_axes), (qr, qr_axes) = _parts(q, "query")
         return Piece(qn, qn_axes), Piece(qr, qr_axes)
     feat = q.axes[-1]
-    require(feat is not None and feat.whole and all(a is None or a.whole for a in q.axes),
-            "query: the head dim is not a whole axis of its tensor")
+    require(feat is not None, "query: the head dim is broadcast")
     require(isinstance(nope, int) and isinstance(feat.size, int) and nope < feat.size,
             "query: no static split of the head dim into no-rope and rope parts")
+    if not (feat.whole and all(a is None or a.whole for a in q.axes)):
+        # q used whole, e.g. a view of q_proj's output: split once viewed as the op's q
+        return Piece(q.base, q.axes, cut=(0, nope)), Piece(q.base, q.axes, cut=(nope, feat.size))
     ax = feat.base_axis
     return (Piece(q.base, q.axes[:-1] + (Axis(ax, 1, nope, nope),), (ax, 0, nope)),
             Piece(q.base, q.axes[:-1] + (Axis(ax, 1, feat.size - nope, feat.size - nope),),
@@ -210,34 +215,66 @@ def _same_piece(a: Piece, b: Piece) -> bool:
         for x, y in zip(a.axes, b.axes))
 
 
+def _key_parts(call: AttentionCall):
+    """(k_nope, its role axes, k_pe, its role axes); k_pe None for a key with no
+    rope part (not a concatenation: NoPE)."""
+    if is_op(call.k.base, aten.cat.default):
+        (k_nope, kn_axes), (k_pe, kr_axes) = _parts(call.k, "key")
+        return k_nope, kn_axes, k_pe, kr_axes
+    return call.k.base, call.k.axes, None, None
+
+
 def mla_pieces(call: AttentionCall) -> MlaPieces:
     nb = len(call.batch)
     require(1 <= nb <= 2, f"scores have {nb} batch axes (expected heads, or batch and heads)")
-    (k_nope, kn_axes), (k_pe, kr_axes) = _parts(call.k, "key")
-    k_rows = _rows(k_nope, kn_axes, "key no-rope part")
-    q_nope, q_pe = _query_parts(call.q, k_rows.length)
-    qn_axes, qr_axes = q_nope.axes, q_pe.axes
+    k_nope, kn_axes, k_pe, kr_axes = _key_parts(call)
+    nope = k_pe is None
+    try:
+        k_rows = _rows(k_nope, kn_axes, "key (no rope part: NoPE)" if nope else "key no-rope part")
+    except NoMatch as why:
+        if not nope:
+            raise
+        raise NoMatch(f"key is no cat([k_nope, k_pe]) ({describe(k_nope)}), nor a NoPE key: {why}") from None
+    if nope:
+        require(not is_op(call.q.base, aten.cat.default), "the query has a rope part, the key none")
+        q_nope, q_pe = Piece(call.q.base, call.q.axes), None
+    else:
+        q_nope, q_pe = _query_parts(call.q, k_rows.length)
+    qn_axes = q_nope.axes
     v_rows = _rows(call.v.base, call.v.axes, "value")
     batch_role, head_role = _split_roles(k_rows.roles, nb)
     keys = _projection(k_rows, nb, batch_role, head_role, "key no-rope part")
     values = _projection(v_rows, nb, batch_role, head_role, "value")
     require(_same_piece(keys.latent, values.latent), "keys and values are not projections of one latent")
-    dn, dr = qn_axes[-1].size, qr_axes[-1].size
+    # with no rope part the key alone does not say MLA (q_proj/k_proj/v_proj attention has
+    # keys and values from one input too): MLA's are two windows of one up-projection
+    require(not nope or keys.weight is values.weight,
+            "no rope part, and keys and values are not windows of one up-projection (NoPE MLA's kv_b_proj)")
+    dn = _width(q_nope)
     require(known_equal(keys.length, dn), f"key no-rope width {keys.length} differs from the query's {dn}")
-    kpe_base, kpe_axes = trace_axes(k_pe)
-    kpe_roles = compose(kr_axes, kpe_axes)
-    if head_role is not None and kpe_roles[head_role] is not None:
-        raise NoMatch("key rope part varies over heads (MLA shares one k_pe across heads)")
+    roles4 = [batch_role, head_role, nb, nb + 1]
+    if nope:
+        dr, sk, kpe = 0, kn_axes[nb].size if kn_axes[nb] else 1, None
+    else:
+        kpe_base, kpe_axes = trace_axes(k_pe)
+        kpe_roles = compose(kr_axes, kpe_axes)
+        if head_role is not None and kpe_roles[head_role] is not None:
+            raise NoMatch("key rope part varies over heads (MLA shares one k_pe across heads)")
+        dr = _width(q_pe)
+        sk = val(kpe_base).shape[kpe_roles[nb].base_axis] if kpe_roles[nb] else 1
+        kpe = Piece(kpe_base, _pick(kpe_roles, [batch_role, nb, nb + 1]))
+        q_pe = Piece(q_pe.node, _pick(q_pe.axes, roles4), q_pe.window, q_pe.cut)
     sizes = dict(B=call.batch[batch_role] if batch_role is not None else 1,
                  H=call.batch[head_role] if head_role is not None else 1,
                  Sq=qn_axes[nb].size if qn_axes[nb] else 1,
-                 Sk=val(kpe_base).shape[kpe_roles[nb].base_axis] if kpe_roles[nb] else 1,
-                 Dn=dn, Dr=dr, Dv=values.length, R=val(keys.weight).shape[1])
-    return MlaPieces(
-        Piece(q_nope.node, _pick(qn_axes, [batch_role, head_role, nb, nb + 1]), q_nope.window),
-        Piece(q_pe.node, _pick(qr_axes, [batch_role, head_role, nb, nb + 1]), q_pe.window),
-        Piece(kpe_base, _pick(kpe_roles, [batch_role, nb, nb + 1])),
-        keys, values, batch_role, head_role, sizes)
+                 Sk=sk, Dn=dn, Dr=dr, Dv=values.length, R=val(keys.weight).shape[1])
+    return MlaPieces(Piece(q_nope.node, _pick(qn_axes, roles4), q_nope.window, q_nope.cut), q_pe, kpe,
+                     keys, values, batch_role, head_role, sizes)
+
+
+def _width(piece: Piece):
+    """The size of a piece's last role (its feature width)."""
+    return piece.cut[1] - piece.cut[0] if piece.cut else piece.axes[-1].size
 
 
 def _pick(axes: AxisMap, roles: list) -> AxisMap:

@@ -65,7 +65,8 @@ MAX_POS = 16
 # name: (expect, near miss required, description). expect may be refined per program
 # (see Program.expect): e.g. order_q_swap with N == Dr is still the same arithmetic.
 LOOKALIKES = {
-    "sink": ("leave", True, "attention sinks: an extra logit column in the softmax, dropped after"),
+    "sink": ("match", False, "attention sinks: an extra logit column in the softmax, dropped after "
+                             "(fused: the op's sinks)"),
     "softcap": ("leave", True, "tanh soft-capping of the scores"),
     "per_head_kpe": ("leave", True, "k_pe projected per head (not shared)"),
     "v_other": ("leave", True, "V from its own projection of x, not from the latent"),
@@ -102,8 +103,6 @@ LOOKALIKES = {
 # nor for a wrong result: a miscompile always fails. MLA_FUZZ_STRICT=1 (tests/test_fuzz_attention.py) ignores this
 # table: use it to check a fix, then delete the entry.
 KNOWN_ISSUES = {
-    "q_whole": ("gap", "rope none and q used whole (never split/concatenated): 'query: the head dim "
-                       "is not a whole axis of its tensor'"),
     "iadd_on_bmm_view": ("gap", "an fp32 mask += into bf16 matmul/einsum scores (a cast between the add "
                                 "and the view back): left alone (same-dtype += matches, on matmul and einsum)"),
     "sdpa_math_pad_v": ("gap", "SDPA reaching the pass as its CPU math decomposition (3-D [H, T, D] "
@@ -206,8 +205,6 @@ class Program:
 
     def _known_issues(self) -> list[str]:
         look, out = self.lookalike, []
-        if self.q_asm == "whole":
-            out.append("q_whole")
         fresh_scores = (self.scale_where in ("scores_mul", "scores_div", "scores_neg")
                         or look in ("tensor_scale", "softcap", "mult_mask", "masked_fill", "mask_before_scale"))
         if (self.attn == "eager" and self.mask != "none" and self.mask_add == "iadd" and not fresh_scores

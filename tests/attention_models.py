@@ -25,8 +25,10 @@ SHAPES (catalogue at the bottom), kind "match":
   token_einsum        tokens [T,H,D], even/odd RoPE, einsum "thd,shd->hts", causal
   token_matmul        the same through transpose(0, 1) + matmul
   two_layers          two hf_v3 layers on the same x, summed (expected_matches = 2)
+  sink                gpt-oss / HY-V4 attention sinks: a logit per head as an extra
+                      softmax column, dropped after (the op's `sinks`)
 kind "leave_alone" (expected_matches = 0; compiled must still equal eager):
-  sink / softcap      attention-sink softmax column / tanh(scores / cap) * cap
+  softcap             tanh(scores / cap) * cap
   per_head_rope       k_pe with H heads (MHA with a rope part, not MLA)
   separate_v          V from its own projection of x, not from the latent
 """
@@ -358,13 +360,11 @@ class TokenMLA(_MLA):
         return self.o_proj(out.reshape(T, H * V))
 
 
-# ------------------------------------------------------------ look-alikes to leave alone
+# ------------------------------------------------------------ attention sinks
 
 class SinkAttention(HFMLA):
     """gpt-oss style attention sinks: a learned per-head logit as an extra softmax
-    column, dropped after the softmax. Not plain softmax(q k^T) v."""
-
-    expected_matches = 0
+    column, dropped after the softmax (HY-V4 also subtracts the row max first)."""
 
     def __init__(self, size: AttnSize, dtype: torch.dtype, seed: int = 0, **kw):
         super().__init__(size, dtype, seed, **kw)
@@ -373,9 +373,12 @@ class SinkAttention(HFMLA):
     def _probs(self, scores, dtype):
         B, H, S, _ = scores.shape
         sinks = self.sinks.reshape(1, H, 1, 1).expand(B, H, S, 1)
-        probs = torch.cat([scores, sinks], dim=-1).softmax(dim=-1)
-        return probs[..., :-1].to(dtype)
+        combined = torch.cat([scores, sinks], dim=-1)  # HY-V4 (transformers 5.23): row max off first
+        combined = combined - combined.max(dim=-1, keepdim=True).values
+        return F.softmax(combined, dim=-1, dtype=combined.dtype)[..., :-1].to(dtype)
 
+
+# ------------------------------------------------------------ look-alikes to leave alone
 
 class SoftcapAttention(HFMLA):
     """Gemma-2 style logit soft-capping tanh(scores / cap) * cap before softmax."""
@@ -466,7 +469,7 @@ SHAPES = [
     Shape("token_einsum", lambda s, dt: TokenMLA(s, dt, attn="einsum"), "match"),
     Shape("token_matmul", lambda s, dt: TokenMLA(s, dt, attn="matmul", yarn=True), "match"),
     Shape("two_layers", lambda s, dt: TwoLayerMLA(s, dt, **HF_V3), "match"),
-    _hf("sink", SinkAttention, "leave_alone"),
+    _hf("sink", SinkAttention, key="copy", latent4d=True),
     _hf("softcap", SoftcapAttention, "leave_alone", yarn=True),
     _hf("per_head_rope", PerHeadRopeAttention, "leave_alone", key="cat"),
     _hf("separate_v", SeparateVAttention, "leave_alone", key="copy"),

@@ -1,5 +1,5 @@
-"""Model code in the shape of DeepSeek's inference code (attn_impl="absorb"), written
-for these tests: the latent and rope caches are buffers updated by slice assignment,
+"""Model code in the shape of DeepSeek's inference code (attn_impl="absorb", and
+`NaiveMLA` for attn_impl="naive"), written for these tests: the latent and rope caches are buffers updated by slice assignment,
 q_nope is absorbed through kv_b's weight with an einsum, the scores are the sum of two
 einsums over the caches, and the output goes back through kv_b's value rows.
 
@@ -73,6 +73,43 @@ class AbsorbedMLA(nn.Module):
         values = self.other if self.variant == "value_other" else self.kv_cache
         out = torch.einsum("bsht,btc->bshc", scores, values[:bsz, :end])
         out = torch.einsum("bshc,hdc->bshd", out, wkv_b[:, -self.v:])
+        return self.wo(out.flatten(2))
+
+
+class NaiveMLA(AbsorbedMLA):
+    """attn_impl="naive": K and V decompressed through wkv_b, written to per-head K/V
+    cache buffers by slice assignment, scores an einsum over the K cache in [B, S, H, T]
+    order, scaled, the [S, T] mask added over the heads, P @ the V cache. The caches hold
+    decompressed keys: only a step that reads back exactly what it wrote (a prefill from
+    position 0 of the whole batch the buffers hold) is attention over this step's latent."""
+
+    def __init__(self, dim=64, heads=4, rank=32, nope=16, rope=8, v=16, max_batch=2, max_len=64,
+                 dtype=torch.float32):
+        super().__init__(dim, heads, rank, nope, rope, v, max_batch, max_len, dtype=dtype)
+        del self.kv_cache, self.pe_cache
+        self.register_buffer("k_cache", torch.zeros(max_batch, max_len, heads, nope + rope, dtype=dtype),
+                             persistent=False)
+        self.register_buffer("v_cache", torch.zeros(max_batch, max_len, heads, v, dtype=dtype), persistent=False)
+
+    def forward(self, x, start_pos: int, freqs, mask=None):
+        bsz, seqlen, _ = x.shape
+        end = start_pos + seqlen
+        q = self.wq(x).view(bsz, seqlen, self.heads, self.nope + self.rope)
+        q_nope, q_pe = torch.split(q, [self.nope, self.rope], dim=-1)
+        q_pe = rotate(q_pe, freqs)
+        kv, k_pe = torch.split(self.wkv_a(x), [self.rank, self.rope], dim=-1)
+        k_pe = rotate(k_pe.unsqueeze(2), freqs)
+        q = torch.cat([q_nope, q_pe], dim=-1)
+        kv = self.wkv_b(self.kv_norm(kv)).view(bsz, seqlen, self.heads, self.nope + self.v)
+        k_nope, v = torch.split(kv, [self.nope, self.v], dim=-1)
+        k = torch.cat([k_nope, k_pe.expand(-1, -1, self.heads, -1)], dim=-1)
+        self.k_cache[:bsz, start_pos:end] = k
+        self.v_cache[:bsz, start_pos:end] = v
+        scores = torch.einsum("bshd,bthd->bsht", q, self.k_cache[:bsz, :end]) * self.scale
+        if mask is not None:
+            scores += mask.unsqueeze(1)
+        scores = scores.softmax(dim=-1, dtype=torch.float32).type_as(x)
+        out = torch.einsum("bsht,bthd->bshd", scores, self.v_cache[:bsz, :end])
         return self.wo(out.flatten(2))
 
 

@@ -26,7 +26,6 @@ ODD = AttnSize(B=1, S=5, H=3)  # a batch of one (size-1 axes everywhere) and odd
 
 # why each look-alike is left alone (a substring of the report's reason)
 LEFT_ALONE_BECAUSE = {
-    "sink": "slice of a wider softmax",
     "softcap": "aten.tanh",
     "per_head_rope": "varies over heads",
     "separate_v": "not projections of one latent",

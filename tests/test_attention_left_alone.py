@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from attention_models import HFMLA, AttnSize, SinkAttention  # noqa: E402
+from attention_models import HFMLA, AttnSize  # noqa: E402
 
 from mla_compile.report import LeftAloneError  # noqa: E402
 
@@ -34,17 +34,6 @@ class GatedProbsAttention(HFMLA):
         return probs * self.gate.view(1, -1, 1, 1)
 
 
-class SinkCastAttention(SinkAttention):
-    """Sinks with the softmax in fp32, sliced, then cast back (the fuzzer's
-    sink_cast_quiet): the cast hid the slice from the reader."""
-
-    def _probs(self, scores, dtype):
-        B, H, S, _ = scores.shape
-        sinks = self.sinks.reshape(1, H, 1, 1).expand(B, H, S, 1)
-        probs = torch.softmax(torch.cat([scores, sinks], dim=-1), dim=-1, dtype=torch.float32)
-        return probs[..., :-1].to(dtype)
-
-
 def _compile(model, options):
     reports = []
     compiled = torch.compile(model, backend="mla", options={"report": reports.append, **options})
@@ -61,8 +50,6 @@ def _attention_misses(reports):
 # (model, dtype, a substring of the reason)
 QUIET_BEFORE = {
     "gated_probs": (GatedProbsAttention, torch.float32, "through aten.mul.Tensor"),
-    # sink probabilities in fp32, sliced, cast back to bf16 (the fuzzer's sink_cast_quiet)
-    "sink_cast": (SinkCastAttention, torch.bfloat16, "slice of a wider softmax"),
 }
 
 

@@ -32,6 +32,8 @@ pytestmark = pytest.mark.skipif(
 
 from transformers_tiny import build, families, mla_layers  # noqa: E402
 
+from mla_compile.lowering.attention_form import choose_attention_form  # noqa: E402
+
 NEW = 16
 
 
@@ -42,24 +44,17 @@ class Gap:
     rope: int        # RoPE launches per graph
     note: str        # what is missing, and where it is tracked
     breaks: bool = False  # Dynamo splits the model into many graphs: checked pooled over them
+    other: str = ""  # pooled: a near miss that is not MLA attention, also expected
 
 
 GAPS: dict[str, Gap] = {
-    # 3 MLA layers, each with RoPE; 2 indexers ("full", "full", "shared") with their own RoPE
-    "hy_v4": Gap(unfused=3, reason="extra logits, e.g. attention sinks", rope=5,
-                 note="gap: attention sinks (issue 13 item 2)"),
-    # 3 layers: linear, linear, full (MLA); the MLA layer applies no RoPE
-    "kimi_linear": Gap(unfused=1, reason="query: the head dim is not a whole axis of its tensor", rope=0,
-                       note="gap: NoPE MLA, q is never split (issue 13 item 3)"),
-    # 3 layers, all indexed; the third is a NoPE layer (no_rope_layers [1, 1, 0]): 2 fused,
-    # 2 MLA RoPEs + 2 indexer RoPEs (the NoPE layer's indexer rotates nothing)
-    "mistral_large4_text": Gap(unfused=1, reason="key (before the feature concatenation) is aten.slice_scatter",
-                               rope=4, note="gap: NoPE layers, k_rot unrotated (issue 13 item 3)"),
     # linear + NoPE indexed MLA; graph breaks in the family's code leave the attention's
-    # key a graph input. Recorded from the eager DynamicCache run only (the other phases
-    # were not run before this table was written: first CI run to confirm)
-    "glm5_next_text": Gap(unfused=1, reason="is placeholder, expected aten.cat", rope=0, breaks=True,
-                          note="gap: NoPE MLA (issue 13 item 3) behind graph breaks"),
+    # key a graph input: nothing proves it a latent's up-projection. Recorded from the eager
+    # DynamicCache run only (the other phases were not run before this table was written)
+    "glm5_next_text": Gap(unfused=1, reason="is placeholder, expected aten.mm", rope=0, breaks=True,
+                          note="gap: NoPE MLA behind graph breaks (issue 13 item 3)",
+                          # its linear-attention layers: softmax -> add -> div -> bmm, not MLA
+                          other="reaches this bmm's left operand through aten.add.Tensor, aten.div.Tensor"),
 }
 # Upstream refusals, checked: when transformers lifts one, this test fails and the
 # entry goes. The family runs those phases with eager attention instead.
@@ -78,14 +73,21 @@ def prompt():
 
 
 def indexers(model) -> int:
-    """DSA indexers that run (a "shared" layer reuses the previous layer's indices)."""
-    return sum(1 for m in model.modules() if type(m).__name__.endswith("Indexer"))
+    """DSA indexers that run and rotate (a "shared" layer reuses the previous layer's
+    indices; a NoPE layer's indexer, Mistral-Large-4's, rotates nothing)."""
+    config = getattr(model.config, "text_config", model.config)
+    no_rope = getattr(config, "no_rope_layers", None)  # 1 = uses RoPE (smollm3 convention)
+    names = [n for n, m in model.named_modules() if type(m).__name__.endswith("Indexer")]
+    layer = [int(n.split("layers.")[1].split(".")[0]) if "layers." in n else None for n in names]
+    return sum(1 for i in layer if not no_rope or i is None or no_rope[i])
 
 
 def rope_layers(model) -> int:
     config = getattr(model.config, "text_config", model.config)
     if not getattr(config, "qk_rope_head_dim", 0):
         return 0
+    if not any(type(m).__name__.endswith("RotaryEmbedding") for m in model.modules()):
+        return 0  # a rope width but no rotation (Kimi-Linear: k_rot unrotated)
     no_rope = getattr(config, "no_rope_layers", None)  # 1 = uses RoPE (smollm3 convention)
     return mla_layers(model) - (no_rope.count(0) if no_rope else 0)
 
@@ -111,7 +113,8 @@ def check_pooled(reports, gap: Gap, what: str):
     assert all(r.counts().get("attention.mla", 0) == 0 for r in reports), shown
     assert all(r.counts().get("rope.one_launch", 0) == gap.rope for r in reports), shown
     misses = [n for r in reports for n in r.near_misses]
-    assert misses and all(gap.reason in n.reason for n in misses), shown
+    assert any(gap.reason in n.reason for n in misses), shown
+    assert all(gap.reason in n.reason or (gap.other and gap.other in n.reason) for n in misses), shown
 
 
 def attention_params(report):
@@ -153,7 +156,10 @@ def test_family(family):
     # eager decode (finfo.min fill, causal with an offset) stays dense (README, DSA)
     sparse = {"sparse"} if indexers(model) else set()
     if not gap or gap.unfused < mla_layers(model):
-        assert all(p["Sq"] == 6 and p["form"] in {"decompressed"} | sparse for p in attention_params(reports[0]))
+        # prefill: sparse, or the form lowering picks from the sizes (a NoPE layer with a
+        # narrow latent: absorbed)
+        assert all(p["Sq"] == 6 and (p["form"] in sparse or p["form"] == choose_attention_form(
+            *(p[k] for k in ("Sq", "Sk", "H", "Dn", "Dr", "Dv", "R")))) for p in attention_params(reports[0]))
         assert all(p["Sq"] == 1 and p["form"] == "absorbed" for r in reports[1:] for p in attention_params(r))
         assert all(not isinstance(p["Sk"], int) for p in attention_params(reports[2]))
 
