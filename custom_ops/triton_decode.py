@@ -197,6 +197,18 @@ def choose_splits(batch: int, row_groups: int, kv_len: int, block_n: int, progra
     return max(1, min(want, blocks // 2 or 1, 128))
 
 
+def key_source(q_lat, c_kv, k_pe, paged) -> tuple:
+    """The decode kernels' key arguments, contiguous latent + rope tensors or a paged
+    cache: (Sk, c_kv, k_pe, page, tt, vec, seq_lens, block_table, table stride,
+    c_kv strides, k_pe strides); Sk of a paged cache is an upper bound (each program
+    reads its own length), unused pointers are q_lat."""
+    if paged is None:
+        return (c_kv.shape[1], c_kv, k_pe, 1, 1, 1, q_lat, q_lat, 0, c_kv.stride(), k_pe.stride())
+    cache, table, seq_lens, page, (tt, vec) = paged
+    return (table.shape[1] * page, cache, cache, page, tt, vec, seq_lens, table, table.stride(0),
+            (0, 0, 0), (0, 0, 0))
+
+
 def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
                          mask: torch.Tensor | None = None, zero_empty_rows: bool = False,
                          paged: tuple | None = None,
@@ -218,17 +230,8 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
     """
     B, H, Sq, R = q_lat.shape
     Dr = q_pe.shape[-1]
-    if paged is not None:
-        cache, table, seq_lens, page, (tt, vec) = paged
-        Sk = table.shape[1] * page  # an upper bound: each program reads its own length
-        c_kv = k_pe = cache
-        seq_arg, table_arg, st_b = seq_lens, table, table.stride(0)
-        c_strides = kr_strides = (0, 0, 0)
-    else:
-        Sk = c_kv.shape[1]
-        page, tt, vec, st_b = 1, 1, 1, 0
-        seq_arg = table_arg = q_lat  # unused pointers
-        c_strides, kr_strides = c_kv.stride(), k_pe.stride()
+    Sk, c_kv, k_pe, page, tt, vec, seq_arg, table_arg, st_b, c_strides, kr_strides = key_source(
+        q_lat, c_kv, k_pe, paged)
     if out is None:
         out = torch.empty(B, H, Sq, R, device=q_lat.device, dtype=q_lat.dtype)
     if known_true(out.numel() == 0):

@@ -42,6 +42,7 @@ import torch
 from ..compat import size_hint
 from .checks import known_true
 from .launch import launch
+from .triton_decode import key_source
 
 try:
     import triton
@@ -310,17 +311,8 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
         raise NotImplementedError("mla_decode_attention_wide: R <= 512, Dr <= 64, float dtypes")
     B, H, Sq, R = q_lat.shape
     Dr = q_pe.shape[-1]
-    if paged is not None:
-        cache, table, seq_lens, page, (tt, vec) = paged
-        Sk = table.shape[1] * page  # an upper bound: each program reads its own length
-        c_kv = k_pe = cache
-        seq_arg, table_arg, st_b = seq_lens, table, table.stride(0)
-        c_strides = kr_strides = (0, 0, 0)
-    else:
-        Sk = c_kv.shape[1]
-        page, tt, vec, st_b = 1, 1, 1, 0
-        seq_arg = table_arg = q_lat  # unused pointers
-        c_strides, kr_strides = c_kv.stride(), k_pe.stride()
+    Sk, c_kv, k_pe, page, tt, vec, seq_arg, table_arg, st_b, c_strides, kr_strides = key_source(
+        q_lat, c_kv, k_pe, paged)
     if out is None:
         out = torch.empty(B, H, Sq, R, device=q_lat.device, dtype=q_lat.dtype)
     if known_true(out.numel() == 0):
