@@ -1,11 +1,8 @@
-"""Absorbed MLA decode at 16-128 heads: the wide kernel (custom_ops/triton_decode_wide.py)
-against today's split kernel (custom_ops/triton_decode.py) and FlashMLA's SM90 dense
-decode, on the same latent, in one run (issue 12).
-
-Standalone: it imports the two kernel modules by file (the directory of this script,
-or $MLA_KERNELS), not the mla_compile package, so it runs from a folder holding
-    bench_decode_wide.py triton_decode_wide.py triton_decode.py
-    `PYTHONPATH=. python3 bench_decode_wide.py`
+"""Absorbed MLA decode at 16-128 heads: the wide kernel's Triton program and its Gluon
+program for 64 rows (custom_ops/triton_decode_wide.py, custom_ops/gluon_decode.py)
+against the split kernel (custom_ops/triton_decode.py) and FlashMLA's SM90 dense decode,
+on the same latent, in one run (issue 12). `python benchmarks/bench_decode_wide.py`
+with the package installed.
 FlashMLA: the `sgl-flash-mla` wheel's `flash_mla` module, if importable (skipped, with the
 reason printed, if not).
 
@@ -29,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 import traceback
 
@@ -37,9 +33,8 @@ import torch
 import triton
 import triton.testing
 
-sys.path.insert(0, os.environ.get("MLA_KERNELS", os.path.dirname(os.path.abspath(__file__))))
-import triton_decode  # noqa: E402
-import triton_decode_wide  # noqa: E402
+from mla_compile.custom_ops import triton_decode, triton_decode_wide  # noqa: E402
+from mla_compile.custom_ops.triton_backend import TritonBackend  # noqa: E402
 
 R, DR, PAGE = 512, 64, 64
 SCALE = 0.1352
@@ -52,11 +47,7 @@ def parse_cases(spec):
 
 
 def old_rows_per_program(rows, batch):
-    """TritonBackend.decode_rows_per_program on the GPU (copied: this script does not import
-    the package)."""
-    if rows <= 16:
-        return 16
-    return 64 if rows >= 64 and batch >= 16 else 32
+    return TritonBackend.decode_rows_per_program(rows, True, batch)
 
 
 def copy_bandwidth():
@@ -122,17 +113,22 @@ def main():
                 return fn(q[..., :R], q[..., R:], cache[..., :R], cache[..., R:], SCALE, False, out=outs[i], **kw)
             return run_one
 
-        def wide_paged(i):
-            q, cache = sets[i]
-            return triton_decode_wide.mla_decode_attention_wide(
-                q[..., :R], q[..., R:], None, None, SCALE, False, out=outs[i],
-                paged=(cache.view(B * L // PAGE, PAGE * (R + DR)), table, seq, PAGE, (1, R + DR)))
+        def paged(gluon):
+            def run_one(i):
+                q, cache = sets[i]
+                return triton_decode_wide.mla_decode_attention_wide(
+                    q[..., :R], q[..., R:], None, None, SCALE, False, out=outs[i], gluon=gluon,
+                    paged=(cache.view(B * L // PAGE, PAGE * (R + DR)), table, seq, PAGE, (1, R + DR)))
+            return run_one
 
         variants = {
             "old": ours(triton_decode.mla_decode_attention, block_h=old_rows_per_program(H, B)),
-            "wide": ours(triton_decode_wide.mla_decode_attention_wide),
-            "wide-paged": wide_paged,
+            "wide": ours(triton_decode_wide.mla_decode_attention_wide, gluon=False),
+            "wide-paged": paged(False),
         }
+        if H >= 64:  # the Gluon program is the 64-row one
+            variants.update({"gluon": ours(triton_decode_wide.mla_decode_attention_wide, gluon=True),
+                             "gluon-paged": paged(True)})
         if fm is not None:
             fwd, meta_fn = fm
             metas = [meta_fn()[0] for _ in sets]
@@ -175,27 +171,30 @@ def main():
         results.append(row)
         del sets, outs, ref
         torch.cuda.empty_cache()
-    names = ["old", "wide", "wide-paged", "flashmla"]
+    names = ["old", "wide", "wide-paged", "gluon", "gluon-paged", "flashmla"]
     names = [n for n in names if any(n in r["t"] for r in results)]
     lines = ["| B | L | H | floor us | compute floor us | " + " | ".join(f"{n} us (% max)" for n in names)
-             + " | best wide / old | best wide / flashmla |",
-             "|---" * (5 + len(names) + 2) + "|"]
+             + " | best wide / old | best gluon / best wide | best ours / flashmla |",
+             "|---" * (5 + len(names) + 3) + "|"]
     for r in results:
         m = max(r["floor_us"], r["compute_floor_us"])
         cells = [f"{r['t'][n]:.1f} ({m / r['t'][n]:.0%})" if n in r["t"] else "-" for n in names]
         wides = [r["t"][n] for n in r["t"] if n.startswith("wide")]
         bw_ = min(wides) if wides else None
         vs_old = f"{r['t']['old'] / bw_:.2f}x" if bw_ and "old" in r["t"] else "-"
-        vs_fm = f"{r['t']['flashmla'] / bw_:.2f}x" if bw_ and "flashmla" in r["t"] else "-"
+        gl_ = min([r["t"][n] for n in r["t"] if n.startswith("gluon")] or [0]) or None
+        best = min(t for t in (bw_, gl_) if t) if (bw_ or gl_) else None
+        vs_wide = f"{bw_ / gl_:.2f}x" if bw_ and gl_ else "-"
+        vs_fm = f"{r['t']['flashmla'] / best:.2f}x" if best and "flashmla" in r["t"] else "-"
         lines.append(f"| {r['B']} | {r['L']} | {r['H']} | {r['floor_us']:.1f} | {r['compute_floor_us']:.1f} | "
-                     + " | ".join(cells) + f" | {vs_old} | {vs_fm} |")
+                     + " | ".join(cells) + f" | {vs_old} | {vs_wide} | {vs_fm} |")
     errs = ["| B | L | H | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
     for r in results:
         errs.append(f"| {r['B']} | {r['L']} | {r['H']} | " + " | ".join(
             (f"{r['err'][n]:.1e}" if isinstance(r["err"].get(n), float) else str(r["err"].get(n, "-"))[:40])
             for n in names) + " |")
     table = "\n".join(lines)
-    text = f"{head}\n\nspeed-ups: time of old (flashmla) / time of the fastest wide variant\n\n{table}\n\n" \
+    text = f"{head}\n\nspeed-ups: time of old / fastest wide, fastest wide / fastest gluon, flashmla / fastest of ours\n\n{table}\n\n" \
            f"rel. error vs fp32\n\n" + "\n".join(errs) + "\n"
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "decode_wide.md"), "w") as f:

@@ -40,6 +40,7 @@ import os
 import torch
 
 from ..compat import size_hint
+from . import gluon_decode
 from .checks import known_true
 from .launch import launch
 from .triton_decode import key_source
@@ -298,7 +299,7 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
                               block_h: int | None = None, block_n: int | None = None,
                               num_warps: int | None = None, num_stages: int | None = None,
                               nsplit: int | None = None, sms: int | None = None,
-                              sinks: torch.Tensor | None = None) -> torch.Tensor:
+                              sinks: torch.Tensor | None = None, gluon: bool | None = None) -> torch.Tensor:
     """softmax((q_lat c^T + q_pe k_pe^T) * scale + mask) @ c per (query, head) row: the
     contract of `triton_decode.mla_decode_attention` (q_lat [B, H, Sq, R], q_pe
     [B, H, Sq, Dr], c_kv [B, Sk, R], k_pe [B, Sk, Dr], mask broadcasting to
@@ -306,7 +307,9 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     c_kv / k_pe) -> o_lat [B, H, Sq, R] in q's dtype or written into `out`.
 
     Defaults on the GPU: 64 rows per program, 64 keys per tile, 8 warps, 2 stages, the
-    latent as 2 column blocks; `splits` from `choose_wide_splits`. Overrides for tests."""
+    latent as 2 column blocks; `splits` from `choose_wide_splits`. Overrides for tests.
+    The 64-row program is the Gluon one (`gluon_decode`) where it applies; `gluon=False`
+    forces the Triton program, `gluon=True` the Gluon one (tests and benchmarks)."""
     if not supports(q_lat, q_pe):
         raise NotImplementedError("mla_decode_attention_wide: R <= 512, Dr <= 64, float dtypes")
     B, H, Sq, R = q_lat.shape
@@ -342,19 +345,36 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
         stats = torch.empty(B * H * Sq * splits * 2, device=q_lat.device, dtype=torch.float32)  # (max, sum)
     mk = mask.expand(B, H, Sq, Sk) if mask is not None else None
     mk_strides = mk.stride() if mk is not None else (0, 0, 0, 0)
-    launch(
-        _wide_split, (groups, splits, B),
-        q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, out, partial, stats, table_arg, seq_arg,
-        q_lat if sinks is None else sinks, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *mk_strides, *out.stride(), st_b,
-        H, Sq, Sk, keys_per_split, float(scale),
-        R=R, DR=Dr, BR=br, BDR=bdr, NSPLIT=ns, BLOCK_H=bh, BLOCK_N=bn,
-        CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct, ZERO_EMPTY=bool(zero_empty_rows),
-        PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
-        UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16,
-        PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec,
-        PAGE_TILE=paged is not None and tt == 1 and page % bn == 0, SINK=sinks is not None,
-        num_warps=num_warps or (8 if bh >= 64 else 4), num_stages=num_stages or 2,
-    )
+    page_tile = paged is not None and tt == 1 and page % bn == 0
+    use_gluon = gluon is not False and bn == gluon_decode.KEYS and gluon_decode.applies(
+        q_lat, q_pe, bh, page_tile, paged is not None, _interpreting(), c_kv, k_pe)
+    if gluon and not use_gluon:
+        raise ValueError("mla_decode_attention_wide(gluon=True): the Gluon program does not apply here "
+                         "(gluon_decode.applies)")
+    if use_gluon:
+        launch(
+            gluon_decode.gluon_split, (groups, splits, B),
+            q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, out, partial, stats, table_arg, seq_arg,
+            q_lat if sinks is None else sinks, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides,
+            *mk_strides, *out.stride(), st_b, H, Sq, Sk, keys_per_split, float(scale),
+            R=R, DR=Dr, CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct,
+            ZERO_EMPTY=bool(zero_empty_rows), PAGED=paged is not None, PAGE=page, SINK=sinks is not None,
+            num_warps=gluon_decode.WARPS,
+        )
+    else:
+        launch(
+            _wide_split, (groups, splits, B),
+            q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, out, partial, stats, table_arg, seq_arg,
+            q_lat if sinks is None else sinks, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *mk_strides, *out.stride(), st_b,
+            H, Sq, Sk, keys_per_split, float(scale),
+            R=R, DR=Dr, BR=br, BDR=bdr, NSPLIT=ns, BLOCK_H=bh, BLOCK_N=bn,
+            CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct, ZERO_EMPTY=bool(zero_empty_rows),
+            PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
+            UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16,
+            PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec,
+            PAGE_TILE=page_tile, SINK=sinks is not None,
+            num_warps=num_warps or (8 if bh >= 64 else 4), num_stages=num_stages or 2,
+        )
     if not direct:
         nrows = B * H * Sq
         if size_hint(nrows) >= 512:  # many rows (large batch, few splits): 4 rows x all columns, split by split

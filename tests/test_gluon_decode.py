@@ -1,0 +1,110 @@
+"""The Gluon decode program (custom_ops/gluon_decode.py: 64 rows per program, sm_90,
+R = 512, Dr = 64) against `reference.latent_attention_reference` and against the
+Triton program it replaces, on an H100 / H200 with TRITON_INTERPRET=0.
+
+Gluon has no interpreter: on CPU (CI) these tests cannot run; the Triton program they
+compare with has its interpreter tests in test_decode_wide.py.
+"""
+import os
+import zlib
+
+import pytest
+import torch
+
+from mla_compile.custom_ops import gluon_decode
+from mla_compile.custom_ops.reference import latent_attention_reference
+from mla_compile.custom_ops.triton_decode_wide import mla_decode_attention_wide
+
+ON_HOPPER = (os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
+             and torch.cuda.get_device_capability() == (9, 0) and gluon_decode.gluon is not None)
+pytestmark = pytest.mark.skipif(not ON_HOPPER, reason="Gluon program: needs an sm_90 GPU, TRITON_INTERPRET=0")
+R, DR = 512, 64
+BF16 = torch.bfloat16
+
+
+@pytest.fixture
+def gen(request):
+    return torch.Generator(device="cuda").manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def rand(*shape, gen, scale=1.0):
+    return (torch.randn(*shape, generator=gen, device="cuda") * scale).to(BF16)
+
+
+def close(got, want):
+    """bf16 output against the fp32 reference (same bound as the benchmark's check)."""
+    want = want.float()
+    ok = torch.isfinite(want)
+    assert torch.equal(ok, torch.isfinite(got.float())), "NaN where the reference has none (or the other way)"
+    err = (got.float()[ok] - want[ok]).norm() / want[ok].norm().clamp_min(1e-30)
+    assert err < 1e-2, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("B, H, Sq, Sk, splits", [
+    (1, 64, 1, 1, 1),       # one key, direct output
+    (2, 128, 1, 200, 1),    # two row groups, last tile partial
+    (2, 100, 1, 333, 3),    # padded second group, partials + combine, ragged split
+    (1, 64, 2, 1000, 4),    # two query rows per head (a short chunk)
+    (3, 64, 1, 70, 8),      # more splits than tiles: empty splits
+])
+def test_matches_reference_and_triton(B, H, Sq, Sk, splits, gen):
+    # keys as windows of one [B, Sk, 576] buffer (the cache layout transformers' latent uses)
+    kv = rand(B, Sk, R + DR, gen=gen)
+    q_lat, q_pe = rand(B, H, Sq, R, gen=gen, scale=0.1), rand(B, H, Sq, DR, gen=gen, scale=0.1)
+    c, kr = kv[..., :R], kv[..., R:]
+    got = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.1352, False, splits=splits, gluon=True)
+    close(got, latent_attention_reference(q_lat, q_pe, c, kr, 0.1352, False))
+    triton_out = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.1352, False, splits=splits, gluon=False)
+    torch.testing.assert_close(got.float(), triton_out.float(), rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_masks_causal_sinks_and_empty_rows(splits, gen):
+    B, H, Sq, Sk = 2, 64, 2, 150
+    q_lat, q_pe = rand(B, H, Sq, R, gen=gen, scale=0.1), rand(B, H, Sq, DR, gen=gen, scale=0.1)
+    c, kr = rand(B, Sk, R, gen=gen), rand(B, Sk, DR, gen=gen)
+    mask = torch.zeros(B, 1, Sq, Sk, device="cuda")
+    mask[0, :, :, 90:] = torch.finfo(torch.float32).min  # padding: eager's finfo.min
+    mask[1, :, 1] = float("-inf")                        # a query row that sees nothing
+    sinks = torch.randn(H, generator=gen, device="cuda")
+    for causal in (False, True):
+        for zero in (False, True):
+            for sk in (None, sinks):
+                got = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.2, causal, mask=mask, zero_empty_rows=zero,
+                                                splits=splits, sinks=sk, gluon=True)
+                close(got, latent_attention_reference(q_lat, q_pe, c, kr, 0.2, causal, mask, zero, sk))
+
+
+def test_paged_ragged_with_poisoned_free_slots(gen):
+    """NORMAL 64-token pages in a shuffled order, ragged lengths, and every slot past a
+    sequence's length holding NaN: the copies zero-fill past the keys, so no NaN leaks
+    (a plain tile load times p = 0 would give 0 * NaN)."""
+    B, H, page, nblk = 3, 128, 64, 4
+    lens = [256, 65, 130]
+    q_lat, q_pe = rand(B, H, 1, R, gen=gen, scale=0.1), rand(B, H, 1, DR, gen=gen, scale=0.1)
+    kv = rand(B, page * nblk, R + DR, gen=gen)
+    perm = torch.randperm(B * nblk, device="cuda", generator=gen)
+    table = perm.view(B, nblk).int()
+    cache = torch.full((B * nblk, page, R + DR), float("nan"), device="cuda", dtype=BF16)
+    for b, n in enumerate(lens):
+        t = torch.arange(n, device="cuda")
+        cache[table[b, t // page].long(), t % page] = kv[b, :n]
+    seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    for splits in (1, 2):
+        got = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.15, False, splits=splits, gluon=True,
+                                        paged=(cache.view(B * nblk, -1), table, seq, page, (1, R + DR)))
+        for b, n in enumerate(lens):
+            close(got[b:b + 1], latent_attention_reference(q_lat[b:b + 1], q_pe[b:b + 1], kv[b:b + 1, :n, :R],
+                                                           kv[b:b + 1, :n, R:], 0.15, False))
+
+
+def test_default_route_is_gluon_where_it_applies():
+    q = torch.empty(1, 64, 1, R, device="cuda", dtype=BF16)
+    qp = torch.empty(1, 64, 1, DR, device="cuda", dtype=BF16)
+    kv = torch.empty(1, 8, R + DR, device="cuda", dtype=BF16)
+    assert gluon_decode.applies(q, qp, 64, False, False, False, kv[..., :R], kv[..., R:])
+    assert not gluon_decode.applies(q, qp, 32, False, False, False, kv[..., :R], kv[..., R:])  # 32-row programs
+    assert not gluon_decode.applies(q.float(), qp.float(), 64, False, False, False, kv[..., :R], kv[..., R:])
+    odd = torch.empty(1, 8, R + DR + 1, device="cuda", dtype=BF16)  # rows not 16-byte aligned
+    assert not gluon_decode.applies(q, qp, 64, False, False, False, odd[..., :R], odd[..., R:R + DR])
+    assert not gluon_decode.applies(q, qp, 64, False, True, False, None, None)  # pages that split a tile
