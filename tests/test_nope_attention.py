@@ -22,6 +22,13 @@ from mla_compile.custom_ops.reference import latent_attention_reference, prefill
 
 triton = pytest.importorskip("triton")
 
+from kernel_device import kernel_test_device  # noqa: E402
+from mla_compile.custom_ops import triton_decode  # noqa: E402
+
+# the kernel tests below: interpreted on CPU (CI), compiled on a GPU
+KERNEL_DEVICE = kernel_test_device(triton_decode._decode_split)
+needs_kernel_device = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
+
 
 def compile_run(model, inputs):
     reports = []
@@ -71,31 +78,34 @@ def _operands(B, Sq, Sk, dtype, gen):
     return q_nope, q_nope[..., :0], c_kv, c_kv[..., :0], rand(H, DN, R) * R ** -0.5, rand(H, DV, R)
 
 
+@needs_kernel_device
 @pytest.mark.parametrize("form", ["decompressed", "absorbed"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_ops_with_zero_width_rope(form, causal):
     """Both forms on the Triton kernels (interpreted) equal the reference with Dr = 0,
     which is plain softmax(q_nope k_nope^T * scale) v."""
     gen = torch.Generator().manual_seed(3)
-    args = _operands(2, 5, 19, torch.float32, gen)
-    mask = torch.randn(2, 1, 5, 19, generator=gen)
+    args = [a.to(KERNEL_DEVICE) for a in _operands(2, 5, 19, torch.float32, gen)]
+    mask = torch.randn(2, 1, 5, 19, generator=gen).to(KERNEL_DEVICE)
     out = torch.ops.mla.prefill_attention(*args, 0.3, causal, form, "triton", mask)
     ref = prefill_attention_reference(*args, 0.3, causal, form, mask)
     q, _, c, _, wk, wv = args
     k, v = torch.einsum("bsr,hdr->bhsd", c, wk), torch.einsum("bsr,hdr->bhsd", c, wv)
     s = q @ k.transpose(-1, -2) * 0.3 + mask
     if causal:
-        s = s.masked_fill(~torch.ones(5, 19, dtype=torch.bool).tril(), float("-inf"))
+        s = s.masked_fill(~torch.ones(5, 19, dtype=torch.bool, device=s.device).tril(), float("-inf"))
     torch.testing.assert_close(ref, s.softmax(-1) @ v, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@needs_kernel_device
 def test_decode_kernels_with_zero_width_rope():
     """The split and the wide decode kernels with Dr = 0, several splits."""
     from mla_compile.custom_ops.triton_decode import mla_decode_attention
     from mla_compile.custom_ops.triton_decode_wide import mla_decode_attention_wide
     gen = torch.Generator().manual_seed(4)
-    q_lat, c = torch.randn(2, H, 1, R, generator=gen), torch.randn(2, 40, R, generator=gen)
+    q_lat = torch.randn(2, H, 1, R, generator=gen).to(KERNEL_DEVICE)
+    c = torch.randn(2, 40, R, generator=gen).to(KERNEL_DEVICE)
     q_pe, k_pe = q_lat[..., :0], c[..., :0]
     ref = latent_attention_reference(q_lat, q_pe, c, k_pe, 0.2, False)
     for run in (mla_decode_attention, mla_decode_attention_wide):
