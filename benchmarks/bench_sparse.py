@@ -51,6 +51,7 @@ def parse_cases(spec: str) -> list[tuple[int, int, int]]:
 
 
 def bench(fn) -> float:
+    torch.cuda.synchronize()  # do_bench_cudagraph runs fn on its own stream: inputs must be ready
     return triton.testing.do_bench_cudagraph(fn, rep=50) * 1e3  # us
 
 

@@ -90,6 +90,31 @@ def test_decode_kernels_launched_by_inductor(dtype):
 
 
 @cuda_only
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the Gluon decode program is for sm_90")
+def test_wide_decode_at_128_heads_inlined_and_gluon_through_op_calls():
+    """DeepSeek's attention dims at 128 heads, batch 4 (512 query rows: the wide kernel's
+    64-row program). Inlined, Inductor launches the Triton program (it cannot analyse a
+    Gluon kernel); with launch="op" the op runs the Gluon program. Both equal eager."""
+    torch.manual_seed(0)
+    model = AbsorbedMLA(dim=256, heads=128, rank=512, nope=128, rope=64, v=128, max_batch=4, max_len=300,
+                        dtype=torch.bfloat16).cuda().eval()
+    freqs = freqs_cis(64, 300).cuda()
+    x = torch.randn(4, 1, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        model.kv_cache.normal_()
+        model.pe_cache.normal_()
+    inputs = (x, 250, freqs[250:251], None)
+    out, ref, code, reports = _compile_and_code(model, inputs)
+    assert _counts(reports).get("attention.mla") == 1, [r.format() for r in reports]
+    assert "torch.ops.mla" not in code and "_wide_split" in code and "gluon_split" not in code, code
+    _close(out, ref, 3e-2)
+    out_op, _, code_op, _ = _compile_and_code(model, inputs, launch="op")
+    assert "torch.ops.mla.latent_attention" in code_op
+    _close(out_op, ref, 3e-2)
+
+
+@cuda_only
 def test_dynamic_lengths_keep_one_graph():
     """Sequence length marked dynamic: the launches are traced with symbolic sizes
     (tile and split choices read the example sizes, no guard), one graph serves every
