@@ -169,13 +169,19 @@ def sparse_attention_reference(
     computes it: the indices scattered into a full [B, Sq, Sk] selection (a duplicate
     selects once), every unchosen key at -inf after the additive base `mask`, then
     `prefill_attention_reference`'s dense attention. Indices must lie in [0, Sk)."""
-    B, Sq, _ = indices.shape
-    chosen = torch.zeros(B, Sq, c_kv.shape[1], dtype=torch.bool, device=indices.device)
-    chosen = chosen.scatter(-1, indices.long(), True)[:, None]  # [B, 1, Sq, Sk]
-    base = mask.float() if mask is not None else torch.zeros((), device=q_nope.device)
-    full = torch.where(chosen, base, float("-inf"))
     return prefill_attention_reference(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, False, "decompressed",
-                                       full, zero_empty_rows)
+                                       selection_mask(indices, mask, c_kv.shape[1]), zero_empty_rows)
+
+
+def selection_mask(indices: torch.Tensor, mask: torch.Tensor | None, kv_len) -> torch.Tensor:
+    """The additive fp32 mask of the keys `indices` [B, Sq, K] chooses, as eager's
+    scatter builds it: the base `mask` at chosen keys (a duplicate chooses once), -inf
+    elsewhere; [B, 1 or H, Sq, Sk]. The sparse op's semantics, and its dense route."""
+    B, Sq, _ = indices.shape
+    chosen = torch.zeros(B, Sq, kv_len, dtype=torch.bool, device=indices.device)
+    chosen = chosen.scatter(-1, indices.long(), True)[:, None]  # [B, 1, Sq, Sk]
+    base = mask.float() if mask is not None else torch.zeros((), device=indices.device)
+    return torch.where(chosen, base, float("-inf"))
 
 
 class ReferenceBackend(KernelBackend):

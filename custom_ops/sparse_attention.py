@@ -1,7 +1,9 @@
 """`torch.ops.mla.sparse_attention`: MLA attention over the keys a DSA indexer chose
 (DeepSeek-V3.2, GLM-5, ...): each query row attends only the keys its top-k indices
-name, computed over the latent (the absorbed form), so a query reads K latent rows,
-not all Sk.
+name. Where gathering is faster (`lowering.sparse_form`: on the GPU, one query over
+many keys) it is computed over the latent (the absorbed form) from the chosen rows, so
+a query reads K latent rows, not all Sk; elsewhere (prefill, short contexts) as dense
+attention under the selection mask, the same function.
 
     keys(b, q) = set(indices[b, q, :])           duplicates count once
     out = softmax_{k in keys}((q_nope k_nope_k + q_pe k_pe_k) * scale + mask) @ v

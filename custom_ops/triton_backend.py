@@ -11,7 +11,10 @@ from typing import ClassVar
 import torch
 
 from ..compat import same_storage, size_hint
+from ..lowering.attention_form import choose_attention_form
+from ..lowering.sparse_form import gather_chosen_keys
 from .backend import KernelBackend
+from .reference import selection_mask
 from .triton_decode import mla_decode_attention, split_rows_per_program
 from .triton_decode_wide import mla_decode_attention_wide, wide_rows_per_program
 from .triton_decode_wide import supports as wide_supports
@@ -121,8 +124,18 @@ class TritonBackend(KernelBackend):
     @classmethod
     def sparse_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask, zero_empty_rows,
                          out) -> None:
-        """Always over the latent (absorbed): a query reads only its K chosen latent rows;
-        decompressing would expand all Sk keys through kv_b_proj first."""
+        """Gathering (`lowering.sparse_form` decides): over the latent (absorbed), a
+        query reads only its K chosen latent rows (decompressing would expand all Sk
+        keys through kv_b_proj first). Else dense attention under the selection mask,
+        in the form `lowering.attention_form` picks: the same function."""
+        B, H, Sq, Dn = q_nope.shape
+        Sk, R = c_kv.shape[1], c_kv.shape[2]
+        on_gpu = q_nope.device.type == "cuda"
+        if not gather_chosen_keys(B, Sq, Sk, H, indices.shape[-1], on_gpu):
+            form = choose_attention_form(Sq, Sk, H, Dn, q_pe.shape[-1], w_uv.shape[1], R)
+            cls.prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, False, form,
+                                  selection_mask(indices, mask, Sk), zero_empty_rows, out)
+            return
         q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
         o_lat = torch.empty_like(q_lat)
         mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale, mask=mask, zero_empty_rows=zero_empty_rows,

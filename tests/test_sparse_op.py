@@ -75,6 +75,38 @@ def test_op_kernel_matches_reference(dtype, masked):
 
 
 @needs_kernel
+@pytest.mark.parametrize("Sq", [1, 4], ids=["decode-absorbed", "prefill-decompressed"])
+def test_dense_route_matches_reference(Sq, monkeypatch):
+    """Where lowering.sparse_form picks dense attention under the selection mask (on the
+    GPU: prefill, small decode), the op equals the reference: duplicates, a ragged base
+    mask and an empty row included. Forced here, since off the GPU the gather runs."""
+    from mla_compile.custom_ops import triton_backend
+    monkeypatch.setattr(triton_backend, "gather_chosen_keys", lambda *a: False)
+    args = inputs(Sq=Sq, K=7, seed=5, device=DEVICE)
+    args[-1][0, 0, :3] = 2  # duplicates
+    mask = torch.zeros(2, 1, Sq, 20, device=DEVICE)
+    mask[1, :, :, 9:] = float("-inf")
+    mask[0, :, -1] = float("-inf")  # a row that sees nothing
+    for zero in (False, True):
+        want = sparse_attention_reference(*args, 0.4, mask, zero)
+        got = op(*args, 0.4, "triton", mask, zero)
+        assert torch.equal(got.isnan(), want.isnan()) and bool(got.isnan().any()) != zero
+        torch.testing.assert_close(got.nan_to_num(7.0), want.nan_to_num(7.0), rtol=1e-5, atol=1e-5)
+
+
+def test_gather_or_dense_rule():
+    """lowering.sparse_form: gather for one query over many keys on the GPU, dense for
+    prefill, short contexts and top-k near the length; always gather off the GPU."""
+    from mla_compile.lowering.sparse_form import gather_chosen_keys
+    assert gather_chosen_keys(1, 4096, 8192, 16, 2048, on_gpu=False)       # interpreter: gather
+    assert gather_chosen_keys(32, 1, 32768, 16, 2048, on_gpu=True)         # large batch decode
+    assert gather_chosen_keys(1, 1, 32768, 128, 2048, on_gpu=True)         # 128 heads, 32k keys
+    assert not gather_chosen_keys(1, 1, 32768, 16, 2048, on_gpu=True)      # batch 1, 16 heads: dense faster
+    assert not gather_chosen_keys(1, 8192, 8192, 128, 2048, on_gpu=True)   # prefill
+    assert not gather_chosen_keys(64, 1, 4096, 128, 2048, on_gpu=True)     # top-k half the keys
+
+
+@needs_kernel
 def test_kernel_splits_and_duplicates():
     """Duplicates straddling split boundaries count once; many splits merge exactly."""
     q_nope, q_pe, c, kp, wk, wv, idx = inputs(K=40, Sk=12, seed=3, device=DEVICE)
