@@ -16,6 +16,8 @@ of L=4096 tokens for B in {1, 32}, timed as the mean of 20 CUDA-graph replays
 16-token prompt written into the same static cache eagerly, then 8 decode steps of the
 timed compiled step, against the same loop in eager (and across TP sizes).
 
+`--dtype float32` runs the same in fp32 (TF32 off), where greedy tokens must agree across
+backends and TP sizes (bf16 near-ties can flip between all-reduce orders).
 `--tp 1` / `--tp 2` run one TP size (each run's weights are the same: seeded), so the
 two fit separate time limits; `--merge bench_tp1.json bench_tp2.json` joins them.
 Writes $OUT/bench_tp{1,2}.json per TP size and $OUT/bench_tp.json (or ./): rows, `tp2_over_tp1` (TP=2 time / TP=1
@@ -73,7 +75,7 @@ def step_time(fn, sync, reps=20) -> float:
     return (time.perf_counter() - t0) / reps * 1e6
 
 
-def child(directory: str, out_path: str, tiny: bool) -> None:
+def child(directory: str, out_path: str, tiny: bool, dtype_name: str = "bfloat16") -> None:
     """One TP size (this process group's world): eager tokens, then per backend and B the
     tokens and the step time; rank 0 writes what every rank saw."""
     import torch.distributed as dist
@@ -84,7 +86,8 @@ def child(directory: str, out_path: str, tiny: bool) -> None:
     dist.init_process_group("nccl" if gpu else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
-    dtype = torch.float32 if tiny else torch.bfloat16
+    dtype = torch.float32 if tiny else getattr(torch, dtype_name)
+    torch.set_float32_matmul_precision("highest")  # no TF32: fp32 means fp32 (the exactness check)
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     config = transformers.AutoConfig.from_pretrained(directory)
     kwargs = {}
@@ -143,6 +146,7 @@ def child(directory: str, out_path: str, tiny: bool) -> None:
         result = {"tp": world, "rows": rows, "fused_every_rank": all(e["fused"] for e in every),
                   "tokens": every[0]["tokens"], "ranks_agree": all(e["tokens"] == every[0]["tokens"] for e in every),
                   "device": torch.cuda.get_device_name() if gpu else "cpu", "torch": torch.__version__,
+                  "dtype": str(dtype).replace("torch.", ""),
                   "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d")}
         with open(out_path, "w") as f:
             json.dump(result, f)
@@ -157,7 +161,8 @@ def merge(one: dict, two: dict) -> dict:
     same_as_eager = all(r["tokens"][f"mla B={B}"] == r["tokens"][f"eager B={B}"] for r in (one, two) for B in BATCHES)
     return {
         "device": two["device"], "torch": two["torch"], "transformers": two["transformers"],
-        "date": two["date"], "rows": one["rows"] + two["rows"], "tp2_over_tp1": ratio,
+        "date": two["date"], "dtype": two.get("dtype", "bfloat16"), "rows": one["rows"] + two["rows"],
+        "tp2_over_tp1": ratio,
         # mla's greedy tokens equal eager's at the same TP size, on every rank
         "tokens_equal": same_as_eager and one["ranks_agree"] and two["ranks_agree"],
         # informative: bf16 all-reduce order can flip a near-tie between TP sizes
@@ -181,7 +186,7 @@ def table(result: dict) -> str:
     flags = ", ".join(f"{k}={result[k]}" for k in ("tokens_equal", "tokens_equal_tp2_tp1",
                                                     "tokens_mla_equal_inductor", "fused_every_rank"))
     return (f"{result['device']}, torch {result['torch']}, transformers {result['transformers']}, "
-            f"{result['date']}\n\n" + "\n".join(lines) + f"\n\n{flags}\n")
+            f"{result.get('dtype', 'bfloat16')}, {result['date']}\n\n" + "\n".join(lines) + f"\n\n{flags}\n")
 
 
 def main() -> None:
@@ -191,10 +196,12 @@ def main() -> None:
                         help="run only this TP size (repeatable; default both): $OUT/bench_tp{N}.json")
     parser.add_argument("--merge", nargs=2, metavar=("TP1_JSON", "TP2_JSON"),
                         help="merge two runs' bench_tp1.json and bench_tp2.json (no GPU needed)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                        help="float32: the exactness check (greedy tokens equal across backends and TP sizes)")
     parser.add_argument("--child", nargs=2, metavar=("MODEL_DIR", "OUT_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(*args.child, args.tiny)
+        return child(*args.child, args.tiny, args.dtype)
     out_dir = os.environ.get("OUT", ".")
     parts = {}
     if args.merge:
@@ -208,10 +215,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench_tp_") as directory:
             torch.manual_seed(0)  # the same weights in every run: --tp 1 and --tp 2 may run apart
             transformers.DeepseekV3ForCausalLM(make_config(args.tiny)).to(torch.bfloat16).save_pretrained(directory)
+            # (saved in bf16 either way: the same weights, loaded up to float32 for the check)
             for n in sizes:
                 path = os.path.join(out_dir, f"bench_tp{n}.json")
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-                       os.path.abspath(__file__), "--child", directory, path] + (["--tiny"] if args.tiny else [])
+                       os.path.abspath(__file__), "--child", directory, path, "--dtype", args.dtype] + (
+                           ["--tiny"] if args.tiny else [])
                 subprocess.run(cmd, check=True, cwd=ROOT)
                 with open(path) as f:
                     parts[n] = json.load(f)
