@@ -60,7 +60,8 @@ class TritonBackend(KernelBackend):
         return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
     @classmethod
-    def decode_rows_per_program(cls, rows: int, on_gpu: bool, batch: int = 1, wide: bool = False) -> int:
+    def decode_rows_per_program(cls, rows: int, on_gpu: bool, batch: int = 1, wide: bool = False,
+                                itemsize: int = 2) -> int:
         """Query rows ((position, head) pairs) one decode program computes, for the split
         kernel (`triton_decode.split_rows_per_program`) or the wide one
         (`triton_decode_wide.wide_rows_per_program`): the one source of the head padding
@@ -68,17 +69,19 @@ class TritonBackend(KernelBackend):
         buffer is sized from the padded count, so padded rows never reach the output."""
         if wide:
             return wide_rows_per_program(rows, on_gpu)
-        return split_rows_per_program(rows, on_gpu, batch)
+        return split_rows_per_program(rows, on_gpu, batch, itemsize)
 
     @classmethod
     def decode_is_wide(cls, q_lat: torch.Tensor, q_pe: torch.Tensor) -> bool:
         """The wide kernel (each latent tile read once per 64 rows) from 512 (query, head)
         rows on a GPU: faster than the split kernel in every such case measured (H200,
         1.06-1.39x at B >= 32, H 16-128); fewer rows (B = 1) keep the split kernel, whose
-        many-split schedule the wide one has not been measured against there."""
+        many-split schedule the wide one has not been measured against there. 16-bit
+        inputs only: its 64-row program does not fit shared memory in fp32."""
         B, H, Sq, _ = q_lat.shape
         on_gpu = q_lat.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
-        return on_gpu and wide_supports(q_lat, q_pe) and size_hint(B * H * Sq) >= 512
+        return (on_gpu and wide_supports(q_lat, q_pe) and q_lat.element_size() == 2
+                and size_hint(B * H * Sq) >= 512)
 
     @classmethod
     def decode_over_latent(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out,
@@ -88,7 +91,8 @@ class TritonBackend(KernelBackend):
         wide = cls.decode_is_wide(q_lat, q_pe)
         on_gpu = q_lat.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
         B, H, Sq, _ = q_lat.shape
-        block_h = cls.decode_rows_per_program(size_hint(Sq * H), on_gpu, size_hint(B), wide=wide)
+        block_h = cls.decode_rows_per_program(size_hint(Sq * H), on_gpu, size_hint(B), wide=wide,
+                                              itemsize=q_lat.element_size())
         run = mla_decode_attention_wide if wide else mla_decode_attention
         run(q_lat, q_pe, c_kv, k_pe, scale, causal, mask=mask, zero_empty_rows=zero_empty_rows,
             paged=paged, out=out, block_h=block_h, sinks=sinks)
@@ -133,8 +137,10 @@ class TritonBackend(KernelBackend):
         on_gpu = q_nope.device.type == "cuda"
         if not gather_chosen_keys(B, Sq, Sk, H, indices.shape[-1], on_gpu):
             form = choose_attention_form(Sq, Sk, H, Dn, q_pe.shape[-1], w_uv.shape[1], R)
-            cls.prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, False, form,
-                                  selection_mask(indices, mask, Sk), zero_empty_rows, out)
+            sel = selection_mask(indices, mask, Sk).to(q_nope.dtype if mask is None else mask.dtype)  # exact:
+            # its values are the base mask's and -inf
+            cls.prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, False, form, sel,
+                                  zero_empty_rows, out)
             return
         q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
         o_lat = torch.empty_like(q_lat)

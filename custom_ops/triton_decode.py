@@ -177,14 +177,25 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def split_rows_per_program(rows: int, on_gpu: bool, batch: int = 1) -> int:
+def split_rows_per_program(rows: int, on_gpu: bool, batch: int = 1, itemsize: int = 2) -> int:
     """Rows per program of this kernel (asked through TritonBackend.decode_rows_per_program):
     tl.dot needs 16 or more; with more rows, 32, and 64 once the batch alone fills the
     GPU, so each latent block is read once per 32 or 64 heads (H200, H = 128: 64 rows
-    with 8 warps took 0.83-0.93x the time of 32 at B >= 16, 1.1-1.2x at B = 1)."""
+    with 8 warps took 0.83-0.93x the time of 32 at B >= 16, 1.1-1.2x at B = 1). fp32
+    inputs: at most 32 (a [64, 512] fp32 q beside the key tiles overflows shared memory)."""
     if not on_gpu or rows <= 16:
         return 16
+    if itemsize > 2:
+        return 32
     return 64 if rows >= 64 and batch >= 16 else 32
+
+
+def key_block(dtype: torch.dtype, on_gpu: bool) -> int:
+    """Keys per tile of the decode and sparse kernels: 64 for 16-bit inputs on the GPU,
+    16 for fp32 there (64 fp32 keys of a 512-wide latent, double-buffered beside q, need
+    more than Hopper's 227 KB of shared memory: found on the H200), 16 under the
+    interpreter (every program costs host time)."""
+    return 64 if on_gpu and dtype.itemsize <= 2 else 16
 
 
 def choose_splits(batch: int, row_groups: int, kv_len: int, block_n: int, programs: int) -> int:
@@ -239,12 +250,12 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
     if known_true(Sk == 0):
         return out.zero_()
     on_gpu = q_lat.device.type == "cuda" and not _interpreting()
-    bn = block_n or (64 if on_gpu else 16)  # H200 sweep (benchmarks/sweep_decode.py): 64 keys
+    bn = block_n or key_block(q_lat.dtype, on_gpu)  # H200 sweep (benchmarks/sweep_decode.py): 64 keys
     # Tiles and splits only change speed, never results: in a dynamic graph they are
     # chosen from the example sizes (size_hint) without a guard; the keys per split
     # stay symbolic, and a split past the keys writes an empty partial.
     if block_h is None:  # TritonBackend.decode_rows_per_program's answer for this kernel
-        block_h = split_rows_per_program(size_hint(Sq * H), on_gpu, size_hint(B))
+        block_h = split_rows_per_program(size_hint(Sq * H), on_gpu, size_hint(B), q_lat.element_size())
     groups = triton.cdiv(Sq * H, block_h)
     if splits is None:
         sms = torch.cuda.get_device_properties(q_lat.device).multi_processor_count if on_gpu else 4
@@ -281,4 +292,4 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
     return out
 
 
-__all__ = ["mla_decode_attention", "choose_splits", "split_rows_per_program"]
+__all__ = ["mla_decode_attention", "choose_splits", "split_rows_per_program", "key_block"]

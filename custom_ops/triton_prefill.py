@@ -446,6 +446,8 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
     bn = block_n or cfg[1]
     nw = num_warps or cfg[2]
     ns = num_stages or cfg[3]
+    if on_gpu and mask is not None and mask.element_size() > q_nope.element_size():
+        ns = num_stages or min(ns, 2)  # an fp32 mask tile per stage beside 16-bit K/V: 3 overflow (H200)
     bdn, bdr, bdv = _pad(Dn), _pad(Dr), _pad(Dv)
     if tma is None:  # a traced launch has no data pointer to check the alignment of
         tma = not is_traced(k_nope) and _use_tma((k_nope, k_pe, v), (bn, bdn, bdr, bdv), on_gpu)

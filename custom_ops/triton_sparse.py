@@ -25,7 +25,7 @@ import torch
 from ..compat import size_hint
 from .checks import known_true
 from .launch import launch
-from .triton_decode import _combine, _dot, choose_splits, split_rows_per_program
+from .triton_decode import _combine, _dot, choose_splits, key_block, split_rows_per_program
 
 try:
     import triton
@@ -120,9 +120,9 @@ def mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale: float, *, mask
         return out
     idx = torch.sort(indices, dim=-1).values  # duplicates adjacent; gathers in address order
     on_gpu = q_lat.device.type == "cuda" and not _interpreting()
-    bn = block_n or (64 if on_gpu else 16)
+    bn = block_n or key_block(q_lat.dtype, on_gpu)
     if block_h is None:  # heads only share one index list: the decode kernel's rule over H rows
-        block_h = split_rows_per_program(size_hint(H), on_gpu, size_hint(B * Sq))
+        block_h = split_rows_per_program(size_hint(H), on_gpu, size_hint(B * Sq), q_lat.element_size())
     groups = triton.cdiv(H, block_h)
     if splits is None:
         sms = torch.cuda.get_device_properties(q_lat.device).multi_processor_count if on_gpu else 4

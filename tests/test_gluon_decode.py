@@ -108,3 +108,31 @@ def test_default_route_is_gluon_where_it_applies():
     odd = torch.empty(1, 8, R + DR + 1, device="cuda", dtype=BF16)  # rows not 16-byte aligned
     assert not gluon_decode.applies(q, qp, 64, False, False, False, odd[..., :R], odd[..., R:R + DR])
     assert not gluon_decode.applies(q, qp, 64, False, True, False, None, None)  # pages that split a tile
+
+
+@pytest.mark.parametrize("B, H, Sq, Sk", [(1, 128, 1, 700), (32, 128, 1, 300)], ids=["split", "many-rows"])
+def test_fp32_at_deepseek_dims(B, H, Sq, Sk, gen):
+    """fp32 with a 512-wide latent on the GPU: the decode kernels' fp32 tiles (16 keys, at
+    most 32 rows) fit shared memory (64-key tiles overflowed it on the H200), and the
+    backend keeps fp32 off the wide kernel."""
+    from mla_compile.custom_ops.triton_backend import TritonBackend
+    f = lambda *s: torch.randn(*s, generator=gen, device="cuda")  # noqa: E731
+    q_lat, q_pe, c, kr = f(B, H, Sq, R) * 0.1, f(B, H, Sq, DR) * 0.1, f(B, Sk, R), f(B, Sk, DR)
+    assert not TritonBackend.decode_is_wide(q_lat, q_pe)
+    out = torch.empty(B, H, Sq, R, device="cuda")
+    TritonBackend.decode_over_latent(q_lat, q_pe, c, kr, 0.1, False, None, False, out)
+    torch.testing.assert_close(out, latent_attention_reference(q_lat, q_pe, c, kr, 0.1, False), rtol=1e-4, atol=1e-4)
+
+
+def test_prefill_with_an_fp32_mask_and_bf16_inputs(gen):
+    """A 4-byte additive mask beside 16-bit K/V at DeepSeek's head dims: the prefill
+    kernel drops to 2 stages (3 overflowed shared memory on the H200)."""
+    from mla_compile.custom_ops.reference import prefill_attention_reference
+    B, H, S = 1, 4, 300
+    q, qr = rand(B, H, S, 128, gen=gen, scale=0.1), rand(B, H, S, DR, gen=gen, scale=0.1)
+    c, kr = rand(B, S, R, gen=gen), rand(B, S, DR, gen=gen)
+    wk, wv = rand(H, 128, R, gen=gen, scale=0.05), rand(H, 128, R, gen=gen, scale=0.05)
+    mask = torch.zeros(B, 1, S, S, device="cuda").masked_fill(
+        ~torch.ones(S, S, dtype=torch.bool, device="cuda").tril(), float("-inf"))
+    got = torch.ops.mla.prefill_attention(q, qr, c, kr, wk, wv, 0.1, False, "decompressed", "triton", mask)
+    close(got, prefill_attention_reference(q, qr, c, kr, wk, wv, 0.1, False, "decompressed", mask))

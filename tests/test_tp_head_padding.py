@@ -50,7 +50,7 @@ def spies(monkeypatch):
     calls = []
     state = {"answer": lambda rows, batch: _RULE(rows, True, batch)}
 
-    def rule(cls, rows, on_gpu, batch=1, wide=False):
+    def rule(cls, rows, on_gpu, batch=1, wide=False, itemsize=2):
         assert not wide, "the interpreter runs the split kernel"
         calls.append((rows, batch))
         return state["answer"](rows, batch)
