@@ -61,6 +61,13 @@ GAPS: dict[str, Gap] = {
 NO_SDPA = {
     "hy_v4": "transformers 5.23: HYV4ForCausalLM does not support sdpa (it adds sink logits to the softmax)",
 }
+# Upstream recompiles of the static-cache decode step (plain Inductor recompiles alike):
+# the number of decode graphs, and why. Each graph is checked like the one graph.
+STATIC_DECODE_GRAPHS = {
+    "dots3_note_text": (2, "transformers 5.23: its sliding-window StaticCache layer branches in Python on "
+                           "`current_length >= max_cache_len` (cache_utils.py), a guard that recompiles the "
+                           "step once the window fills"),
+}
 # Skipped, with the upstream reason. Follow-up: check such a family pooled over its graphs.
 UPSTREAM_SKIP = {
     "longcat_flash": "transformers 5.23: LongcatFlash's experts loop over the experts hit (nonzero, .item()); "
@@ -161,7 +168,13 @@ def test_family(family):
         assert all(p["Sq"] == 6 and (p["form"] in sparse or p["form"] == choose_attention_form(
             *(p[k] for k in ("Sq", "Sk", "H", "Dn", "Dr", "Dv", "R")))) for p in attention_params(reports[0]))
         assert all(p["Sq"] == 1 and p["form"] == "absorbed" for r in reports[1:] for p in attention_params(r))
-        assert all(not isinstance(p["Sk"], int) for p in attention_params(reports[2]))
+        # the context's length stays symbolic; a sliding-window layer's cache holds its fixed
+        # window once full (dots3_note), so its key length may be that int
+        config = getattr(model.config, "text_config", model.config)
+        window = getattr(config, "sliding_window", None)
+        dynamic = attention_params(reports[2])
+        assert any(not isinstance(p["Sk"], int) for p in dynamic), dynamic
+        assert all(not isinstance(p["Sk"], int) or (window and p["Sk"] <= window) for p in dynamic), dynamic
 
     # sdpa attention, prefill alone
     if family in NO_SDPA:
@@ -193,6 +206,8 @@ def test_family(family):
     if breaks:
         check_pooled(reports, gap, "decode static")
         return
-    assert len(reports) == 1, [r.format() for r in reports]
-    check_graph(reports[0], model, gap, "decode static")
-    assert all(p["Sq"] == 1 and p["form"] in {"absorbed"} | sparse for p in attention_params(reports[0]))
+    graphs, _why = STATIC_DECODE_GRAPHS.get(family, (1, ""))
+    assert len(reports) == graphs, [r.format() for r in reports]
+    for report in reports:
+        check_graph(report, model, gap, "decode static")
+        assert all(p["Sq"] == 1 and p["form"] in {"absorbed"} | sparse for p in attention_params(report))
