@@ -28,7 +28,12 @@ def mla_backend(
     patches: dict[str, Any] = dict(list_mode_options(mode)) if mode else {}
     patches.update(opts.inductor)
     patches["joint_custom_pre_pass"] = MlaPassManager(opts)
-    if opts.report:
-        # A graph served from Inductor's caches skips the passes, and so the report.
-        patches["force_disable_caches"] = True
-    return compile_fx(gm, example_inputs, config_patches=patches)
+    if not opts.report:
+        return compile_fx(gm, example_inputs, config_patches=patches)
+    # A graph served from Inductor's FX graph cache or AOTAutograd's cache skips the
+    # passes, and so the report: those two are off. The kernel caches stay on (keyed by
+    # the generated source, they cannot skip a pass): force_disable_caches would also
+    # compile every kernel afresh, in a new temporary cache directory never deleted.
+    patches.update(fx_graph_cache=False, fx_graph_remote_cache=False)
+    with torch._functorch.config.patch(enable_autograd_cache=False):
+        return compile_fx(gm, example_inputs, config_patches=patches)
