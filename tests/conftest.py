@@ -38,7 +38,6 @@ SLOW_FIRST = [
     "test_examples.py::test_quickstart",  # 28
     "test_attention_fusion.py::test_training_graph_left_alone_and_correct",  # 23
     "test_fuzz_latent.py",  # 20
-    "test_causal_mask.py::test_transformers_causal_mask",  # 20
     "test_attention_fusion.py::test_shape_fused_and_equal",  # 20 .. 6
     "test_transformers_dsa.py::test_prefill_eager_finite_fill_proven_causal",  # 19
     "test_transformers_dsa.py::test_prefill_sparse",  # 19
