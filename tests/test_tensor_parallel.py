@@ -29,6 +29,9 @@ TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_lay
 NEW = 6
 TIMEOUT_S = 900  # two compiles per rank; the interpreter and gcc on a loaded CI box
 WORKER = os.path.join(os.path.dirname(__file__), "tp_worker.py")
+# Under pytest-xdist the module fixture `ranks` (one 2-process launch, ~90 s) would run once
+# per worker that gets one of this module's tests: keep the module on one worker.
+pytestmark = pytest.mark.xdist_group("tensor_parallel")
 
 
 def save_reference(directory) -> dict:

@@ -31,16 +31,29 @@ def attention(report):
     return [m.params for m in report.matches if m.pattern == "attention.mla"]
 
 
+# The RoPE form of each family's default code: V3 interleaves (rope_interleave=True),
+# V2 rotates complex numbers. The exact counts below are also test_transformers_rope's
+# check for these models (it compiles only the neox form itself).
+ROPE_FORM = {"v3": "rope.pairs", "v2": "rope.complex"}
+
+
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 @pytest.mark.parametrize("family", ["v3", "v2"])
 def test_every_layer_attention_fused(family, impl):
+    """Also test_causal_mask's unpadded case: transformers' own mask proven causal (19
+    tokens, as there)."""
     model = build(family, impl)
-    ids = torch.randint(0, 128, (2, 11), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 128, (2, 19), generator=torch.Generator().manual_seed(1))
     actual, expected, report = run(model, ids)
     assert report.counts()["attention.mla"] == LAYERS, report.format()
+    # every layer's RoPE fused too: q_pe and k_pe, one launch per layer
+    assert report.counts() == {ROPE_FORM[family]: 2 * LAYERS, "rope.one_launch": LAYERS,
+                               "attention.mla": LAYERS}, report.format()
     assert report.near_misses == [], report.format()
     for p in attention(report):
-        assert (p["B"], p["H"], p["Sq"], p["Sk"]) == (2, TINY["num_attention_heads"], 11, 11)
+        assert (p["B"], p["H"], p["Sq"], p["Sk"]) == (2, TINY["num_attention_heads"], 19, 19)
+        assert p["mask"] == {"eager": "causal", "sdpa": "causal (safe softmax)"}[impl], p
+        assert p["mask_proof"].startswith("causal"), p
         assert (p["Dn"], p["Dr"], p["Dv"], p["R"]) == (16, 8, 16, 16)
         assert math.isclose(p["scale"], QK ** -0.5, rel_tol=1e-6)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
@@ -49,20 +62,29 @@ def test_every_layer_attention_fused(family, impl):
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 def test_padding_mask_and_yarn_mscale(impl):
     """Left padding (rows with masked keys) and YaRN: the scale carried into the op is
-    (nope + rope)^-0.5 * mscale^2 (seed 000), not the latent width's."""
+    (nope + rope)^-0.5 * mscale^2 (seed 000), not the latent width's.
+
+    Also test_causal_mask's padded case, on the same compile: transformers' own mask
+    (5.17: iota comparisons; >= 5.18: positions compared through an in-graph position
+    table; packed-sequence ids from the positions, key padding) is causal where exact,
+    and the logits equal at every position, the pad rows included (19 tokens, 6 padded,
+    as there; YaRN changes the RoPE tables only, not the mask)."""
     model = build("v3", impl, rope_scaling=YARN)
-    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(2))
-    mask = torch.ones(2, 9, dtype=torch.long)
-    mask[1, :3] = 0
+    ids = torch.randint(0, 128, (2, 19), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(2, 19, dtype=torch.long)
+    mask[1, :6] = 0
     actual, expected, report = run(model, ids, mask)
     assert report.counts()["attention.mla"] == LAYERS, report.format()
+    assert report.near_misses == [], report.format()
     mscale = 0.1 * math.log(40.0) + 1.0
     for p in attention(report):
         assert math.isclose(p["scale"], QK ** -0.5 * mscale ** 2, rel_tol=1e-6), p
         assert p["scale_decomposition"] == f"(16+8)^-0.5 * {mscale ** 2:.6g}"
         assert p["mask"].startswith("additive")
-    keep = mask.bool()  # padded query rows hold no meaning; compare the real tokens
-    torch.testing.assert_close(actual[keep], expected[keep], rtol=1e-4, atol=1e-4)
+        # eager's finite fill with key padding is not provably causal; sdpa's mask is
+        assert p["mask"] == {"eager": "additive", "sdpa": "additive+causal (safe softmax)"}[impl], p
+        assert p["mask_proof"].startswith({"eager": "not causal", "sdpa": "causal"}[impl]), p
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_bf16_logits_close():

@@ -24,11 +24,13 @@ def build(family: str, impl: str, **extra):
     return model_cls(config).eval()
 
 
+# The other RoPE forms compile the very graphs of test_transformers_attention's
+# test_every_layer_attention_fused (the same models, forward without cache), which asserts
+# these same counts there: v3 eager (rope_interleave=True, its default): rope.pairs; v2
+# eager and sdpa: rope.complex. Compiled here only what no other test compiles: the
+# neox form (rope_interleave=False).
 @pytest.mark.parametrize("family, extra, form, impl", [
-    ("v3", {"rope_interleave": True}, "rope.pairs", "eager"),
     ("v3", {"rope_interleave": False}, "rope.neox", "sdpa"),
-    ("v2", {}, "rope.complex", "eager"),
-    ("v2", {}, "rope.complex", "sdpa"),
 ])
 def test_every_layer_rope_fused(family, extra, form, impl):
     model = build(family, impl, **extra)
