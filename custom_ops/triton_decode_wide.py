@@ -351,28 +351,21 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     if gluon and not use_gluon:
         raise ValueError("mla_decode_attention_wide(gluon=True): the Gluon program does not apply here "
                          "(gluon_decode.applies)")
-    if use_gluon:
-        launch(
-            gluon_decode.gluon_split, (groups, splits, B),
-            q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, out, partial, stats, table_arg, seq_arg,
+    # one argument list for both programs (same kernel signature up to the constexprs)
+    args = (q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, out, partial, stats, table_arg, seq_arg,
             q_lat if sinks is None else sinks, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides,
-            *mk_strides, *out.stride(), st_b, H, Sq, Sk, keys_per_split, float(scale),
-            R=R, DR=Dr, CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct,
-            ZERO_EMPTY=bool(zero_empty_rows), PAGED=paged is not None, PAGE=page, SINK=sinks is not None,
-            num_warps=gluon_decode.WARPS,
-        )
+            *mk_strides, *out.stride(), st_b, H, Sq, Sk, keys_per_split, float(scale))
+    common = dict(R=R, DR=Dr, CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct,
+                  ZERO_EMPTY=bool(zero_empty_rows), PAGED=paged is not None, PAGE=page, SINK=sinks is not None)
+    if use_gluon:
+        launch(gluon_decode.gluon_split, (groups, splits, B), *args, **common, num_warps=gluon_decode.WARPS)
     else:
         launch(
-            _wide_split, (groups, splits, B),
-            q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, out, partial, stats, table_arg, seq_arg,
-            q_lat if sinks is None else sinks, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *mk_strides, *out.stride(), st_b,
-            H, Sq, Sk, keys_per_split, float(scale),
-            R=R, DR=Dr, BR=br, BDR=bdr, NSPLIT=ns, BLOCK_H=bh, BLOCK_N=bn,
-            CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct, ZERO_EMPTY=bool(zero_empty_rows),
+            _wide_split, (groups, splits, B), *args, **common,
+            BR=br, BDR=bdr, NSPLIT=ns, BLOCK_H=bh, BLOCK_N=bn,
             PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
             UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16,
-            PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec,
-            PAGE_TILE=page_tile, SINK=sinks is not None,
+            TT=tt, VEC=vec, PAGE_TILE=page_tile,
             num_warps=num_warps or (8 if bh >= 64 else 4), num_stages=num_stages or 2,
         )
     if not direct:
