@@ -9,6 +9,7 @@ from torch._inductor import list_mode_options
 from torch._inductor.compile_fx import compile_fx
 
 from . import custom_ops  # noqa: F401  (registers torch.ops.mla.*)
+from .compat import launch_patches
 from .options import Options
 from .pass_manager import MlaPassManager
 
@@ -26,6 +27,7 @@ def mla_backend(
         raise ValueError(f"mla backend: mode={mode!r} and options['mode']={opts.mode!r} disagree")
     mode = mode or opts.mode
     patches: dict[str, Any] = dict(list_mode_options(mode)) if mode else {}
+    patches.update(launch_patches())
     patches.update(opts.inductor)
     patches["joint_custom_pre_pass"] = MlaPassManager(opts)
     if not opts.report:

@@ -12,7 +12,7 @@ TORCH_VERSION = torch.__version__
 
 __all__ = ["TORCH_VERSION", "detect_fake_mode", "known_equal", "known_same_shape",
            "known_broadcasts_to", "statically_known_true", "emit_structured_artifact", "is_joint_graph",
-           "real_tensors", "size_hint", "constant_int", "wrap_triton", "same_storage",
+           "real_tensors", "size_hint", "constant_int", "wrap_triton", "launch_patches", "inductor_cuda_graphs", "same_storage",
            "inductor_decompositions", "enable_python_dispatcher"]
 
 
@@ -108,6 +108,25 @@ def constant_int(x) -> int | None:
 def wrap_triton(kernel):
     """torch.library.wrap_triton (torch >= 2.6; the same on 2.11 .. 2.15)."""
     return torch.library.wrap_triton(kernel)
+
+
+def launch_patches() -> dict:
+    """Inductor settings for launching our (user-defined) Triton kernels: its static
+    C++ launcher, as for its own kernels, where this torch has the switch (off by
+    default through 2.15; a kernel it cannot launch falls back to Triton's launcher).
+    Triton's Python launcher costs ~2x the host time per call (H200, issue 11)."""
+    import torch._inductor.config as inductor_config
+
+    name = "static_launch_user_defined_triton_kernels"
+    return {name: True} if hasattr(inductor_config, name) else {}
+
+
+def inductor_cuda_graphs() -> bool:
+    """Whether the graph Inductor is compiling will run under CUDA graphs (its mode's
+    `triton.cudagraphs`, patched in for the compile; the same on 2.11 .. 2.15)."""
+    import torch._inductor.config as inductor_config
+
+    return bool(inductor_config.triton.cudagraphs)
 
 
 def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
