@@ -1,4 +1,5 @@
 """Fused ops in namespace `mla` (`torch.ops.mla.*`); importing registers them."""
+from . import gluon_op  # noqa: F401  (registers torch.ops.mla.wide_decode_gluon)
 from . import latent_attention  # noqa: F401  (registers torch.ops.mla.latent_attention)
 from . import indexer_cache  # noqa: F401  (registers torch.ops.mla.indexer_cache_write, indexer_rope_cache_write)
 from . import paged_cache  # noqa: F401  (registers torch.ops.mla.cache_write, paged_decode)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from .checks import known_true
 from .launch import is_traced
 
 try:
@@ -37,22 +38,21 @@ WARPS = 8  # two warpgroups
 def _rows_of_vectors(t: torch.Tensor) -> bool:
     """cp.async moves 16-byte vectors: unit column stride, the other strides multiples of
     16 elements (the JIT's divisibility specialisation proves the alignment), the start
-    16-byte aligned."""
-    return (t.stride(-1) == 1 and all(s % 16 == 0 for s in t.stride()[:-1])
-            and t.storage_offset() % 8 == 0 and t.data_ptr() % 16 == 0)
+    16-byte aligned (a traced tensor has no data pointer: the op checks it at run time)."""
+    return (known_true(t.stride(-1) == 1) and all(known_true(s % 16 == 0) for s in t.stride()[:-1])
+            and known_true(t.storage_offset() % 8 == 0) and (is_traced(t) or t.data_ptr() % 16 == 0))
 
 
 def applies(q_lat: torch.Tensor, q_pe: torch.Tensor, rows_per_program: int, page_tile: bool,
             paged: bool, interpreting: bool, c_kv: torch.Tensor, k_pe: torch.Tensor) -> bool:
     """This program serves 64-row programs on sm_90 for DeepSeek's dims (R = 512,
     Dr = 64) in fp16 / bf16, over contiguous keys (rows of 16-byte vectors) or NORMAL
-    pages holding whole key tiles, when the op runs it (eager, or a compiled graph's op
-    call: `launch="op"`); everything else stays on the Triton program.
+    pages holding whole key tiles; everything else stays on the Triton program.
 
-    Not inside a trace for Inductor (passes/inline_launches.py): Inductor's analysis of
-    a user kernel (torch 2.11-2.14) compiles it as a plain Triton kernel, which fails for
-    Gluon, and then takes every input as written, so the op could not be inlined."""
-    if gluon is None or interpreting or q_lat.device.type != "cuda" or is_traced(q_lat):
+    On traced tensors (a compiled graph's launch, passes/inline_launches.py) the answer
+    leaves out the data pointers' alignment: the launcher then calls
+    `mla.wide_decode_gluon` (gluon_op.py), which asks again on the real tensors."""
+    if gluon is None or interpreting or q_lat.device.type != "cuda":
         return False
     if not (rows_per_program == ROWS and q_lat.shape[-1] == 512 and q_pe.shape[-1] == 64
             and q_lat.dtype in (torch.float16, torch.bfloat16)

@@ -39,10 +39,11 @@ import os
 
 import torch
 
-from ..compat import size_hint
+from ..compat import inductor_cuda_graphs, size_hint
 from . import gluon_decode
 from .checks import known_true
-from .launch import launch
+from .gluon_op import call_wide_decode_gluon
+from .launch import is_traced, launch
 from .triton_decode import key_source
 
 try:
@@ -327,6 +328,25 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     bh = block_h or wide_rows_per_program(size_hint(Sq * H), on_gpu)
     br, bdr = max(16, triton.next_power_of_2(R)), max(16, triton.next_power_of_2(Dr))
     ns = nsplit or (2 if br >= 256 else 1)
+    page_tile = paged is not None and tt == 1 and page % bn == 0
+    use_gluon = gluon is not False and bn == gluon_decode.KEYS and gluon_decode.applies(
+        q_lat, q_pe, bh, page_tile, paged is not None, _interpreting(), c_kv, k_pe)
+    if gluon and not use_gluon:
+        raise ValueError("mla_decode_attention_wide(gluon=True): the Gluon program does not apply here "
+                         "(gluon_decode.applies)")
+    if use_gluon and is_traced(q_lat):
+        # Inductor cannot launch a Gluon kernel: an op call, only under CUDA graphs, where
+        # it costs nothing (without them a custom op call costs ~200 us of host time, more
+        # than the faster program saves: H200, issue 12); else the Triton program, inlined
+        if not inductor_cuda_graphs():
+            return mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale, causal, mask=mask,
+                                             zero_empty_rows=zero_empty_rows, paged=paged, out=out,
+                                             splits=splits, block_h=block_h, block_n=block_n,
+                                             num_warps=num_warps, num_stages=num_stages, nsplit=nsplit,
+                                             sms=sms, sinks=sinks, gluon=False)
+        return call_wide_decode_gluon(q_lat, q_pe, c_kv if paged is None else None,
+                                      k_pe if paged is None else None, mask, paged, sinks, out, scale,
+                                      causal, zero_empty_rows, bh)
     groups = triton.cdiv(Sq * H, bh)
     if splits is None:
         n_sm = sms or (torch.cuda.get_device_properties(q_lat.device).multi_processor_count if on_gpu else 4)
@@ -345,12 +365,6 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
         stats = torch.empty(B * H * Sq * splits * 2, device=q_lat.device, dtype=torch.float32)  # (max, sum)
     mk = mask.expand(B, H, Sq, Sk) if mask is not None else None
     mk_strides = mk.stride() if mk is not None else (0, 0, 0, 0)
-    page_tile = paged is not None and tt == 1 and page % bn == 0
-    use_gluon = gluon is not False and bn == gluon_decode.KEYS and gluon_decode.applies(
-        q_lat, q_pe, bh, page_tile, paged is not None, _interpreting(), c_kv, k_pe)
-    if gluon and not use_gluon:
-        raise ValueError("mla_decode_attention_wide(gluon=True): the Gluon program does not apply here "
-                         "(gluon_decode.applies)")
     # one argument list for both programs (same kernel signature up to the constexprs)
     args = (q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, out, partial, stats, table_arg, seq_arg,
             q_lat if sinks is None else sinks, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides,

@@ -80,10 +80,11 @@ def _check_functional(gm: fx.GraphModule) -> None:
             raise RuntimeError(f"the traced launch writes into an input ({n.target})")
 
 
-def _splice(graph: fx.Graph, node: fx.Node, gm: fx.GraphModule, inputs: list) -> int:
-    """Put gm's nodes in place of `node`; returns the number of kernel launches."""
+def _splice(graph: fx.Graph, node: fx.Node, gm: fx.GraphModule, inputs: list) -> dict:
+    """Put gm's nodes in place of `node`; returns the number of kernel launches (and of
+    op calls left in the trace: the Gluon decode, custom_ops/gluon_op.py)."""
     env = dict(zip((n for n in gm.graph.nodes if n.op == "placeholder"), inputs))
-    launches, result = 0, None
+    launches, calls, result = 0, 0, None
     with graph.inserting_before(node):
         for sub in gm.graph.nodes:
             if sub.op == "placeholder":
@@ -93,6 +94,7 @@ def _splice(graph: fx.Graph, node: fx.Node, gm: fx.GraphModule, inputs: list) ->
                 break
             env[sub] = graph.node_copy(sub, lambda n: env[n])
             launches += getattr(sub.target, "__name__", "") in _WRAPPERS
+            calls += str(sub.target).startswith("mla.")
     if isinstance(result, (list, tuple)):  # mla.rope: its users are getitem nodes
         for user in list(node.users):
             user.replace_all_uses_with(result[user.args[1]])
@@ -100,7 +102,7 @@ def _splice(graph: fx.Graph, node: fx.Node, gm: fx.GraphModule, inputs: list) ->
     else:
         node.replace_all_uses_with(result)
     graph.erase_node(node)
-    return launches
+    return {"kernel_launches": launches, **({"op_calls": calls} if calls else {})}
 
 
 def _positional(node: fx.Node) -> None:
@@ -138,5 +140,4 @@ def inline_launches(graph: fx.Graph, options, record: PassRecord) -> None:
             record.matches.append(Match("launch.op", {"op": op, "why": f"{type(err).__name__}: {err}"}))
             continue
         inputs = [leaf for leaf in pytree.tree_leaves(kwargs) if isinstance(leaf, fx.Node)]
-        launches = _splice(graph, node, gm, inputs)
-        record.matches.append(Match("launch.inductor", {"op": op, "kernel_launches": launches}))
+        record.matches.append(Match("launch.inductor", {"op": op, **_splice(graph, node, gm, inputs)}))

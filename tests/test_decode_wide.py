@@ -196,3 +196,58 @@ def test_launcher_traces_on_fake_tensors(monkeypatch):
                                             splits=splits)
             assert isinstance(out, FakeTensor) and out.shape == (B, H, 1, 512)
             assert [g for _, g in calls] == grids
+
+
+def test_gluon_route_traces_to_one_op_call(monkeypatch, gen):
+    """Where the Gluon program applies and the graph runs under CUDA graphs, the traced
+    launcher (a compiled graph's) calls mla.wide_decode_gluon instead of launching
+    (Inductor cannot launch Gluon): the functionalized trace holds that one call and no
+    kernel launch, and running it gives the launcher's numbers (here the op runs the
+    Triton program: no sm_90 on CPU). Without CUDA graphs it launches the Triton program."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from mla_compile.custom_ops import gluon_decode
+    from mla_compile.custom_ops.launch import is_traced
+
+    monkeypatch.setattr(gluon_decode, "applies", lambda q_lat, *a: is_traced(q_lat))
+    B, H, Sk = 2, 3, 40
+    q_lat, q_pe, c, kr = inputs(B, H, 1, Sk, gen)
+    mask = torch.zeros(B, 1, 1, Sk, device=DEVICE).masked_fill(torch.rand(B, 1, 1, Sk, generator=gen) < 0.3,
+                                                                float("-inf"))
+
+    def run(q_lat, q_pe, c, kr, mask):
+        return mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.3, False, mask=mask, block_n=64)
+
+    with torch._inductor.config.patch({"triton.cudagraphs": True}):
+        gm = make_fx(torch.func.functionalize(run, remove="mutations"), tracing_mode="fake")(
+            q_lat, q_pe, c, kr, mask)
+    targets = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+    assert not any("triton_kernel_wrapper" in t for t in targets), targets
+    assert targets.count("mla.wide_decode_gluon.default") == 1, targets
+    want = latent_attention_reference(q_lat, q_pe, c, kr, 0.3, False, mask)
+    torch.testing.assert_close(gm(q_lat, q_pe, c, kr, mask), want, rtol=1e-4, atol=1e-4)
+
+    launched = []
+    monkeypatch.setattr(triton_decode_wide, "launch", lambda kernel, grid, *a, **k: launched.append(kernel))
+    with FakeTensorMode() as mode, torch._inductor.config.patch({"triton.cudagraphs": False}):
+        out = run(*(mode.from_tensor(t) for t in (q_lat, q_pe, c, kr, mask)))
+    assert out.shape == want.shape and triton_decode_wide._wide_split in launched, launched
+
+
+def test_gluon_op_registration(gen):
+    """torch.library.opcheck of mla.wide_decode_gluon (schema, fake, dispatch) on
+    contiguous and paged keys."""
+    from mla_compile.custom_ops import PagedLatentCache
+
+    B, H, Sk, page = 2, 3, 32, 16
+    q_lat, q_pe, c, kr = inputs(B, H, 1, Sk, gen)
+    torch.library.opcheck(torch.ops.mla.wide_decode_gluon,
+                          (q_lat, q_pe, c, kr, None, None, None, None, None, 0.3, False, False, 0, 0, 0, 16))
+    cache = PagedLatentCache.allocate(B * 2, page, R, DR, torch.float32, DEVICE)
+    table = torch.arange(B * 2, dtype=torch.int32, device=DEVICE).view(B, 2)
+    seq = torch.tensor([Sk, 20], dtype=torch.int32, device=DEVICE)
+    tt, vec = cache.params
+    torch.library.opcheck(torch.ops.mla.wide_decode_gluon,
+                          (q_lat, q_pe, None, None, None, cache.data, table, seq, None, 0.3, False, True,
+                           page, tt, vec, 16))

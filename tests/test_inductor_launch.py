@@ -92,10 +92,12 @@ def test_decode_kernels_launched_by_inductor(dtype):
 @cuda_only
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                     reason="the Gluon decode program is for sm_90")
-def test_wide_decode_at_128_heads_inlined_and_gluon_through_op_calls():
+def test_wide_decode_at_128_heads_calls_the_gluon_op_under_cuda_graphs():
     """DeepSeek's attention dims at 128 heads, batch 4 (512 query rows: the wide kernel's
-    64-row program). Inlined, Inductor launches the Triton program (it cannot analyse a
-    Gluon kernel); with launch="op" the op runs the Gluon program. Both equal eager."""
+    64-row program, Gluon on sm_90). Default mode: Inductor launches the Triton program
+    (an op call would cost more host time than the Gluon program saves). Under CUDA
+    graphs the graph calls mla.wide_decode_gluon (Inductor cannot launch a Gluon
+    kernel); with launch="op" the fused op runs it. All equal eager."""
     torch.manual_seed(0)
     model = AbsorbedMLA(dim=256, heads=128, rank=512, nope=128, rope=64, v=128, max_batch=4, max_len=300,
                         dtype=torch.bfloat16).cuda().eval()
@@ -107,8 +109,12 @@ def test_wide_decode_at_128_heads_inlined_and_gluon_through_op_calls():
     inputs = (x, 250, freqs[250:251], None)
     out, ref, code, reports = _compile_and_code(model, inputs)
     assert _counts(reports).get("attention.mla") == 1, [r.format() for r in reports]
-    assert "torch.ops.mla" not in code and "_wide_split" in code and "gluon_split" not in code, code
+    assert "torch.ops.mla" not in code and "_wide_split" in code, code
     _close(out, ref, 3e-2)
+    out_g, _, code_g, _ = _compile_and_code(model, inputs, mode="reduce-overhead")
+    assert "torch.ops.mla.wide_decode_gluon" in code_g and "_wide_split" not in code_g, code_g
+    assert "torch.ops.mla.latent_attention" not in code_g, code_g
+    _close(out_g, ref, 3e-2)
     out_op, _, code_op, _ = _compile_and_code(model, inputs, launch="op")
     assert "torch.ops.mla.latent_attention" in code_op
     _close(out_op, ref, 3e-2)
