@@ -72,23 +72,26 @@ class TritonBackend(KernelBackend):
         return split_rows_per_program(rows, on_gpu, batch, itemsize)
 
     @classmethod
-    def decode_is_wide(cls, q_lat: torch.Tensor, q_pe: torch.Tensor) -> bool:
+    def decode_is_wide(cls, q_lat: torch.Tensor, q_pe: torch.Tensor, keys: int) -> bool:
         """The wide kernel (each latent tile read once per 64 rows) from 512 (query, head)
-        rows on a GPU: faster than the split kernel in every such case measured (H200,
-        1.06-1.39x at B >= 32, H 16-128); fewer rows (B = 1) keep the split kernel, whose
-        many-split schedule the wide one has not been measured against there. 16-bit
-        inputs only: its 64-row program does not fit shared memory in fp32."""
+        rows or 8192 keys on a GPU, else the split kernel. H200 (benchmarks/RESULTS.md,
+        issue 12): at >= 512 rows wide is 1.06-1.45x faster (B >= 4, H 16-128); at batch
+        1 it is 1.05-1.55x faster from 8192 keys (H 16-128) and 0.71-0.87x at 4096,
+        where the split kernel's smaller programs win. 16-bit inputs only: its 64-row
+        program does not fit shared memory in fp32. `keys`: the keys a row reads (the
+        cache's capacity for a paged one), a size hint (no guard)."""
         B, H, Sq, _ = q_lat.shape
         on_gpu = q_lat.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
         return (on_gpu and wide_supports(q_lat, q_pe) and q_lat.element_size() == 2
-                and size_hint(B * H * Sq) >= 512)
+                and (size_hint(B * H * Sq) >= 512 or size_hint(keys) >= 8192))
 
     @classmethod
     def decode_over_latent(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out,
                            paged=None, sinks=None) -> None:
         """The absorbed attention over the latent (or a paged cache): the kernel and its
         rows per program chosen here."""
-        wide = cls.decode_is_wide(q_lat, q_pe)
+        keys = c_kv.shape[1] if paged is None else paged[1].shape[1] * paged[3]
+        wide = cls.decode_is_wide(q_lat, q_pe, keys)
         on_gpu = q_lat.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
         B, H, Sq, _ = q_lat.shape
         block_h = cls.decode_rows_per_program(size_hint(Sq * H), on_gpu, size_hint(B), wide=wide,

@@ -118,7 +118,7 @@ def test_fp32_at_deepseek_dims(B, H, Sq, Sk, gen):
     from mla_compile.custom_ops.triton_backend import TritonBackend
     f = lambda *s: torch.randn(*s, generator=gen, device="cuda")  # noqa: E731
     q_lat, q_pe, c, kr = f(B, H, Sq, R) * 0.1, f(B, H, Sq, DR) * 0.1, f(B, Sk, R), f(B, Sk, DR)
-    assert not TritonBackend.decode_is_wide(q_lat, q_pe)
+    assert not TritonBackend.decode_is_wide(q_lat, q_pe, Sk)
     out = torch.empty(B, H, Sq, R, device="cuda")
     TritonBackend.decode_over_latent(q_lat, q_pe, c, kr, 0.1, False, None, False, out)
     torch.testing.assert_close(out, latent_attention_reference(q_lat, q_pe, c, kr, 0.1, False), rtol=1e-4, atol=1e-4)
