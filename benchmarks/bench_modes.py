@@ -8,8 +8,8 @@ Run: `OUT=dir python benchmarks/bench_modes.py [--quick]` (mla_compile and
 transformers installed). Model: DeepSeek-V3 attention dims (q_lora 1536, kv_lora 512,
 nope/rope/v 128/64/128), H heads, 4 dense layers (hidden 2048, MLP 4096), vocab
 32000 (a real lm_head), random weights, bf16, static cache of L = 4096 tokens (half
-filled with random latents), B sequences. A decode step is the mean wall time of 30
-steps after 5 warm-ups (default mode is host-bound: wall time is what a user waits).
+filled with random latents), B sequences. A decode step is the median over 5 rounds of the mean wall time of 10
+steps, after 5 warm-ups (default mode is host-bound: wall time is what a user waits).
 Prints markdown tables (also $OUT/modes_bench.md).
 """
 from __future__ import annotations
@@ -70,8 +70,10 @@ def counts(reports) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(total.items())) or "-"
 
 
-def decode_rows(modes, cases, backends) -> list[str]:
-    rows = ["| mode | H | B | backend | step us | vs inductor | first call s | rewrites |",
+def decode_rows(modes, cases, backends, rounds: int = 5, reps: int = 10) -> list[str]:
+    """Per backend: compile (first call timed), then `rounds` rounds of `reps` steps;
+    the median round is reported (host-bound steps drift within a run)."""
+    rows = ["| mode | H | B | backend | step us (median of rounds) | vs inductor | first call s | rewrites |",
             "|---|---|---|---|---|---|---|---|"]
     for H in sorted({h for _, h in cases}):
         model = make_model(H)
@@ -90,8 +92,10 @@ def decode_rows(modes, cases, backends) -> list[str]:
                     reports: list = []
                     fwd = compiled(model, backend, mode, extra, reports)
                     with torch.no_grad():
-                        first, us = timed(lambda: fwd(ids, past_key_values=cache, cache_position=pos,
-                                                      use_cache=True).logits)
+                        step = lambda: fwd(ids, past_key_values=cache, cache_position=pos,  # noqa: E731
+                                           use_cache=True).logits
+                        first, _ = timed(step, warm=5, reps=1)
+                        us = sorted(timed(step, warm=2, reps=reps)[1] for _ in range(rounds))[rounds // 2]
                     base = base or us
                     rows.append(f"| {mode or 'default'} | {H} | {B} | {name} | {us:.0f} | {base / us:.2f}x | "
                                 f"{first:.1f} | {counts(reports)} |")
@@ -166,6 +170,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="H=16 B=1 and the op costs only")
     parser.add_argument("--part", choices=["decode", "prefill", "ops", "all"], default="all")
+    parser.add_argument("--launch-op", action="store_true", help="decode also with launch='op'")
+    parser.add_argument("--cases", help="decode cases as HxB,... (default: all)")
     args = parser.parse_args()
     header = f"{torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}"
     print(header, flush=True)
@@ -174,7 +180,10 @@ def main() -> None:
         out += op_cost_rows() + [""]
     if args.part in ("decode", "all"):
         cases = DECODE[:1] if args.quick else DECODE
-        out += decode_rows([None], cases, list(BACKENDS)) + [""]
+        if args.cases:  # "HxB,..."
+            cases = [(int(b), int(h)) for h, b in (c.split("x") for c in args.cases.split(","))]
+        default_backends = list(BACKENDS) if args.launch_op else ["inductor", "mla"]
+        out += decode_rows([None], cases, default_backends) + [""]
         if not args.quick:
             out += decode_rows(["reduce-overhead"], cases, ["inductor", "mla"]) + [""]
     if args.part in ("prefill", "all"):
