@@ -17,7 +17,8 @@ transformers = pytest.importorskip("transformers")
 from transformers_tiny import build, families, mla_layers, tiny_config  # noqa: E402
 
 # the DSA families of issue 14 (hy_v4 adds attention sinks: not fused at all; glm5_next's
-# NoPE MLA sits behind graph breaks: tests/test_transformers_all_families.py GAPS)
+# NoPE MLA: its prefill is split by an upstream graph break, its decode steps fuse dense:
+# tests/test_transformers_all_families.py PREFILL_BREAKS)
 ISSUE_DSA = ["axk2", "deepseek_v32", "dots3_note_text", "glm_moe_dsa", "mistral_large4_text"]
 DSA = [f for f in ISSUE_DSA if f in families()]  # older transformers (5.17) ship fewer
 # MLA layers not sparse, and why: mistral_large4's NoPE layer is not MLA-matched at all
