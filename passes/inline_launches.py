@@ -10,6 +10,9 @@ graph then holds `triton_kernel_wrapper_functional` nodes, which Inductor lowers
 launches in its generated code (and reinplaces where the buffers allow). The checks
 ran once, on the fake inputs, when the op was inserted.
 
+Ops with equal signatures (a model's layers) are traced once and spliced each in its
+place: tracing and Triton's kernel analysis are most of this pass's compile time.
+
 A trace that fails, or that would mutate an input, leaves the op node as it is (same
 numbers, the op's own launch path): the report lists it as `launch.op` with the reason.
 """
@@ -21,7 +24,7 @@ import torch.utils._pytree as pytree
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.operator_schemas import normalize_function
 
-from ..compat import enable_python_dispatcher, inductor_decompositions
+from ..compat import enable_python_dispatcher, inductor_decompositions, same_storage
 from ..custom_ops.latent_attention import compute_latent_attention
 from ..custom_ops.paged_cache import compute_paged_decode
 from ..custom_ops.prefill_attention import compute_prefill_attention
@@ -69,6 +72,28 @@ def _trace(compute, kwargs: dict) -> fx.GraphModule:
         direct = make_fx(body, decomps, tracing_mode="real")(*vals)
         functional = torch.func.functionalize(direct, remove="mutations")
         return make_fx(functional, decomps, tracing_mode="real")(*vals)
+
+
+def _signature(compute, kwargs: dict) -> tuple:
+    """What a trace depends on: the computation, the arguments' structure and constants,
+    each tensor's metadata (sizes and strides as expressions, so one symbol is one size)
+    and which tensors share storage (the decompression reads adjacent weight windows as
+    one GEMM). Equal signatures trace to the same graph: a model's layers trace once."""
+    leaves, spec = pytree.tree_flatten(kwargs)
+    bases: list = []
+    parts = []
+    for leaf in leaves:
+        if not isinstance(leaf, fx.Node):
+            parts.append(("const", type(leaf).__name__, repr(leaf)))
+            continue
+        v = leaf.meta["val"]
+        base = next((i for i, b in enumerate(bases) if same_storage(b, v)), None)
+        if base is None:
+            bases.append(v)
+            base = len(bases) - 1
+        parts.append(("tensor", str(tuple(v.shape)), str(v.stride()), str(v.storage_offset()), v.dtype,
+                      v.device, base))
+    return compute, str(spec), tuple(parts)
 
 
 def _check_functional(gm: fx.GraphModule) -> None:
@@ -120,6 +145,7 @@ def _positional(node: fx.Node) -> None:
 
 
 def inline_launches(graph: fx.Graph, options, record: PassRecord) -> None:
+    traced: dict = {}  # signature -> trace (or the error it raised), for this graph only
     for node in list(graph.nodes):
         compute = COMPUTE.get(node.target) if node.op == "call_function" else None
         if compute is None:
@@ -133,11 +159,16 @@ def inline_launches(graph: fx.Graph, options, record: PassRecord) -> None:
             _positional(node)
             continue
         op = str(node.target).replace(".default", "")
-        try:
-            gm = _trace(compute, kwargs)
-            _check_functional(gm)
-        except Exception as err:  # noqa: BLE001  (any failure: keep the op, say why)
-            record.matches.append(Match("launch.op", {"op": op, "why": f"{type(err).__name__}: {err}"}))
+        key = _signature(compute, kwargs)
+        if key not in traced:
+            try:
+                traced[key] = _trace(compute, kwargs)
+                _check_functional(traced[key])
+            except Exception as err:  # noqa: BLE001  (any failure: keep the op, say why)
+                traced[key] = err
+        gm = traced[key]
+        if isinstance(gm, Exception):
+            record.matches.append(Match("launch.op", {"op": op, "why": f"{type(gm).__name__}: {gm}"}))
             continue
         inputs = [leaf for leaf in pytree.tree_leaves(kwargs) if isinstance(leaf, fx.Node)]
         record.matches.append(Match("launch.inductor", {"op": op, **_splice(graph, node, gm, inputs)}))

@@ -159,6 +159,56 @@ def test_splice_on_cpu_with_the_reference(monkeypatch):
     _close(out, ref, 1e-4)
 
 
+def test_equal_ops_are_traced_once(monkeypatch):
+    """Two attentions with equal arguments (a model's layers) share one trace, spliced
+    twice; a third whose weight windows are views of ONE storage (same sizes, strides and
+    offsets otherwise: the decompression is then one GEMM) is traced apart. The result
+    equals eager."""
+    import importlib
+
+    from torch._guards import detect_fake_mode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from mla_compile.options import Options
+    from mla_compile.report import PassRecord
+
+    inline_launches = importlib.import_module("mla_compile.passes.inline_launches")
+    monkeypatch.setattr(inline_launches, "inductor_launches", lambda device, kernel: True)
+    traces = []
+    real_trace = inline_launches._trace
+    monkeypatch.setattr(inline_launches, "_trace", lambda *a: traces.append(a) or real_trace(*a))
+    gen = torch.Generator().manual_seed(0)
+    B, H, S, Dn, Dr, Dv, R = 1, 2, 5, 8, 4, 8, 16
+
+    def attend(q_nope, q_pe, c, kr, w_uk, w_uv):
+        return torch.ops.mla.prefill_attention(q_nope, q_pe, c, kr, w_uk, w_uv, 0.2, True, "decompressed",
+                                               kernel="reference")
+
+    def layers(x1, x2, x3, w1, w2, kv_b):
+        a = attend(*x1, *w1)
+        b = attend(*x2, *w2)
+        c = attend(*x3, kv_b[:, :Dn], kv_b[:, Dn:])  # adjacent windows of one weight
+        return a + b + c
+
+    def xs():
+        return (torch.randn(B, H, S, Dn, generator=gen), torch.randn(B, H, S, Dr, generator=gen),
+                torch.randn(B, S, R, generator=gen), torch.randn(B, S, Dr, generator=gen))
+
+    def ws():  # windows of two weights: the same sizes, strides and offsets as kv_b's two
+        return (torch.randn(H, Dn + Dv, R, generator=gen)[:, :Dn], torch.randn(H, Dn + Dv, R, generator=gen)[:, Dn:])
+
+    args = (xs(), xs(), xs(), ws(), ws(), torch.randn(H, Dn + Dv, R, generator=gen))
+    gm = make_fx(layers, tracing_mode="fake")(*args)
+    record = PassRecord("launch")
+    with detect_fake_mode([n.meta["val"] for n in gm.graph.nodes if n.op == "placeholder"]):  # as under AOT
+        inline_launches.inline_launches(gm.graph, Options.from_user({"kernel": "reference"}), record)
+    gm.recompile()
+    assert len(traces) == 2, [str(t[0]) for t in traces]
+    assert [m.pattern for m in record.matches] == ["launch.inductor"] * 3, record.matches
+    assert not any(str(n.target).startswith("mla.") for n in gm.graph.nodes), gm.graph
+    torch.testing.assert_close(gm(*args), layers(*args), rtol=1e-5, atol=1e-5)
+
+
 def test_no_launch_pass_in_cpu_reports():
     """On CPU nothing is inlined, and the report does not list an idle launch pass."""
     size = AttnSize(B=1, S=8, H=2, nope=16, rope=8, v=16, latent=32)
