@@ -10,7 +10,7 @@ For an additive float mask (what the attention ops take) a block is
           loaded;
   PARTIAL anything else, finfo.min included: finfo.min is NOT -inf. A row whose keys
           are all finfo.min gets eager's uniform softmax over them, so such a block
-          must be visited (see triton_prefill._attend).
+          must be visited (see triton_prefill_kernel._attend).
 A boolean mask (True: attend) reads as the additive mask where(m, 0, -inf).
 
 Only entries inside [Sq, Sk] count (a ragged last tile classifies its valid part).
@@ -90,7 +90,7 @@ def classify_blocks_reference(mask: torch.Tensor, Sq: int, Sk: int, block_m: int
 
 
 if triton is not None:
-    # the codes as the kernels see them (triton_prefill imports these): one source
+    # the codes as the kernels see them (triton_prefill_kernel imports these): one source
     K_EMPTY: tl.constexpr = tl.constexpr(EMPTY)
     K_PARTIAL: tl.constexpr = tl.constexpr(PARTIAL)
     K_FULL: tl.constexpr = tl.constexpr(FULL)
