@@ -12,8 +12,8 @@ TORCH_VERSION = torch.__version__
 
 __all__ = ["TORCH_VERSION", "detect_fake_mode", "known_equal", "known_same_shape",
            "known_broadcasts_to", "statically_known_true", "emit_structured_artifact", "is_joint_graph",
-           "real_tensors", "size_hint", "constant_int", "wrap_triton", "launch_patches", "inductor_cuda_graphs", "same_storage",
-           "inductor_decompositions", "enable_python_dispatcher"]
+           "real_tensors", "size_hint", "constant_int", "wrap_triton", "launch_patches", "inductor_cuda_graphs",
+           "same_storage", "inductor_decompositions", "enable_python_dispatcher"]
 
 
 def known_equal(a: Any, b: Any) -> bool:

@@ -24,7 +24,7 @@ import torch.utils._pytree as pytree
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.operator_schemas import normalize_function
 
-from ..compat import enable_python_dispatcher, inductor_decompositions, same_storage
+from ..compat import detect_fake_mode, enable_python_dispatcher, inductor_decompositions, same_storage
 from ..custom_ops.latent_attention import compute_latent_attention
 from ..custom_ops.paged_cache import compute_paged_decode
 from ..custom_ops.prefill_attention import compute_prefill_attention
@@ -105,9 +105,32 @@ def _check_functional(gm: fx.GraphModule) -> None:
             raise RuntimeError(f"the traced launch writes into an input ({n.target})")
 
 
-def _splice(graph: fx.Graph, node: fx.Node, gm: fx.GraphModule, inputs: list) -> dict:
-    """Put gm's nodes in place of `node`; returns the number of kernel launches (and of
-    op calls left in the trace: the Gluon decode, custom_ops/gluon_op.py)."""
+def _fresh_values(nodes: list) -> None:
+    """Each copied node's fake value computed again from its own inputs': a reused
+    trace's values are the first copy's tensors, which the passes between this one and
+    Inductor's own fake-tensor propagation (compile_fx, before its reinplacing) would
+    read as aliasing the first copy. If a node cannot be evaluated here, the copied
+    values stay: that propagation recomputes every value anyway."""
+    fake_mode = detect_fake_mode([a.meta["val"] for n in nodes for a in n.all_input_nodes
+                                  if isinstance(a.meta.get("val"), torch.Tensor)])
+    fresh = {}
+    try:
+        with fake_mode, enable_python_dispatcher():
+            for n in nodes:
+                if n.op == "call_function":
+                    args, kwargs = fx.node.map_arg(
+                        (n.args, n.kwargs), lambda a: fresh.get(a, a.meta.get("val")))
+                    fresh[n] = n.target(*args, **kwargs)
+    except Exception:  # noqa: BLE001  (advisory values: see above)
+        return
+    for n, val in fresh.items():
+        n.meta["val"] = val
+
+
+def _splice(graph: fx.Graph, node: fx.Node, gm: fx.GraphModule, inputs: list, reused: bool) -> dict:
+    """Put gm's nodes in place of `node` (their values recomputed when gm was already
+    spliced elsewhere); returns the number of kernel launches (and of op calls left in
+    the trace: the Gluon decode, custom_ops/gluon_op.py)."""
     env = dict(zip((n for n in gm.graph.nodes if n.op == "placeholder"), inputs))
     launches, calls, result = 0, 0, None
     with graph.inserting_before(node):
@@ -120,6 +143,8 @@ def _splice(graph: fx.Graph, node: fx.Node, gm: fx.GraphModule, inputs: list) ->
             env[sub] = graph.node_copy(sub, lambda n: env[n])
             launches += getattr(sub.target, "__name__", "") in _WRAPPERS
             calls += str(sub.target).startswith("mla.")
+    if reused:
+        _fresh_values([env[sub] for sub in gm.graph.nodes if sub in env and sub.op != "placeholder"])
     if isinstance(result, (list, tuple)):  # mla.rope: its users are getitem nodes
         for user in list(node.users):
             user.replace_all_uses_with(result[user.args[1]])
@@ -160,7 +185,8 @@ def inline_launches(graph: fx.Graph, options, record: PassRecord) -> None:
             continue
         op = str(node.target).replace(".default", "")
         key = _signature(compute, kwargs)
-        if key not in traced:
+        reused = key in traced
+        if not reused:
             try:
                 traced[key] = _trace(compute, kwargs)
                 _check_functional(traced[key])
@@ -171,4 +197,4 @@ def inline_launches(graph: fx.Graph, options, record: PassRecord) -> None:
             record.matches.append(Match("launch.op", {"op": op, "why": f"{type(gm).__name__}: {gm}"}))
             continue
         inputs = [leaf for leaf in pytree.tree_leaves(kwargs) if isinstance(leaf, fx.Node)]
-        record.matches.append(Match("launch.inductor", {"op": op, **_splice(graph, node, gm, inputs)}))
+        record.matches.append(Match("launch.inductor", {"op": op, **_splice(graph, node, gm, inputs, reused)}))

@@ -206,6 +206,14 @@ def test_equal_ops_are_traced_once(monkeypatch):
     assert len(traces) == 2, [str(t[0]) for t in traces]
     assert [m.pattern for m in record.matches] == ["launch.inductor"] * 3, record.matches
     assert not any(str(n.target).startswith("mla.") for n in gm.graph.nodes), gm.graph
+    # the second copy's values are its own (Inductor reads aliasing from them): no value
+    # of one layer's attention shares storage with the other's
+    from mla_compile.compat import same_storage
+    spliced = [[n for n in gm.graph.nodes if n.op == "call_function" and any(
+        p.name.startswith(x) for p in n.all_input_nodes)] for x in ("x1", "x2")]
+    vals = [[n.meta["val"] for n in layer if isinstance(n.meta.get("val"), torch.Tensor)] for layer in spliced]
+    assert vals[0] and vals[1], gm.graph
+    assert not any(same_storage(a, b) for a in vals[0] for b in vals[1]), gm.graph
     torch.testing.assert_close(gm(*args), layers(*args), rtol=1e-5, atol=1e-5)
 
 
