@@ -22,18 +22,11 @@ _LOG2E = 1.4426950408889634
 
 if triton is not None:
     from .mask_blocks import K_EMPTY, K_PARTIAL
+    from .triton_decode import _dot  # the interpreter's bf16 workaround, one copy
 
 if triton is not None:
 
     LOG2E: tl.constexpr = tl.constexpr(_LOG2E)
-
-    @triton.jit
-    def _dot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
-        if UPCAST:  # interpreter only: its tl.dot multiplies bf16 bit patterns (triton 3.8)
-            r = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-        else:
-            r = tl.dot(a, b, acc, input_precision=PREC)
-        return r
 
     @triton.jit
     def _attend(acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, bk_src, b32, h32,
