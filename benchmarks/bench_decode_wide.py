@@ -17,9 +17,11 @@ bandwidth; compute = FLOPs (B H L (2 576 + 2 512)) / measured bf16 matmul rate; 
 = max(floors) / time. Every variant is checked against an fp32 PyTorch statement of the
 math (||out - ref|| / ||ref||, output buffer poisoned with NaN first) before it is timed.
 
-Environment: OUT (write $OUT/decode_wide.md and .json), BENCH_CASES "BxLxH,..."
-(default: H in 16, 32, 64, 128 x (B, L) in (1, 32768), (32, 4096), (64, 8192), (128, 4096)),
-BENCH_VARIANTS (comma list, default all).
+Environment: OUT (write $OUT/decode_wide.md, .json and the roofline decode_wide_roofline.png),
+BENCH_CASES "BxLxH,..." (default: H in 16, 32, 64, 128 x (B, L) in (1, 32768), (32, 4096),
+(64, 8192), (128, 4096)), BENCH_VARIANTS (comma list, default all).
+`python benchmarks/bench_decode_wide.py --plot results.json out.png` redraws the roofline
+from a saved results file (no GPU needed).
 """
 from __future__ import annotations
 
@@ -201,8 +203,35 @@ def main():
             f.write(text)
         with open(os.path.join(os.environ["OUT"], "decode_wide.json"), "w") as f:
             json.dump(dict(head=head, results=results), f, indent=1)
+        plot(dict(head=head, results=results), os.path.join(os.environ["OUT"], "decode_wide_roofline.png"))
     print("\n" + text)
 
 
+def plot(saved: dict, path: str) -> bool:
+    """The roofline of a results file: one series per variant (FlashMLA's included), a
+    point per case at its arithmetic intensity (FLOPs / cache bytes, from the floors)
+    and achieved FLOP/s; the roof from the run's own copy bandwidth and matmul rate."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import plots
+
+    bw = float(saved["head"].split("copy bandwidth ")[1].split(" GB/s")[0]) * 1e9
+    peak = float(saved["head"].split("bf16 matmul ")[1].split(" TFLOP/s")[0]) * 1e12
+    points = []
+    for r in saved["results"]:
+        flops, nbytes = r["compute_floor_us"] * 1e-6 * peak, r["floor_us"] * 1e-6 * bw
+        for name, t in r["t"].items():
+            points.append((f"B={r['B']} L={r['L']} H={r['H']}", flops / nbytes, flops / (t * 1e-6), name))
+    return plots.roofline(path, plots.by_series(points), peak, bw,
+                          f"MLA decode, bf16: {saved['head'].split(';')[0]}", xlim=(1.0, 1000.0))
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] == ["--plot"]:
+        with open(sys.argv[2]) as f:
+            plot(json.load(f), sys.argv[3])
+    else:
+        main()
