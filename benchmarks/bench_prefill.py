@@ -10,6 +10,8 @@ Compared (the same useful FLOPs for all, 2*B*H*S*S*(192 + 128) / 2):
   mla        the kernel on the pieces
   sdpa+prep  cat q and k (k_pe expanded), zero-pad v to 192, SDPA, crop to 128
   sdpa       SDPA alone on tensors prepared outside the timed region
+  flex       FlexAttention (torch.compile'd, causal block mask) on the same prepared
+             q, k and unpadded v (checked against mla before it is timed)
   inductor   matmul / scale / mask / fp32 softmax / matmul through torch.compile
              (skipped where its S x S scores would not fit comfortably)
 
@@ -76,6 +78,19 @@ def sdpa_prep(qn, qr, kn, kr, v):
 def sdpa_full(qn, qr, kn, kr, v):
     q, k, vp = sdpa_prep(qn, qr, kn, kr, v)
     return F.scaled_dot_product_attention(q, k, vp, is_causal=True, scale=SCALE)[..., :DV]
+
+
+def flex_runner(qn, qr, kn, kr, v):
+    """PyTorch's FlexAttention (compiled, causal block mask) on the prepared q and k (cat,
+    k_pe expanded; prepared outside the timed call, as for `sdpa`) and v unpadded: the
+    PyTorch-native fused comparator on the same decompressed math."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    S = kn.shape[2]
+    q, k, _ = sdpa_prep(qn, qr, kn, kr, v)
+    mask = create_block_mask(lambda b, h, i, j: i >= j, None, None, S, S, device=q.device)
+    run = torch.compile(flex_attention, dynamic=False)
+    return lambda: run(q, k, v, block_mask=mask, scale=SCALE)
 
 
 def eager_attention(qn, qr, kn, kr, v):
@@ -160,6 +175,17 @@ def run_table(device, ok):
         times = {name: bench(fn) for name, fn in fns.items()}
         del prepped
         free()
+        try:  # checked against the kernel (itself checked against SDPA above) before timing
+            flex = flex_runner(*ins)
+            err = rel_err(flex(), mla(*ins))
+            times["flex"] = bench(flex) if err < 2e-2 else None
+            print(f"  B={B} H={H} S={S}: flex vs mla rel. error {err:.1e}", flush=True)
+            del flex
+        except Exception as exc:  # noqa: BLE001  (a comparator that does not run: a dash)
+            print(f"  B={B} H={H} S={S}: flex failed ({type(exc).__name__}: {str(exc)[:200]})", flush=True)
+            times["flex"] = None
+        torch._dynamo.reset()
+        free()
         if B * H * S * S <= INDUCTOR_MAX_SCORES:
             torch._dynamo.reset()
             compiled = torch.compile(eager_attention, backend="inductor", dynamic=False)
@@ -175,17 +201,18 @@ def run_table(device, ok):
         fmt = lambda x, f: "-" if x is None else f.format(x)  # noqa: E731
         rows.append((
             f"{B}", f"{H}", f"{S}", "TMA" if tma else "ptr",
-            *(fmt(times[k], "{:.3f}") for k in ("mla", "sdpa+prep", "sdpa", "inductor")),
-            *(fmt(tf[k], "{:.0f}") for k in ("mla", "sdpa+prep", "sdpa", "inductor")),
+            *(fmt(times[k], "{:.3f}") for k in ("mla", "sdpa+prep", "sdpa", "flex", "inductor")),
+            *(fmt(tf[k], "{:.0f}") for k in ("mla", "sdpa+prep", "sdpa", "flex", "inductor")),
             f"{times['sdpa+prep'] / times['mla']:.2f}", f"{times['sdpa'] / times['mla']:.2f}",
+            fmt(times["flex"] and times["flex"] / times["mla"], "{:.2f}"),
             fmt(times["inductor"] and times["inductor"] / times["mla"], "{:.2f}"),
         ))
         print(f"  B={B} H={H} S={S}: " + ", ".join(
             f"{k} {fmt(t, '{:.3f}')} ms" for k, t in times.items()), flush=True)
 
-    head = ("B", "H", "S", "mla K/V loads", "mla ms", "sdpa+prep ms", "sdpa ms", "inductor ms",
-            "mla TF/s", "sdpa+prep TF/s", "sdpa TF/s", "inductor TF/s",
-            "sdpa+prep/mla", "sdpa/mla", "inductor/mla")
+    head = ("B", "H", "S", "mla K/V loads", "mla ms", "sdpa+prep ms", "sdpa ms", "flex ms", "inductor ms",
+            "mla TF/s", "sdpa+prep TF/s", "sdpa TF/s", "flex TF/s", "inductor TF/s",
+            "sdpa+prep/mla", "sdpa/mla", "flex/mla", "inductor/mla")
     lines = [
         f"device: {torch.cuda.get_device_name(device)}; torch {torch.__version__}; "
         f"triton {triton.__version__}; bf16, causal, Dn/Dr/Dv = {DN}/{DR}/{DV}; "
