@@ -86,7 +86,10 @@ def _signature(compute, kwargs: dict) -> tuple:
         if not isinstance(leaf, fx.Node):
             parts.append(("const", type(leaf).__name__, repr(leaf)))
             continue
-        v = leaf.meta["val"]
+        v = leaf.meta.get("val")
+        if not isinstance(v, torch.Tensor):  # e.g. a symbolic int passed by user code
+            parts.append(("value", type(v).__name__, str(v)))
+            continue
         base = next((i for i, b in enumerate(bases) if same_storage(b, v)), None)
         if base is None:
             bases.append(v)

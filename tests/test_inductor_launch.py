@@ -215,6 +215,11 @@ def test_equal_ops_are_traced_once(monkeypatch):
     assert vals[0] and vals[1], gm.graph
     assert not any(same_storage(a, b) for a in vals[0] for b in vals[1]), gm.graph
     torch.testing.assert_close(gm(*args), layers(*args), rtol=1e-5, atol=1e-5)
+    # an argument node whose value is not a tensor (user code may pass a symbolic int)
+    # enters the signature by value
+    sym = torch.fx.Graph().placeholder("block_size")
+    sym.meta["val"] = 64
+    assert inline_launches._signature(attend, {"block_size": sym})[2] == (("value", "int", "64"),)
 
 
 def test_no_launch_pass_in_cpu_reports():
