@@ -1,7 +1,7 @@
 """`torch.ops.mla.wide_decode_gluon`: the Gluon decode program inside a compiled graph.
 
 Inductor launches our Triton kernels itself (passes/inline_launches.py), but not a
-Gluon kernel: its analysis of a user kernel (torch 2.11-2.15) compiles it as plain
+Gluon kernel: its analysis of a user kernel (torch 2.11-2.14) compiles it as plain
 Triton, which fails for Gluon, and then counts every input as written. So where the
 traced wide launcher (triton_decode_wide.py) would run the Gluon program in a graph
 that runs under CUDA graphs, it calls this op instead: one call for the whole wide
