@@ -6,13 +6,14 @@ Triton, which fails for Gluon, and then counts every input as written. So where 
 traced wide launcher (triton_decode_wide.py) would run the Gluon program in a graph
 that runs under CUDA graphs, it calls this op instead: one call for the whole wide
 decode (Gluon split program and combine), no checks per call (the fused op's ran at
-trace time). Without CUDA graphs the Triton program is inlined instead: a custom op
-call costs ~200 us of host time per call (torch 2.11, H200), more than the faster
-program saves in a host-bound step. The op is functional (a new
-[B, H, Sq, R] output, copied into the launcher's `out`): the launch tracing
-(torch.func.functionalize) cannot functionalize a custom op that writes its argument.
-Under CUDA graphs the call costs nothing, for a program 1.3-1.45x faster than the
-Triton one at 64-128 heads (benchmarks/RESULTS.md, issue 12).
+trace time). Under CUDA graphs the call costs nothing, for a program 1.3-1.45x faster
+than the Triton one at 64-128 heads (benchmarks/RESULTS.md, issue 12). Without CUDA
+graphs the Triton program is inlined instead: a custom op call costs ~200 us of host
+time (torch 2.11, H200), more than the faster program saves in a host-bound step.
+
+The op is functional (a new [B, H, Sq, R] output, copied into the launcher's `out`):
+the launch tracing (torch.func.functionalize) cannot functionalize a custom op that
+writes into an argument.
 
 At run time the launcher chooses again on the real tensors: the Gluon program where its
 data pointers are 16-byte aligned, else the Triton program (same numbers).
