@@ -222,6 +222,31 @@ def test_equal_ops_are_traced_once(monkeypatch):
     assert inline_launches._signature(attend, {"block_size": sym})[2] == (("value", "int", "64"),)
 
 
+def test_layers_of_a_transformers_model_share_their_traces(monkeypatch):
+    """A 3-layer DeepSeek-V3 (transformers, tiny, sdpa prefill), inlined on CPU with the
+    reference computation: its 3 RoPEs share one trace and its 3 attentions another,
+    every op is spliced, and the logits equal eager's."""
+    import importlib
+
+    pytest.importorskip("transformers")
+    from transformers_tiny import build
+
+    inline_launches = importlib.import_module("mla_compile.passes.inline_launches")
+    monkeypatch.setattr(inline_launches, "inductor_launches", lambda device, kernel: True)
+    traces = []
+    real_trace = inline_launches._trace
+    monkeypatch.setattr(inline_launches, "_trace", lambda *a: traces.append(a[0].__name__) or real_trace(*a))
+    model = build("deepseek_v3", "sdpa", num_hidden_layers=3)
+    ids = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(0))
+    out, ref, code, reports = _compile_and_code(lambda ids: model(ids, use_cache=False).logits, (ids,),
+                                                kernel="reference")
+    counts = _counts(reports)
+    assert counts.get("attention.mla") == 3 and counts.get("launch.inductor") == 6, counts
+    assert sorted(traces) == ["compute_prefill_attention", "compute_rope"], traces
+    assert "torch.ops.mla" not in code, code
+    _close(out, ref, 1e-4)
+
+
 def test_no_launch_pass_in_cpu_reports():
     """On CPU nothing is inlined, and the report does not list an idle launch pass."""
     size = AttnSize(B=1, S=8, H=2, nope=16, rope=8, v=16, latent=32)
