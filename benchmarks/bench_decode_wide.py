@@ -19,7 +19,9 @@ math (||out - ref|| / ||ref||, output buffer poisoned with NaN first) before it 
 
 Environment: OUT (write $OUT/decode_wide.md, .json and the roofline decode_wide_roofline.png),
 BENCH_CASES "BxLxH,..." (default: H in 16, 32, 64, 128 x (B, L) in (1, 32768), (32, 4096),
-(64, 8192), (128, 4096)), BENCH_VARIANTS (comma list, default all).
+(64, 8192), (128, 4096)), BENCH_VARIANTS (comma list, default all), BENCH_RAGGED=1 (each
+sequence's length uniform in [1, L]: the paged variants and FlashMLA, which read lengths;
+floors count the keys read).
 `python benchmarks/bench_decode_wide.py --plot results.json out.png` redraws the roofline
 from a saved results file (no GPU needed).
 """
@@ -77,15 +79,20 @@ def load_flash_mla():
         return None, f"flash_mla not importable: {type(e).__name__}: {e}"
 
 
-def reference(q, cache):
-    """fp32 statement of the math: q [B, H, 1, 576], cache [B, L, 576] -> [B, H, 1, 512]."""
+def reference(q, cache, lens=None):
+    """fp32 statement of the math: q [B, H, 1, 576], cache [B, L, 576] -> [B, H, 1, 512];
+    `lens` [B]: sequence b reads its first lens[b] keys (ragged)."""
     qf, kf = q.float(), cache.float()
     s = torch.einsum("bhqd,bld->bhql", qf, kf) * SCALE
+    if lens is not None:
+        hidden = torch.arange(cache.shape[1], device=cache.device)[None, :] >= lens[:, None]
+        s = s.masked_fill(hidden[:, None, None, :], float("-inf"))
     return torch.einsum("bhql,blr->bhqr", s.softmax(-1), kf[..., :R])
 
 
 def main():
     cases = parse_cases(os.environ["BENCH_CASES"]) if os.environ.get("BENCH_CASES") else CASES
+    ragged = os.environ.get("BENCH_RAGGED") == "1"
     want = set(filter(None, os.environ.get("BENCH_VARIANTS", "").split(",")))
     dev = torch.cuda.get_device_name()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -104,9 +111,12 @@ def main():
             cache = torch.randn(B, L, R + DR, device="cuda", generator=g).to(torch.bfloat16)
             q = (torch.randn(B, H, 1, R + DR, device="cuda", generator=g) * 0.1).to(torch.bfloat16)
             sets.append((q, cache))
-        ref = reference(*sets[0])
         table = (torch.arange(B * L // PAGE, device="cuda", dtype=torch.int32).view(B, L // PAGE))
-        seq = torch.full((B,), L, device="cuda", dtype=torch.int32)
+        if ragged:  # lengths uniform in [1, L]: only the paged variants read lengths
+            seq = torch.randint(1, L + 1, (B,), device="cuda", generator=g, dtype=torch.int32)
+        else:
+            seq = torch.full((B,), L, device="cuda", dtype=torch.int32)
+        ref = reference(*sets[0], seq if ragged else None)
         outs = [torch.empty(B, H, 1, R, device="cuda", dtype=torch.bfloat16) for _ in sets]
 
         def ours(fn, **kw):
@@ -123,14 +133,24 @@ def main():
                     paged=(cache.view(B * L // PAGE, PAGE * (R + DR)), table, seq, PAGE, (1, R + DR)))
             return run_one
 
-        variants = {
-            "old": ours(triton_decode.mla_decode_attention, block_h=old_rows_per_program(H, B)),
-            "wide": ours(triton_decode_wide.mla_decode_attention_wide, gluon=False),
-            "wide-paged": paged(False),
-        }
+        def old_paged(i):
+            q, cache = sets[i]
+            return triton_decode.mla_decode_attention(
+                q[..., :R], q[..., R:], None, None, SCALE, False, out=outs[i], block_h=old_rows_per_program(H, B),
+                paged=(cache.view(B * L // PAGE, PAGE * (R + DR)), table, seq, PAGE, (1, R + DR)))
+
+        if ragged:
+            variants = {"old-paged": old_paged, "wide-paged": paged(False)}
+        else:
+            variants = {
+                "old": ours(triton_decode.mla_decode_attention, block_h=old_rows_per_program(H, B)),
+                "wide": ours(triton_decode_wide.mla_decode_attention_wide, gluon=False),
+                "wide-paged": paged(False),
+            }
         if H >= 64:  # the Gluon program is the 64-row one
-            variants.update({"gluon": ours(triton_decode_wide.mla_decode_attention_wide, gluon=True),
-                             "gluon-paged": paged(True)})
+            if not ragged:
+                variants["gluon"] = ours(triton_decode_wide.mla_decode_attention_wide, gluon=True)
+            variants["gluon-paged"] = paged(True)
         if fm is not None:
             fwd, meta_fn = fm
             metas = [meta_fn()[0] for _ in sets]
@@ -143,9 +163,11 @@ def main():
             variants["flashmla"] = flash
         if want:
             variants = {k: v for k, v in variants.items() if k in want}
-        floor = bytes_ / bw * 1e6
-        floor_c = B * H * L * (2 * (R + DR) + 2 * R) / peak * 1e6
-        row = dict(B=B, L=L, H=H, copies=copies, floor_us=floor, compute_floor_us=floor_c, t={}, err={})
+        keys = int(seq.sum()) if ragged else B * L  # the keys read: what the floors count
+        floor = keys * (R + DR) * 2 / bw * 1e6
+        floor_c = keys * H * (2 * (R + DR) + 2 * R) / peak * 1e6
+        row = dict(B=B, L=L, H=H, ragged=ragged, copies=copies, floor_us=floor, compute_floor_us=floor_c,
+                   t={}, err={})
         for name, fn in variants.items():
             try:
                 for o in outs:
@@ -173,7 +195,7 @@ def main():
         results.append(row)
         del sets, outs, ref
         torch.cuda.empty_cache()
-    names = ["old", "wide", "wide-paged", "gluon", "gluon-paged", "flashmla"]
+    names = ["old", "old-paged", "wide", "wide-paged", "gluon", "gluon-paged", "flashmla"]
     names = [n for n in names if any(n in r["t"] for r in results)]
     lines = ["| B | L | H | floor us | compute floor us | " + " | ".join(f"{n} us (% max)" for n in names)
              + " | best wide / old | best gluon / best wide | best ours / flashmla |",
@@ -183,16 +205,17 @@ def main():
         cells = [f"{r['t'][n]:.1f} ({m / r['t'][n]:.0%})" if n in r["t"] else "-" for n in names]
         wides = [r["t"][n] for n in r["t"] if n.startswith("wide")]
         bw_ = min(wides) if wides else None
-        vs_old = f"{r['t']['old'] / bw_:.2f}x" if bw_ and "old" in r["t"] else "-"
+        olds = [r["t"][n] for n in r["t"] if n.startswith("old")]
+        vs_old = f"{min(olds) / bw_:.2f}x" if bw_ and olds else "-"
         gl_ = min([r["t"][n] for n in r["t"] if n.startswith("gluon")] or [0]) or None
         best = min(t for t in (bw_, gl_) if t) if (bw_ or gl_) else None
         vs_wide = f"{bw_ / gl_:.2f}x" if bw_ and gl_ else "-"
         vs_fm = f"{r['t']['flashmla'] / best:.2f}x" if best and "flashmla" in r["t"] else "-"
-        lines.append(f"| {r['B']} | {r['L']} | {r['H']} | {r['floor_us']:.1f} | {r['compute_floor_us']:.1f} | "
+        lines.append(f"| {r['B']} | {length(r)} | {r['H']} | {r['floor_us']:.1f} | {r['compute_floor_us']:.1f} | "
                      + " | ".join(cells) + f" | {vs_old} | {vs_wide} | {vs_fm} |")
     errs = ["| B | L | H | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
     for r in results:
-        errs.append(f"| {r['B']} | {r['L']} | {r['H']} | " + " | ".join(
+        errs.append(f"| {r['B']} | {length(r)} | {r['H']} | " + " | ".join(
             (f"{r['err'][n]:.1e}" if isinstance(r["err"].get(n), float) else str(r["err"].get(n, "-"))[:40])
             for n in names) + " |")
     table = "\n".join(lines)
@@ -205,6 +228,11 @@ def main():
             json.dump(dict(head=head, results=results), f, indent=1)
         plot(dict(head=head, results=results), os.path.join(os.environ["OUT"], "decode_wide_roofline.png"))
     print("\n" + text)
+
+
+def length(r: dict) -> str:
+    """A result's L, marked when the lengths were ragged (uniform in [1, L])."""
+    return f"{r['L']} ragged" if r.get("ragged") else f"{r['L']}"
 
 
 def plot(saved: dict, path: str) -> bool:
@@ -222,7 +250,7 @@ def plot(saved: dict, path: str) -> bool:
     for r in saved["results"]:
         flops, nbytes = r["compute_floor_us"] * 1e-6 * peak, r["floor_us"] * 1e-6 * bw
         for name, t in r["t"].items():
-            points.append((f"B={r['B']} L={r['L']} H={r['H']}", flops / nbytes, flops / (t * 1e-6), name))
+            points.append((f"B={r['B']} L={length(r)} H={r['H']}", flops / nbytes, flops / (t * 1e-6), name))
     return plots.roofline(path, plots.by_series(points), peak, bw,
                           f"MLA decode, bf16: {saved['head'].split(';')[0]}", xlim=(1.0, 1000.0))
 
