@@ -8,8 +8,9 @@ Run: `OUT=dir python benchmarks/bench_modes.py [--quick]` (mla_compile and
 transformers installed). Model: DeepSeek-V3 attention dims (q_lora 1536, kv_lora 512,
 nope/rope/v 128/64/128), H heads, 4 dense layers (hidden 2048, MLP 4096), vocab
 32000 (a real lm_head), random weights, bf16, static cache of L = 4096 tokens (half
-filled with random latents), B sequences. A decode step is the median over 5 rounds of the mean wall time of 10
-steps, after 5 warm-ups (default mode is host-bound: wall time is what a user waits).
+filled with random latents), B sequences. A decode step is the mean wall time of 10 steps (default mode is host-bound:
+wall time is what a user waits), the median of 3 rounds per compile, then the median
+over 3 compiles per backend, the backends alternating (see decode_rows).
 Prints markdown tables (also $OUT/modes_bench.md).
 """
 from __future__ import annotations
@@ -37,12 +38,14 @@ def make_model(H: int, attn: str = "sdpa"):
     return transformers.DeepseekV3ForCausalLM(config).cuda().to(torch.bfloat16).eval()
 
 
-def compiled(model, backend: str, mode: str | None, extra: dict, reports: list):
+def compiled(model, backend: str, mode: str | None, extra: dict, reports: list | None):
+    """A fresh compile (Dynamo reset); `reports` None: mla without a report, so that its
+    FX graph cache serves a recompile as Inductor's does."""
     torch._dynamo.reset()
     if backend == "inductor":
         return torch.compile(model.forward, fullgraph=True, mode=mode)
-    return torch.compile(model.forward, backend="mla", fullgraph=True,
-                         options={"mode": mode, "report": reports.append, **extra})
+    report = {} if reports is None else {"report": reports.append}
+    return torch.compile(model.forward, backend="mla", fullgraph=True, options={"mode": mode, **report, **extra})
 
 
 def timed(fn, warm: int = 5, reps: int = 30) -> tuple[float, float]:
@@ -70,11 +73,14 @@ def counts(reports) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(total.items())) or "-"
 
 
-def decode_rows(modes, cases, backends, rounds: int = 5, reps: int = 10) -> list[str]:
-    """Per backend: compile (first call timed), then `rounds` rounds of `reps` steps;
-    the median round is reported (host-bound steps drift within a run)."""
-    rows = ["| mode | H | B | backend | step us (median of rounds) | vs inductor | first call s | rewrites |",
-            "|---|---|---|---|---|---|---|---|"]
+def decode_rows(modes, cases, backends, compiles: int = 3, rounds: int = 3, reps: int = 10) -> list[str]:
+    """Each backend compiled `compiles` times, the backends alternating (a host-bound
+    step's time moves by up to ~30% from one compile of the same graph to the next, H200);
+    per compile the median of `rounds` rounds of `reps` steps; reported: the median over
+    the compiles, with their range. The first call is the first compile's (the later ones
+    are served by the FX graph cache); mla's report comes from its first compile."""
+    rows = ["| mode | H | B | backend | step us (median over compiles) | range over compiles | vs inductor | "
+            "first call s | rewrites |", "|---|---|---|---|---|---|---|---|---|"]
     for H in sorted({h for _, h in cases}):
         model = make_model(H)
         for B in [b for b, h in cases if h == H]:
@@ -86,19 +92,28 @@ def decode_rows(modes, cases, backends, rounds: int = 5, reps: int = 10) -> list
             ids = torch.randint(0, 32000, (B, 1), device="cuda", generator=gen)
             pos = torch.tensor([L // 2], device="cuda")
             for mode in modes:
+                times = {name: [] for name in backends}
+                firsts, notes = {}, {}
+                for k in range(compiles):
+                    for name in backends:
+                        backend, extra = BACKENDS[name]
+                        reports: list = []
+                        fwd = compiled(model, backend, mode, extra, reports if k == 0 else None)
+                        with torch.no_grad():
+                            step = lambda: fwd(ids, past_key_values=cache, cache_position=pos,  # noqa: E731
+                                               use_cache=True).logits
+                            first, _ = timed(step, warm=5, reps=1)
+                            times[name].append(sorted(timed(step, warm=2, reps=reps)[1]
+                                                      for _ in range(rounds))[rounds // 2])
+                        if k == 0:
+                            firsts[name], notes[name] = first, counts(reports)
                 base = None
                 for name in backends:
-                    backend, extra = BACKENDS[name]
-                    reports: list = []
-                    fwd = compiled(model, backend, mode, extra, reports)
-                    with torch.no_grad():
-                        step = lambda: fwd(ids, past_key_values=cache, cache_position=pos,  # noqa: E731
-                                           use_cache=True).logits
-                        first, _ = timed(step, warm=5, reps=1)
-                        us = sorted(timed(step, warm=2, reps=reps)[1] for _ in range(rounds))[rounds // 2]
+                    ts = sorted(times[name])
+                    us = ts[len(ts) // 2]
                     base = base or us
-                    rows.append(f"| {mode or 'default'} | {H} | {B} | {name} | {us:.0f} | {base / us:.2f}x | "
-                                f"{first:.1f} | {counts(reports)} |")
+                    rows.append(f"| {mode or 'default'} | {H} | {B} | {name} | {us:.0f} | {ts[0]:.0f}-{ts[-1]:.0f} | "
+                                f"{base / us:.2f}x | {firsts[name]:.1f} | {notes[name]} |")
                     print(rows[-1], flush=True)
             del cache
         del model
