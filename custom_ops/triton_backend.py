@@ -15,7 +15,7 @@ from ..lowering.attention_form import choose_attention_form
 from ..lowering.sparse_form import gather_chosen_keys
 from .backend import KernelBackend
 from .reference import selection_mask
-from .triton_decode import mla_decode_attention, split_rows_per_program
+from .triton_decode import key_count, mla_decode_attention, split_rows_per_program
 from .triton_decode_wide import mla_decode_attention_wide, wide_rows_per_program
 from .triton_decode_wide import supports as wide_supports
 from .triton_prefill import mla_prefill_attention
@@ -90,8 +90,7 @@ class TritonBackend(KernelBackend):
                            paged=None, sinks=None) -> None:
         """The absorbed attention over the latent (or a paged cache): the kernel and its
         rows per program chosen here."""
-        keys = c_kv.shape[1] if paged is None else paged[1].shape[1] * paged[3]
-        wide = cls.decode_is_wide(q_lat, q_pe, keys)
+        wide = cls.decode_is_wide(q_lat, q_pe, key_count(c_kv, paged))
         on_gpu = q_lat.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
         B, H, Sq, _ = q_lat.shape
         block_h = cls.decode_rows_per_program(size_hint(Sq * H), on_gpu, size_hint(B), wide=wide,

@@ -208,15 +208,21 @@ def choose_splits(batch: int, row_groups: int, kv_len: int, block_n: int, progra
     return max(1, min(want, blocks // 2 or 1, 128))
 
 
+def key_count(c_kv, paged):
+    """The keys a row may read: c_kv's length, or a paged cache's capacity per sequence
+    (block-table width x page; each program reads its own length)."""
+    return c_kv.shape[1] if paged is None else paged[1].shape[1] * paged[3]
+
+
 def key_source(q_lat, c_kv, k_pe, paged) -> tuple:
     """The decode kernels' key arguments, contiguous latent + rope tensors or a paged
     cache: (Sk, c_kv, k_pe, page, tt, vec, seq_lens, block_table, table stride,
     c_kv strides, k_pe strides); Sk of a paged cache is an upper bound (each program
     reads its own length), unused pointers are q_lat."""
     if paged is None:
-        return (c_kv.shape[1], c_kv, k_pe, 1, 1, 1, q_lat, q_lat, 0, c_kv.stride(), k_pe.stride())
+        return (key_count(c_kv, None), c_kv, k_pe, 1, 1, 1, q_lat, q_lat, 0, c_kv.stride(), k_pe.stride())
     cache, table, seq_lens, page, (tt, vec) = paged
-    return (table.shape[1] * page, cache, cache, page, tt, vec, seq_lens, table, table.stride(0),
+    return (key_count(None, paged), cache, cache, page, tt, vec, seq_lens, table, table.stride(0),
             (0, 0, 0), (0, 0, 0))
 
 

@@ -338,15 +338,11 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
         # Inductor cannot launch a Gluon kernel: an op call, only under CUDA graphs, where
         # it costs nothing (without them a custom op call costs ~200 us of host time, more
         # than the faster program saves: H200, issue 12); else the Triton program, inlined
-        if not inductor_cuda_graphs():
-            return mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale, causal, mask=mask,
-                                             zero_empty_rows=zero_empty_rows, paged=paged, out=out,
-                                             splits=splits, block_h=block_h, block_n=block_n,
-                                             num_warps=num_warps, num_stages=num_stages, nsplit=nsplit,
-                                             sms=sms, sinks=sinks, gluon=False)
-        return call_wide_decode_gluon(q_lat, q_pe, c_kv if paged is None else None,
-                                      k_pe if paged is None else None, mask, paged, sinks, out, scale,
-                                      causal, zero_empty_rows, bh)
+        if inductor_cuda_graphs():
+            return call_wide_decode_gluon(q_lat, q_pe, c_kv if paged is None else None,
+                                          k_pe if paged is None else None, mask, paged, sinks, out, scale,
+                                          causal, zero_empty_rows, bh)
+        use_gluon = False
     groups = triton.cdiv(Sq * H, bh)
     if splits is None:
         n_sm = sms or (torch.cuda.get_device_properties(q_lat.device).multi_processor_count if on_gpu else 4)
