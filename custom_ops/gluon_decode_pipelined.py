@@ -17,7 +17,8 @@ warpgroups; wgmma groups of one warpgroup retire in issue order; S(j) is two gro
 rope then latent, PV(j) one):
 
   wait(0)             S(j) retired (PV(j-1) retired already, at the previous wait(2)).
-  softmax(j)          m, l, alpha, p on the CUDA cores.
+  softmax(j)          m, l, alpha, p on the CUDA cores (l per key column: one
+                      cross-warpgroup reduction per tile, the max, instead of two).
   acc *= alpha        acc is not in flight (PV(j-1) retired).
   store p; fence; bar p may be overwritten: every warpgroup passed the previous
                       iteration's bar after its PV(j-1) retired. The fence orders the
@@ -53,9 +54,13 @@ if gluon is not None:
     from .gluon_decode import _issue_tile
 
     @gluon.jit
-    def _softmax_tile(s, m_i, l_i, n0, hi_key, b, hi, qi, row_ok, MK, smk_b, smk_h, smk_q, smk_n, scale,
+    def _softmax_tile(s, m_i, l_k, n0, hi_key, b, hi, qi, row_ok, MK, smk_b, smk_h, smk_q, smk_n, scale,
                       SL: gl.constexpr, CAUSAL: gl.constexpr, MASK: gl.constexpr):
-        """One tile's online softmax (gluon_split's math): -> p, alpha, m, l."""
+        """One tile's online softmax (gluon_split's math): -> p, alpha, m, l_k. The running
+        sum stays per key column (l_k [64, 64], summed once after the last tile): a row sum
+        per tile is a reduction across the two warpgroups, through shared memory with
+        barriers; the row max (which both warpgroups' halves of p must share) is the only
+        one left."""
         s = s * scale
         t = n0 + gl.arange(0, 64, layout=gl.SliceLayout(0, SL))
         if MASK:  # additive, fp32, before any exp: finfo.min stays exact
@@ -70,7 +75,7 @@ if gluon is not None:
         m_sub = gl.where(m_new == float("-inf"), 0.0, m_new)  # nothing visible yet
         p = gl.exp2((s - m_sub[:, None]) * 1.4426950408889634)
         alpha = gl.exp2((m_i - m_sub) * 1.4426950408889634)
-        return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
+        return p, alpha, m_new, l_k * alpha[:, None] + p
 
     @gluon.jit
     def _scores(q_smem, qr_smem, c_t, kr_t, SL: gl.constexpr):
@@ -120,11 +125,12 @@ if gluon is not None:
         qi = rows // H
         hi = rows % H
         m_i = gl.full([64], float("-inf"), gl.float32, layout=gl.SliceLayout(1, SL))
-        l_i = gl.zeros([64], gl.float32, layout=gl.SliceLayout(1, SL))
+        l_k = gl.zeros([64, 64], gl.float32, layout=SL)  # running sums per key column
         if SINK:  # split 0 starts from the head's sink logit (a key with no value)
             sink = gl.load(SINKS + hi, mask=row_ok, other=0.0).to(gl.float32)
             m_i = gl.where(split == 0, sink, m_i)
-            l_i = gl.where(split == 0, 1.0, l_i)
+            c0 = gl.arange(0, 64, layout=gl.SliceLayout(0, SL))
+            l_k = gl.where((split == 0) & (c0 == 0)[None, :], 1.0, l_k)
         acc = gl.zeros([64, R], gl.float32, layout=AL)
         if PAGED:  # ragged: each sequence its own length
             Sk = gl.load(SEQ + b)
@@ -148,7 +154,7 @@ if gluon is not None:
             n0 = lo + j * 64
             st = j % 2
             s = warpgroup_mma_wait(0, deps=[s])  # S(j); nothing else is pending
-            p, alpha, m_i, l_i = _softmax_tile(s, m_i, l_i, n0, hi_key, b, hi, qi, row_ok, MK,
+            p, alpha, m_i, l_k = _softmax_tile(s, m_i, l_k, n0, hi_key, b, hi, qi, row_ok, MK,
                                                smk_b, smk_h, smk_q, smk_n, scale, SL, CAUSAL, MASK)
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, AL))[:, None]
             p_smem.store(p.to(dt))  # free: both warpgroups' PV(j-1) retired before the last bar
@@ -168,7 +174,7 @@ if gluon is not None:
         # the last tile (or, for an empty split, a fully masked zero tile: no change)
         j = gl.maximum(n_tiles - 1, 0)
         s = warpgroup_mma_wait(0, deps=[s])
-        p, alpha, m_i, l_i = _softmax_tile(s, m_i, l_i, lo + j * 64, hi_key, b, hi, qi, row_ok, MK,
+        p, alpha, m_i, l_k = _softmax_tile(s, m_i, l_k, lo + j * 64, hi_key, b, hi, qi, row_ok, MK,
                                            smk_b, smk_h, smk_q, smk_n, scale, SL, CAUSAL, MASK)
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, AL))[:, None]
         p_smem.store(p.to(dt))
@@ -178,6 +184,7 @@ if gluon is not None:
         acc = warpgroup_mma_wait(0, deps=[acc])
         async_copy.wait_group(0)  # no copy outlives the program
 
+        l_i = gl.sum(l_k, 1)
         ra = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, AL))
         ca = gl.arange(0, R, layout=gl.SliceLayout(0, AL))
         ra_ok = ra < Sq * H
