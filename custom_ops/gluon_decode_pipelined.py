@@ -32,7 +32,8 @@ rope then latent, PV(j) one):
                       costs nothing (the old program's copies had the same slack).
   S(j+1) async        reads q and stage (j+1) % 2; queued right behind PV(j).
   wait(2)             PV(j) retired (only S(j+1)'s two groups may still be pending).
-  bar                 both warpgroups' PV(j) retired: stage j % 2 and p are free.
+  bar                 both warpgroups' PV(j) retired (their S(j) retired before the p
+                      bar): stage j % 2 and p have no reader left.
   copy(j+2) -> stage j % 2, commit (its address math overlaps S(j+1)).
 
 The last tile is the loop's tail (no S(j+1), wait(0) for its PV). An empty split (no
