@@ -100,7 +100,8 @@ def test_paged_ragged_with_poisoned_free_slots(gen, pipelined):
     seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
     for splits in (1, 2):
         got = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.15, False, splits=splits, gluon=True,
-                                        gluon_pipelined=pipelined, paged=(cache.view(B * nblk, -1), table, seq, page, (1, R + DR)))
+                                        gluon_pipelined=pipelined,
+                                        paged=(cache.view(B * nblk, -1), table, seq, page, (1, R + DR)))
         for b, n in enumerate(lens):
             close(got[b:b + 1], latent_attention_reference(q_lat[b:b + 1], q_pe[b:b + 1], kv[b:b + 1, :n, :R],
                                                            kv[b:b + 1, :n, R:], 0.15, False))
@@ -109,9 +110,10 @@ def test_paged_ragged_with_poisoned_free_slots(gen, pipelined):
 @pytest.mark.parametrize("B, H, Sk, splits, paged", [(2, 128, 1000, 1, False), (3, 64, 700, 3, False),
                                                        (2, 128, 640, 2, True)])
 def test_pipelined_agrees_with_split(B, H, Sk, splits, paged, gen):
-    """Both programs issue the same wgmma shapes and softmax arithmetic in the same order,
-    so they agree to rounding (expected: bit for bit); a stage or p overwritten while a
-    wgmma still reads it (a race) would show as an O(1) difference, not a rounding one."""
+    """Both programs issue the same wgmma on the same p (only the fp32 row sums are added
+    in another order), so they agree to rounding; a stage or p overwritten while a wgmma
+    still reads it (a race in the pipelined schedule) shows as a difference of the size
+    of a whole tile's share of the output, well above one bf16 rounding of the largest."""
     q_lat, q_pe = rand(B, H, 1, R, gen=gen, scale=0.1), rand(B, H, 1, DR, gen=gen, scale=0.1)
     kv = rand(B, Sk, R + DR, gen=gen)
     if paged:  # identity pages of the same memory
