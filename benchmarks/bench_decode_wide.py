@@ -1,5 +1,6 @@
 """Absorbed MLA decode at 16-128 heads: the wide kernel's Triton program and its Gluon
-program for 64 rows (custom_ops/triton_decode_wide.py, custom_ops/gluon_decode.py)
+program for 64 rows (custom_ops/triton_decode_wide.py, custom_ops/gluon_decode.py; `gluon2` =
+its pipelined form, custom_ops/gluon_decode_pipelined.py)
 against the split kernel (custom_ops/triton_decode.py) and FlashMLA's SM90 dense decode,
 on the same latent, in one run (issue 12). `python benchmarks/bench_decode_wide.py`
 with the package installed.
@@ -125,11 +126,11 @@ def main():
                 return fn(q[..., :R], q[..., R:], cache[..., :R], cache[..., R:], SCALE, False, out=outs[i], **kw)
             return run_one
 
-        def paged(gluon):
+        def paged(gluon, **kw):
             def run_one(i):
                 q, cache = sets[i]
                 return triton_decode_wide.mla_decode_attention_wide(
-                    q[..., :R], q[..., R:], None, None, SCALE, False, out=outs[i], gluon=gluon,
+                    q[..., :R], q[..., R:], None, None, SCALE, False, out=outs[i], gluon=gluon, **kw,
                     paged=(cache.view(B * L // PAGE, PAGE * (R + DR)), table, seq, PAGE, (1, R + DR)))
             return run_one
 
@@ -147,10 +148,12 @@ def main():
                 "wide": ours(triton_decode_wide.mla_decode_attention_wide, gluon=False),
                 "wide-paged": paged(False),
             }
-        if H >= 64:  # the Gluon program is the 64-row one
-            if not ragged:
-                variants["gluon"] = ours(triton_decode_wide.mla_decode_attention_wide, gluon=True)
-            variants["gluon-paged"] = paged(True)
+        if H >= 64:  # the Gluon programs are 64-row ones; gluon2 = gluon_split_pipelined
+            for name, pipe in (("gluon", False), ("gluon2", True)):
+                if not ragged:
+                    variants[name] = ours(triton_decode_wide.mla_decode_attention_wide, gluon=True,
+                                          gluon_pipelined=pipe)
+                variants[f"{name}-paged"] = paged(True, gluon_pipelined=pipe)
         if fm is not None:
             fwd, meta_fn = fm
             metas = [meta_fn()[0] for _ in sets]
@@ -195,7 +198,7 @@ def main():
         results.append(row)
         del sets, outs, ref
         torch.cuda.empty_cache()
-    names = ["old", "old-paged", "wide", "wide-paged", "gluon", "gluon-paged", "flashmla"]
+    names = ["old", "old-paged", "wide", "wide-paged", "gluon", "gluon-paged", "gluon2", "gluon2-paged", "flashmla"]
     names = [n for n in names if any(n in r["t"] for r in results)]
     lines = ["| B | L | H | floor us | compute floor us | " + " | ".join(f"{n} us (% max)" for n in names)
              + " | best wide / old | best gluon / best wide | best ours / flashmla |",

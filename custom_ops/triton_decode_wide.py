@@ -40,7 +40,7 @@ import os
 import torch
 
 from ..compat import inductor_cuda_graphs, size_hint
-from . import gluon_decode
+from . import gluon_decode, gluon_decode_pipelined
 from .checks import known_true
 from .gluon_op import call_wide_decode_gluon
 from .launch import is_traced, launch
@@ -300,7 +300,8 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
                               block_h: int | None = None, block_n: int | None = None,
                               num_warps: int | None = None, num_stages: int | None = None,
                               nsplit: int | None = None, sms: int | None = None,
-                              sinks: torch.Tensor | None = None, gluon: bool | None = None) -> torch.Tensor:
+                              sinks: torch.Tensor | None = None, gluon: bool | None = None,
+                              gluon_pipelined: bool | None = None) -> torch.Tensor:
     """softmax((q_lat c^T + q_pe k_pe^T) * scale + mask) @ c per (query, head) row: the
     contract of `triton_decode.mla_decode_attention` (q_lat [B, H, Sq, R], q_pe
     [B, H, Sq, Dr], c_kv [B, Sk, R], k_pe [B, Sk, Dr], mask broadcasting to
@@ -310,7 +311,9 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     Defaults on the GPU: 64 rows per program, 64 keys per tile, 8 warps, 2 stages, the
     latent as 2 column blocks; `splits` from `choose_wide_splits`. Overrides for tests.
     The 64-row program is the Gluon one (`gluon_decode`) where it applies; `gluon=False`
-    forces the Triton program, `gluon=True` the Gluon one (tests and benchmarks)."""
+    forces the Triton program, `gluon=True` the Gluon one (tests and benchmarks). The Gluon
+    program is `gluon_split`, or `gluon_split_pipelined` with `gluon_pipelined=True` (default
+    `gluon_decode_pipelined.DEFAULT_ON`, which the op in compiled graphs also follows)."""
     if not supports(q_lat, q_pe):
         raise NotImplementedError("mla_decode_attention_wide: R <= 512, Dr <= 64, float dtypes")
     B, H, Sq, R = q_lat.shape
@@ -368,7 +371,9 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     common = dict(R=R, DR=Dr, CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct,
                   ZERO_EMPTY=bool(zero_empty_rows), PAGED=paged is not None, PAGE=page, SINK=sinks is not None)
     if use_gluon:
-        launch(gluon_decode.gluon_split, (groups, splits, B), *args, **common, num_warps=gluon_decode.WARPS)
+        pipelined = gluon_decode_pipelined.DEFAULT_ON if gluon_pipelined is None else gluon_pipelined
+        program = gluon_decode_pipelined.gluon_split_pipelined if pipelined else gluon_decode.gluon_split
+        launch(program, (groups, splits, B), *args, **common, num_warps=gluon_decode.WARPS)
     else:
         launch(
             _wide_split, (groups, splits, B), *args, **common,

@@ -1,6 +1,7 @@
-"""The Gluon decode program (custom_ops/gluon_decode.py: 64 rows per program, sm_90,
-R = 512, Dr = 64) against `reference.latent_attention_reference` and against the
-Triton program it replaces, on an H100 / H200 with TRITON_INTERPRET=0.
+"""The Gluon decode programs (custom_ops/gluon_decode.py and its pipelined form,
+custom_ops/gluon_decode_pipelined.py: 64 rows per program, sm_90, R = 512, Dr = 64)
+against `reference.latent_attention_reference` and against the Triton program they
+replace, on an H100 / H200 with TRITON_INTERPRET=0. Tests taking `pipelined` run both.
 
 Gluon has no interpreter: on CPU (CI) these tests cannot run; the Triton program they
 compare with has its interpreter tests in test_decode_wide.py.
@@ -27,6 +28,11 @@ def gen(request):
     return torch.Generator(device="cuda").manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
+@pytest.fixture(params=[False, True], ids=["split", "pipelined"])
+def pipelined(request):
+    return request.param
+
+
 def rand(*shape, gen, scale=1.0):
     return (torch.randn(*shape, generator=gen, device="cuda") * scale).to(BF16)
 
@@ -46,20 +52,22 @@ def close(got, want):
     (2, 100, 1, 333, 3),    # padded second group, partials + combine, ragged split
     (1, 64, 2, 1000, 4),    # two query rows per head (a short chunk)
     (3, 64, 1, 70, 8),      # more splits than tiles: empty splits
+    (2, 64, 1, 1000, 1),    # 16 tiles in one program: both stages reused many times
 ])
-def test_matches_reference_and_triton(B, H, Sq, Sk, splits, gen):
+def test_matches_reference_and_triton(B, H, Sq, Sk, splits, gen, pipelined):
     # keys as windows of one [B, Sk, 576] buffer (the cache layout transformers' latent uses)
     kv = rand(B, Sk, R + DR, gen=gen)
     q_lat, q_pe = rand(B, H, Sq, R, gen=gen, scale=0.1), rand(B, H, Sq, DR, gen=gen, scale=0.1)
     c, kr = kv[..., :R], kv[..., R:]
-    got = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.1352, False, splits=splits, gluon=True)
+    got = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.1352, False, splits=splits, gluon=True,
+                                    gluon_pipelined=pipelined)
     close(got, latent_attention_reference(q_lat, q_pe, c, kr, 0.1352, False))
     triton_out = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.1352, False, splits=splits, gluon=False)
     torch.testing.assert_close(got.float(), triton_out.float(), rtol=2e-2, atol=2e-3)
 
 
 @pytest.mark.parametrize("splits", [1, 3])
-def test_masks_causal_sinks_and_empty_rows(splits, gen):
+def test_masks_causal_sinks_and_empty_rows(splits, gen, pipelined):
     B, H, Sq, Sk = 2, 64, 2, 150
     q_lat, q_pe = rand(B, H, Sq, R, gen=gen, scale=0.1), rand(B, H, Sq, DR, gen=gen, scale=0.1)
     c, kr = rand(B, Sk, R, gen=gen), rand(B, Sk, DR, gen=gen)
@@ -71,11 +79,11 @@ def test_masks_causal_sinks_and_empty_rows(splits, gen):
         for zero in (False, True):
             for sk in (None, sinks):
                 got = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.2, causal, mask=mask, zero_empty_rows=zero,
-                                                splits=splits, sinks=sk, gluon=True)
+                                                splits=splits, sinks=sk, gluon=True, gluon_pipelined=pipelined)
                 close(got, latent_attention_reference(q_lat, q_pe, c, kr, 0.2, causal, mask, zero, sk))
 
 
-def test_paged_ragged_with_poisoned_free_slots(gen):
+def test_paged_ragged_with_poisoned_free_slots(gen, pipelined):
     """NORMAL 64-token pages in a shuffled order, ragged lengths, and every slot past a
     sequence's length holding NaN: the copies zero-fill past the keys, so no NaN leaks
     (a plain tile load times p = 0 would give 0 * NaN)."""
@@ -92,10 +100,35 @@ def test_paged_ragged_with_poisoned_free_slots(gen):
     seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
     for splits in (1, 2):
         got = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.15, False, splits=splits, gluon=True,
+                                        gluon_pipelined=pipelined,
                                         paged=(cache.view(B * nblk, -1), table, seq, page, (1, R + DR)))
         for b, n in enumerate(lens):
             close(got[b:b + 1], latent_attention_reference(q_lat[b:b + 1], q_pe[b:b + 1], kv[b:b + 1, :n, :R],
                                                            kv[b:b + 1, :n, R:], 0.15, False))
+
+
+@pytest.mark.parametrize("B, H, Sk, splits, paged", [(2, 128, 1000, 1, False), (3, 64, 700, 3, False),
+                                                       (2, 128, 640, 2, True)])
+def test_pipelined_agrees_with_split(B, H, Sk, splits, paged, gen):
+    """Both programs issue the same wgmma on the same p (only the fp32 row sums are added
+    in another order), so they agree to rounding; a stage or p overwritten while a wgmma
+    still reads it (a race in the pipelined schedule) shows as a difference of the size
+    of a whole tile's share of the output, well above one bf16 rounding of the largest."""
+    q_lat, q_pe = rand(B, H, 1, R, gen=gen, scale=0.1), rand(B, H, 1, DR, gen=gen, scale=0.1)
+    kv = rand(B, Sk, R + DR, gen=gen)
+    if paged:  # identity pages of the same memory
+        table = torch.arange(B * Sk // 64, device="cuda", dtype=torch.int32).view(B, Sk // 64)
+        lens = torch.full((B,), Sk, device="cuda", dtype=torch.int32)
+        kw = dict(paged=(kv.view(B * Sk // 64, -1), table, lens, 64, (1, R + DR)))
+        c = kr = None
+    else:
+        kw, c, kr = {}, kv[..., :R], kv[..., R:]
+    old = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.11, False, splits=splits, gluon=True,
+                                    gluon_pipelined=False, **kw)
+    new = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.11, False, splits=splits, gluon=True,
+                                    gluon_pipelined=True, **kw)
+    diff = (new.float() - old.float()).abs().max().item()
+    assert diff <= 2**-7 * old.float().abs().max().item(), f"max |pipelined - split| = {diff:.3e}"
 
 
 def test_default_route_is_gluon_where_it_applies():
