@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..compat import GLUON_CTA_BARRIER as cta_barrier
 from .checks import known_true
 from .launch import is_traced
 
@@ -156,7 +157,7 @@ if gluon is not None:
             async_copy.commit_group()
             async_copy.wait_group(1)  # this tile's group has landed
             fence_async_shared()
-            gl.thread_barrier()
+            cta_barrier()
             c_t = c_smem.index(st)
             s = warpgroup_mma(qr_smem, kr_smem.index(st).permute((1, 0)),
                               gl.zeros([64, 64], gl.float32, layout=SL), use_acc=False, is_async=True)
@@ -180,11 +181,11 @@ if gluon is not None:
             m_i = m_new
             p_smem.store(p.to(dt))
             fence_async_shared()
-            gl.thread_barrier()
+            cta_barrier()
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, AL))[:, None]
             acc = warpgroup_mma(p_smem, c_t, acc, is_async=True)
             acc = warpgroup_mma_wait(0, deps=[acc])
-            gl.thread_barrier()  # both warpgroups are done with this stage and p_smem
+            cta_barrier()  # both warpgroups are done with this stage and p_smem
         async_copy.wait_group(0)
 
         ra = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, AL))

@@ -12,7 +12,7 @@ three key tiles resident (the one `p @ c` reads, the one the scores read, the on
 flight), else the next copy waits for `p @ c` and lands with nothing to hide it. So
 the copies keep the old program's slack and what moves is the tensor-core bubble.
 
-Schedule of tile j (each warpgroup runs all of it; "bar" = gl.thread_barrier, both
+Schedule of tile j (each warpgroup runs all of it; "bar" = cta_barrier (gl.thread_barrier), both
 warpgroups; wgmma groups of one warpgroup retire in issue order; S(j) is two groups,
 rope then latent, PV(j) one):
 
@@ -45,13 +45,14 @@ from __future__ import annotations
 
 from .gluon_decode import gluon
 
-DEFAULT_ON = False  # the launcher's default until GPU tests and benchmarks prove it
+DEFAULT_ON = True  # the launcher's default: 3-8% faster than gluon_split on the H200 (RESULTS.md)
 
 if gluon is not None:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
         async_copy, fence_async_shared, warpgroup_mma, warpgroup_mma_wait)
 
+    from ..compat import GLUON_CTA_BARRIER as cta_barrier
     from .gluon_decode import _issue_tile
 
     @gluon.jit
@@ -148,7 +149,7 @@ if gluon is not None:
         async_copy.commit_group()
         async_copy.wait_group(1)  # tile 0's group (this thread's copies)
         fence_async_shared()      # q's stores and the copies, before wgmma reads them
-        gl.thread_barrier()       # ... for every thread's part
+        cta_barrier()       # ... for every thread's part
         s = _scores(q_smem, qr_smem, c_smem.index(0), kr_smem.index(0), SL)
 
         for j in range(n_tiles - 1):  # every tile but the last: S(j+1) follows PV(j)
@@ -160,14 +161,14 @@ if gluon is not None:
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, AL))[:, None]
             p_smem.store(p.to(dt))  # free: both warpgroups' PV(j-1) retired before the last bar
             fence_async_shared()
-            gl.thread_barrier()     # all of p written before either warpgroup's PV reads it
+            cta_barrier()     # all of p written before either warpgroup's PV reads it
             acc = warpgroup_mma(p_smem, c_smem.index(st), acc, is_async=True)
             async_copy.wait_group(0)  # copy(j+1), while PV(j) runs
             fence_async_shared()
-            gl.thread_barrier()       # every thread's part of tile j+1 landed
+            cta_barrier()       # every thread's part of tile j+1 landed
             s = _scores(q_smem, qr_smem, c_smem.index(1 - st), kr_smem.index(1 - st), SL)
             acc = warpgroup_mma_wait(2, deps=[acc])  # PV(j) retired; S(j+1)'s two groups may run
-            gl.thread_barrier()  # both warpgroups' PV(j) retired: stage st and p are free
+            cta_barrier()  # both warpgroups' PV(j) retired: stage st and p are free
             _issue_tile(C, KR, TABLE, c_smem.index(st), kr_smem.index(st), b, n0 + 128, hi_key,
                         st_b, sc_b, sc_t, sc_r, skr_b, skr_t, skr_d, R, DR, PAGED, PAGE)
             async_copy.commit_group()
@@ -180,7 +181,7 @@ if gluon is not None:
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, AL))[:, None]
         p_smem.store(p.to(dt))
         fence_async_shared()
-        gl.thread_barrier()
+        cta_barrier()
         acc = warpgroup_mma(p_smem, c_smem.index(j % 2), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=[acc])
         async_copy.wait_group(0)  # no copy outlives the program

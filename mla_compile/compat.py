@@ -1,4 +1,5 @@
-"""Every torch-version difference (2.11 .. 2.15) lives here and nowhere else."""
+"""Every torch-version difference (2.11 .. 2.15), and Triton's where our kernels meet one,
+lives here and nowhere else."""
 from __future__ import annotations
 
 import json
@@ -9,11 +10,16 @@ from torch._guards import detect_fake_mode
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 TORCH_VERSION = torch.__version__
+# Inductor's C++ backend on torch 2.11 emits an index-bounds check naming a temporary it
+# never declared ("'tmp2' was not declared") for a transformers generate whose decode turns
+# dynamic: plain backend="inductor" fails the same (checked on 2.11.0; 2.13.0 compiles it).
+CPU_DYNAMIC_INDEXING_BREAKS = torch.torch_version.TorchVersion(TORCH_VERSION) < "2.13"
 
 __all__ = ["TORCH_VERSION", "detect_fake_mode", "known_equal", "known_same_shape",
            "known_broadcasts_to", "statically_known_true", "emit_structured_artifact", "is_joint_graph",
            "real_tensors", "size_hint", "constant_int", "wrap_triton", "launch_patches", "inductor_cuda_graphs",
-           "same_storage", "inductor_decompositions", "enable_python_dispatcher"]
+           "same_storage", "inductor_decompositions", "enable_python_dispatcher", "GLUON_CTA_BARRIER",
+           "CPU_DYNAMIC_INDEXING_BREAKS"]
 
 
 def known_equal(a: Any, b: Any) -> bool:
@@ -108,6 +114,14 @@ def constant_int(x) -> int | None:
 def wrap_triton(kernel):
     """torch.library.wrap_triton (torch >= 2.6; the same on 2.11 .. 2.15)."""
     return torch.library.wrap_triton(kernel)
+
+
+try:  # Gluon's barrier over a program's threads: `thread_barrier` on Triton 3.5-3.6, `barrier` on 3.8
+    from triton.experimental.gluon import language as _gluon_language
+
+    GLUON_CTA_BARRIER = getattr(_gluon_language, "thread_barrier", None) or getattr(_gluon_language, "barrier", None)
+except ImportError:  # no Gluon: the Gluon programs are never chosen
+    GLUON_CTA_BARRIER = None
 
 
 def launch_patches() -> dict:
