@@ -4,10 +4,18 @@ decode steps) and RoPE fused, few compiles. On CPU transformers compiles only wh
 told to (`_compile_all_devices`); on a GPU its default mode is CUDA graphs."""
 import pytest
 import torch
+import torch._inductor.exc
 
 transformers = pytest.importorskip("transformers")
 
 from test_transformers_rope import TINY, build  # noqa: E402
+
+from mla_compile.compat import CPU_DYNAMIC_INDEXING_BREAKS  # noqa: E402
+
+# an upstream C++ codegen bug on older torch, plain Inductor alike (compat says which)
+upstream_cpu_codegen_bug = pytest.mark.xfail(
+    CPU_DYNAMIC_INDEXING_BREAKS, raises=torch._inductor.exc.InductorError, strict=False,
+    reason="torch < 2.13: Inductor's CPU code for the dynamic decode graph does not compile")
 
 LAYERS = TINY["num_hidden_layers"]
 NEW = 32
@@ -37,6 +45,7 @@ def test_generate_with_compile_config(family):
     assert all(m.params["form"] == "absorbed" for m in reports[0].matches if m.pattern == "attention.mla")
 
 
+@upstream_cpu_codegen_bug
 @pytest.mark.parametrize("family, impl", [("v3", "sdpa"), ("v2", "eager")])
 def test_compiled_forward_with_dynamic_cache(family, impl):
     """model.forward = torch.compile(model.forward, backend="mla"): prefill and decode
@@ -54,6 +63,7 @@ def test_compiled_forward_with_dynamic_cache(family, impl):
     assert forms[0] == ["decompressed"] * LAYERS and all(f == ["absorbed"] * LAYERS for f in forms[1:]), forms
 
 
+@upstream_cpu_codegen_bug
 def test_new_batch_sizes_and_prompt_lengths_do_not_recompile_every_step():
     """Three generate calls with other batch sizes and prompt lengths through one
     compiled forward: a handful of compiles in all (dynamic shapes after the first
