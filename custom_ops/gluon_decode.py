@@ -91,6 +91,52 @@ if gluon is not None:
         async_copy.async_copy_global_to_shared(kr_buf, src_r, mask=(tr < hi_key)[:, None] & (cr < DR)[None, :])
 
     @gluon.jit
+    def _load_q(QL, QR, b, pid, H, Sq, sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d,
+                R: gl.constexpr, DR: gl.constexpr):
+        """The program's 64 rows of q_lat and q_pe (zeros past the rows), to go to shared memory."""
+        LQ: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [8, 1], [1, 0])
+        rq = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, LQ))
+        cq = gl.arange(0, R, layout=gl.SliceLayout(0, LQ))
+        dq = gl.arange(0, DR, layout=gl.SliceLayout(0, LQ))
+        rq_ok = rq < Sq * H
+        q_lat = gl.load(QL + b * sql_b + (rq % H)[:, None] * sql_h + (rq // H)[:, None] * sql_q + cq[None, :] * sql_r,
+                        mask=rq_ok[:, None] & (cq < R)[None, :], other=0.0)
+        q_pe = gl.load(QR + b * sqr_b + (rq % H)[:, None] * sqr_h + (rq // H)[:, None] * sqr_q + dq[None, :] * sqr_d,
+                       mask=rq_ok[:, None] & (dq < DR)[None, :], other=0.0)
+        return q_lat, q_pe
+
+    @gluon.jit
+    def _write_out(acc, m_i, l_i, O, OP, ST, b, pid, split, H, Sq, so_b, so_h, so_q, so_r,
+                   R: gl.constexpr, AL: gl.constexpr, SL: gl.constexpr,
+                   DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr):
+        """acc / l: the output (one split) or the normalised partial with its max and sum
+        (`_wide_split`'s layout, merged by its combine)."""
+        rows = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, SL))
+        row_ok = rows < Sq * H
+        qi = rows // H
+        hi = rows % H
+        ra = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, AL))
+        ca = gl.arange(0, R, layout=gl.SliceLayout(0, AL))
+        ra_ok = ra < Sq * H
+        l_a = gl.convert_layout(l_i, gl.SliceLayout(1, AL))
+        inv = 1.0 / gl.where(l_a > 0, l_a, 1.0)
+        if DIRECT:  # one split: the final output, in out's dtype
+            if ZERO_EMPTY:
+                inv = gl.where(l_a > 0, inv, 0.0)
+            else:  # eager softmax over no visible key: 0 / 0
+                inv = gl.where(l_a > 0, inv, float("nan"))
+            o_rows = b * so_b + (ra % H)[:, None] * so_h + (ra // H)[:, None] * so_q
+            gl.store(O + o_rows + ca[None, :] * so_r, (acc * inv[:, None]).to(O.dtype.element_ty),
+                     mask=ra_ok[:, None] & (ca < R)[None, :])
+        else:  # normalised partial, its running max and sum kept apart (as _wide_split)
+            base = ((b * H + ra % H) * Sq + ra // H) * gl.num_programs(1) + split
+            gl.store(OP + base.to(gl.int64)[:, None] * R + ca[None, :], acc * inv[:, None],
+                     mask=ra_ok[:, None] & (ca < R)[None, :])
+            sbase = ((b * H + hi) * Sq + qi) * gl.num_programs(1) + split
+            gl.store(ST + 2 * sbase, m_i, mask=row_ok)
+            gl.store(ST + 2 * sbase + 1, l_i, mask=row_ok)
+
+    @gluon.jit
     def gluon_split(
         QL, QR, C, KR, MK, O, OP, ST, TABLE, SEQ, SINKS,
         sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d,
@@ -105,7 +151,6 @@ if gluon is not None:
         # warpgroup w owns columns [256 w, 256 w + 256)
         SL: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 32, 16])
         AL: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 256, 16])
-        LQ: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [8, 1], [1, 0])
         SH: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         dt: gl.constexpr = QL.dtype.element_ty
         scale = gl.cast(scale, gl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
@@ -114,14 +159,7 @@ if gluon is not None:
         b = gl.program_id(2).to(gl.int64)
 
         # q in shared memory (the A operand of both score dots)
-        rq = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, LQ))
-        cq = gl.arange(0, R, layout=gl.SliceLayout(0, LQ))
-        dq = gl.arange(0, DR, layout=gl.SliceLayout(0, LQ))
-        rq_ok = rq < Sq * H
-        q_lat = gl.load(QL + b * sql_b + (rq % H)[:, None] * sql_h + (rq // H)[:, None] * sql_q + cq[None, :] * sql_r,
-                        mask=rq_ok[:, None] & (cq < R)[None, :], other=0.0)
-        q_pe = gl.load(QR + b * sqr_b + (rq % H)[:, None] * sqr_h + (rq // H)[:, None] * sqr_q + dq[None, :] * sqr_d,
-                       mask=rq_ok[:, None] & (dq < DR)[None, :], other=0.0)
+        q_lat, q_pe = _load_q(QL, QR, b, pid, H, Sq, sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d, R, DR)
         q_smem = gl.allocate_shared_memory(dt, [64, R], SH, q_lat)
         qr_smem = gl.allocate_shared_memory(dt, [64, DR], SH, q_pe)
         c_smem = gl.allocate_shared_memory(dt, [2, 64, R], SH)
@@ -188,26 +226,7 @@ if gluon is not None:
             cta_barrier()  # both warpgroups are done with this stage and p_smem
         async_copy.wait_group(0)
 
-        ra = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, AL))
-        ca = gl.arange(0, R, layout=gl.SliceLayout(0, AL))
-        ra_ok = ra < Sq * H
-        l_a = gl.convert_layout(l_i, gl.SliceLayout(1, AL))
-        inv = 1.0 / gl.where(l_a > 0, l_a, 1.0)
-        if DIRECT:  # one split: the final output, in out's dtype
-            if ZERO_EMPTY:
-                inv = gl.where(l_a > 0, inv, 0.0)
-            else:  # eager softmax over no visible key: 0 / 0
-                inv = gl.where(l_a > 0, inv, float("nan"))
-            o_rows = b * so_b + (ra % H)[:, None] * so_h + (ra // H)[:, None] * so_q
-            gl.store(O + o_rows + ca[None, :] * so_r, (acc * inv[:, None]).to(O.dtype.element_ty),
-                     mask=ra_ok[:, None] & (ca < R)[None, :])
-        else:  # normalised partial, its running max and sum kept apart (as _wide_split)
-            base = ((b * H + ra % H) * Sq + ra // H) * gl.num_programs(1) + split
-            gl.store(OP + base.to(gl.int64)[:, None] * R + ca[None, :], acc * inv[:, None],
-                     mask=ra_ok[:, None] & (ca < R)[None, :])
-            sbase = ((b * H + hi) * Sq + qi) * gl.num_programs(1) + split
-            gl.store(ST + 2 * sbase, m_i, mask=row_ok)
-            gl.store(ST + 2 * sbase + 1, l_i, mask=row_ok)
-
+        _write_out(acc, m_i, l_i, O, OP, ST, b, pid, split, H, Sq, so_b, so_h, so_q, so_r, R, AL, SL,
+                   DIRECT, ZERO_EMPTY)
 
 __all__ = ["applies", "gluon_split", "ROWS", "KEYS", "WARPS"]
