@@ -8,9 +8,11 @@ benchmarks/RESULTS.md with the device and date.
 
 bf16, DeepSeek dims (latent R = 512, rope Dr = 64), top-k K = 2048, one query token
 per sequence (decode), the latent cache one [B, L, 576] buffer, q_lat given
-([B, H, 1, 512]); the indices are a random K-subset of each row's keys (sorted or
-not makes no difference to the op: it sorts). Timed (GPU time under CUDA graphs):
-  sparse     mla_sparse_attention (gather by index, split-K + combine)
+([B, H, 1, 512]); the indices are topk's of random scores (a K-subset of each row's
+keys, distinct, unsorted). Timed (GPU time under CUDA graphs):
+  sparse     mla_sparse_attention with distinct=True (what the pass passes for topk's
+             indices: gather by index, split-K + combine, no sort)
+  sorted     the same without distinct (the op sorts to drop repeats first)
   dense      mla_decode_attention over all L keys with the DSA mask (0 at chosen
              keys, finfo.min elsewhere): what the dense rewrite runs today
   inductor   the masked absorbed math through torch.compile (dynamic=False)
@@ -86,12 +88,13 @@ def decode_row(B, L, H, bw, inductor, index_topk):
     q_lat, q_pe = q[..., :R], q[..., R:]
     idx = torch.rand(B, 1, L, device="cuda", generator=g).topk(K, -1).indices
     mask = topk_mask(idx, L, torch.bfloat16)
-    sparse = mla_sparse_attention(q_lat, q_pe, c, kr, idx, SCALE)
+    sparse = mla_sparse_attention(q_lat, q_pe, c, kr, idx, SCALE, distinct=True)
     dense = mla_decode_attention(q_lat, q_pe, c, kr, SCALE, False, mask=mask)
     err = ((sparse.float() - dense.float()).norm() / dense.float().norm()).item()
     assert err < 2e-2, f"B={B} L={L} H={H}: sparse vs dense rel. error {err:.2e}"
     inductor(q_lat, q_pe, c, kr, mask)
-    t_sp = bench(lambda: mla_sparse_attention(q_lat, q_pe, c, kr, idx, SCALE))
+    t_sp = bench(lambda: mla_sparse_attention(q_lat, q_pe, c, kr, idx, SCALE, distinct=True))
+    t_so = bench(lambda: mla_sparse_attention(q_lat, q_pe, c, kr, idx, SCALE))
     t_dn = bench(lambda: mla_decode_attention(q_lat, q_pe, c, kr, SCALE, False, mask=mask))
     t_in = bench(lambda: inductor(q_lat, q_pe, c, kr, mask))
     floor = B * K * ((R + DR) * 2 + 8) / bw * 1e6
@@ -103,14 +106,14 @@ def decode_row(B, L, H, bw, inductor, index_topk):
 
     def layer_sparse():
         chosen = index_topk(q_idx, w_idx, k_idx)
-        return mla_sparse_attention(q_lat, q_pe, c, kr, chosen, SCALE)
+        return mla_sparse_attention(q_lat, q_pe, c, kr, chosen, SCALE, distinct=True)
 
     def layer_dense():
         chosen = index_topk(q_idx, w_idx, k_idx)
         return mla_decode_attention(q_lat, q_pe, c, kr, SCALE, False, mask=topk_mask(chosen, L, torch.bfloat16))
 
     t_ls, t_ld = bench(layer_sparse), bench(layer_dense)
-    return (f"| {B} | {L} | {H} | {t_sp:.1f} | {floor:.1f} | {floor / t_sp:.2f} | {t_dn:.1f} | {t_dn / t_sp:.2f} | "
+    return (f"| {B} | {L} | {H} | {t_sp:.1f} | {t_so:.1f} | {floor:.1f} | {floor / t_sp:.2f} | {t_dn:.1f} | {t_dn / t_sp:.2f} | "
             f"{t_in:.1f} | {t_in / t_sp:.2f} | {t_ls:.1f} | {t_ld:.1f} | {t_ld / t_ls:.2f} | {err:.1e} |")
 
 
@@ -139,9 +142,9 @@ def main() -> None:
     print(head, flush=True)
     inductor = torch.compile(masked_absorbed, dynamic=False)
     index_topk = torch.compile(lambda q, w, k: indexer(q, w, k).topk(K, -1).indices, dynamic=False)
-    rows = ["| B | L | H | sparse us | floor us | of floor | dense fused us | dense/sparse | inductor us "
+    rows = ["| B | L | H | sparse us | sorted us | floor us | of floor | dense fused us | dense/sparse | inductor us "
             "| inductor/sparse | layer sparse us | layer dense us | layer dense/sparse | rel. err vs dense |",
-            "|---" * 14 + "|"]
+            "|---" * 15 + "|"]
     for B, L, H in cases:
         rows.append(decode_row(B, L, H, bw, inductor, index_topk))
         print(rows[-1], flush=True)

@@ -114,7 +114,9 @@ class KernelBackend(ABC):
         mask: torch.Tensor | None,
         zero_empty_rows: bool,
         out: torch.Tensor,
+        distinct: bool = False,
     ) -> None:
         """MLA attention over the keys `indices` [B, Sq, K] chooses per query row, into
         the preallocated `out` [B, H, Sq, Dv]: semantics of
-        `reference.sparse_attention_reference`; inputs were validated."""
+        `reference.sparse_attention_reference`; inputs were validated. `distinct`: no
+        row repeats an index (the caller proved it; a kernel may skip deduplicating)."""

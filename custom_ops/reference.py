@@ -216,6 +216,6 @@ class ReferenceBackend(KernelBackend):
 
     @classmethod
     def sparse_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask, zero_empty_rows,
-                         out) -> None:
+                         out, distinct=False) -> None:  # the scatter selects a repeat once either way
         out.copy_(sparse_attention_reference(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask,
                                              zero_empty_rows))

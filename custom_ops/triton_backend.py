@@ -129,7 +129,7 @@ class TritonBackend(KernelBackend):
 
     @classmethod
     def sparse_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask, zero_empty_rows,
-                         out) -> None:
+                         out, distinct=False) -> None:
         """Gathering (`lowering.sparse_form` decides): over the latent (absorbed), a
         query reads only its K chosen latent rows (decompressing would expand all Sk
         keys through kv_b_proj first). Else dense attention under the selection mask,
@@ -147,5 +147,5 @@ class TritonBackend(KernelBackend):
         q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
         o_lat = torch.empty_like(q_lat)
         mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale, mask=mask, zero_empty_rows=zero_empty_rows,
-                             out=o_lat)
+                             out=o_lat, distinct=distinct)
         out.copy_(torch.einsum("bhqr,hvr->bhqv", o_lat, w_uv))

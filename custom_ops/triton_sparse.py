@@ -11,7 +11,8 @@ position scores the same chosen keys, so a program takes BLOCK_H heads of one
 Only the K chosen latent rows (plus the K indices) are read, once per group of
 BLOCK_H heads. The index list is sorted first (`torch.sort`, by the caller), so a
 duplicate is the same value as its predecessor and is skipped: eager's scatter
-selects a key once however often it is named. The list is split into `splits`
+selects a key once however often it is named. Indices known distinct (`distinct`:
+topk's) are read as they are: no sort (~28 us at batch 1 on an H200), no check. The list is split into `splits`
 ranges run by separate programs; each writes an fp32 partial and its log-sum-exp in
 `triton_decode`'s layout, and that module's `_combine` merges them (a row with no
 visible key: NaN, or 0 with `zero_empty_rows`).
@@ -44,7 +45,7 @@ if triton is not None:
         H, Sq, K, idx_per_split, scale,
         R: tl.constexpr, DR: tl.constexpr, BR: tl.constexpr, BDR: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-        MASK: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+        MASK: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, DISTINCT: tl.constexpr,
     ):
         scale = tl.cast(scale, tl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         hi = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)  # heads of one query row
@@ -71,8 +72,11 @@ if triton is not None:
             j = n0 + tl.arange(0, BLOCK_N)
             j_ok = j < hi_pos
             t = tl.load(idx_row + j * si_k, mask=j_ok, other=0).to(tl.int64)
-            prev = tl.load(idx_row + (j - 1) * si_k, mask=j_ok & (j > 0), other=-1).to(tl.int64)
-            t_ok = j_ok & (t != prev)  # sorted: a repeat of its predecessor is a duplicate
+            if DISTINCT:
+                t_ok = j_ok
+            else:  # sorted: a repeat of its predecessor is a duplicate
+                prev = tl.load(idx_row + (j - 1) * si_k, mask=j_ok & (j > 0), other=-1).to(tl.int64)
+                t_ok = j_ok & (t != prev)
             c = tl.load(C + b * sc_b + t[:, None] * sc_t + offs_r[None, :] * sc_r,
                         mask=t_ok[:, None] & r_ok[None, :], other=0.0)
             kr = tl.load(KR + b * skr_b + t[:, None] * skr_t + offs_d[None, :] * skr_d,
@@ -104,11 +108,13 @@ def _interpreting() -> bool:
 
 def mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale: float, *, mask=None,
                          zero_empty_rows: bool = False, out=None, splits: int | None = None,
-                         block_h: int | None = None, block_n: int | None = None) -> torch.Tensor:
+                         block_h: int | None = None, block_n: int | None = None,
+                         distinct: bool = False) -> torch.Tensor:
     """softmax over the chosen keys of (q_lat c^T + q_pe k_pe^T) * scale + mask, @ c.
 
     q_lat [B, H, Sq, R], q_pe [B, H, Sq, Dr], c_kv [B, Sk, R], k_pe [B, Sk, Dr] (one
-    dtype, any strides), indices [B, Sq, K] in [0, Sk) (any order, duplicates allowed),
+    dtype, any strides), indices [B, Sq, K] in [0, Sk) (any order, duplicates allowed
+    unless `distinct`),
     mask broadcasting to [B, H, Sq, Sk] -> o_lat [B, H, Sq, R] (or into `out`).
     """
     B, H, Sq, R = q_lat.shape
@@ -118,7 +124,7 @@ def mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale: float, *, mask
         out = torch.empty(B, H, Sq, R, device=q_lat.device, dtype=q_lat.dtype)
     if known_true(out.numel() == 0):
         return out
-    idx = torch.sort(indices, dim=-1).values  # duplicates adjacent; gathers in address order
+    idx = indices if distinct else torch.sort(indices, dim=-1).values  # duplicates adjacent
     on_gpu = q_lat.device.type == "cuda" and not _interpreting()
     bn = block_n or key_block(q_lat.dtype, on_gpu)
     if block_h is None:  # heads only share one index list: the decode kernel's rule over H rows
@@ -143,7 +149,7 @@ def mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale: float, *, mask
         H, Sq, K, per_split, float(scale),
         R=R, DR=Dr, BR=br, BDR=bdr, BLOCK_H=block_h, BLOCK_N=bn, MASK=mask is not None,
         PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
-        UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16,
+        UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16, DISTINCT=bool(distinct),
         num_warps=8 if block_h >= 64 else 4, num_stages=2,
     )
     brc = min(br, 128)

@@ -140,8 +140,9 @@ def rounded_back(node: fx.Node, dtype) -> bool:
     return True
 
 
-def emit_attention(graph: fx.Graph, call: AttentionCall, p, op, operands, options: tuple) -> None:
-    """Replace call.output by op(*operands(), *options, mask, call.zero_empty_rows):
+def emit_attention(graph: fx.Graph, call: AttentionCall, p, op, operands, options: tuple,
+                   tail: tuple = ()) -> None:
+    """Replace call.output by op(*operands(), *options, mask, call.zero_empty_rows, *tail):
     the operands are built (at the insertion point) by `operands`, the float ones must
     share one dtype, and the result goes back in the replaced node's layout and dtype."""
     with graph.inserting_before(call.output):
@@ -154,7 +155,8 @@ def emit_attention(graph: fx.Graph, call: AttentionCall, p, op, operands, option
         mask = arrange_mask(graph, call, p)
         sinks = arrange_sinks(graph, call, p)
         try:  # sinks only when there are (graphs without them print as before)
-            out = _call(graph, op, (*args, *options, mask, call.zero_empty_rows, *([sinks] if sinks is not None else [])))
+            out = _call(graph, op, (*args, *options, mask, call.zero_empty_rows, *tail,
+                                    *([sinks] if sinks is not None else [])))
         except ValueError as e:  # the op's own checks: shapes that do not agree
             raise NoMatch(str(e)) from None
         result = arrange_result(graph, out, call, p)

@@ -110,7 +110,8 @@ def _fuse_mla(graph: fx.Graph, call: AttentionCall, pieces: MlaPieces, kernel: s
         params = _describe(call, pieces, "sparse")
         params.update(K=_plain(val(dsa.indices).shape[-1]), mask=("+".join(["additive"] * (dsa.base is not None))
                       or "none") + "+top-k" + (" (safe softmax)" if call.zero_empty_rows else ""),
-                      sparse_proof=dsa.proof)
+                      sparse_proof=dsa.proof,
+                      indices="distinct (top-k over the keys)" if dsa.distinct else "may repeat (the kernel sorts them)")
         return Match("attention.mla", params)
     # a mask built causal: causal=True (its proof reads the scores' axes in order)
     call, proof = (call, None) if call.roles else causal_mask.prove(

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace as dc_replace
 import torch
 import torch.fx as fx
 
-from ..compat import known_equal
+from ..compat import known_equal, statically_known_true
 from .arrange import arrange, emit_attention
 from .attention_forms import AttentionCall
 from .causal_mask import FINITE_FILL_MAX, NotProven, _scalar, analyse
@@ -62,6 +62,7 @@ class DsaMask:
     where: fx.Node            # the mask's where(...) (its scalar args are reused)
     fill: float               # what an unchosen key's score gets
     proof: str                # for the report
+    distinct: bool            # the indices are topk's over the key axis: no row repeats one
 
 
 def _strip(node, targets=_ALIASES):
@@ -112,6 +113,24 @@ def _topk_over(idx: fx.Node):
     if largest is not True or dim not in (-1, val(x).dim() - 1):
         return None
     return x
+
+
+def _distinct(idx: fx.Node) -> bool:
+    """idx is topk's indices along a last axis (any `largest`), through integer casts
+    wide enough for that axis's positions: no row repeats an index."""
+    node = idx
+    while is_op(node, *_INT_CASTS):
+        dtype = val(node).dtype
+        if dtype not in (torch.int32, torch.int64):
+            return False
+        node = node.args[0]
+    if not (node.target is operator.getitem and node.args[1] == 1 and is_op(node.args[0], aten.topk.default)):
+        return False
+    topk = node.args[0]
+    x = topk.args[0]
+    dim = topk.args[2] if len(topk.args) > 2 else topk.kwargs.get("dim", -1)
+    n = val(x).shape[-1] if val(x).dim() else 1
+    return dim in (-1, val(x).dim() - 1) and statically_known_true(n < 2**31)
 
 
 def _adds_base(x: fx.Node, base: fx.Node) -> bool:
@@ -174,7 +193,8 @@ def search(call: AttentionCall, p: MlaPieces) -> DsaMask:
     proof = "top-k mask, unchosen keys -inf"
     if fill != -math.inf:
         proof = _finite_fill_proof(base, idx, (p.sizes["Sq"], p.sizes["Sk"]))
-    return DsaMask(idx, base, is_bool, where, fill, proof)
+    # topk returns k different positions of its row: the op may skip deduplicating them
+    return DsaMask(idx, base, is_bool, where, fill, proof, _distinct(idx))
 
 
 def replace(graph: fx.Graph, call: AttentionCall, p: MlaPieces, dsa: DsaMask, kernel: str, head_weights) -> None:
@@ -189,7 +209,7 @@ def replace(graph: fx.Graph, call: AttentionCall, p: MlaPieces, dsa: DsaMask, ke
         return [*(arrange(graph, piece) for piece in (p.q_nope, p.q_pe, p.keys.latent, p.k_pe)),
                 head_weights(graph, p.keys, views), head_weights(graph, p.values, views), dsa.indices]
 
-    emit_attention(graph, call, p, sparse_op, operands, (call.scale, kernel))
+    emit_attention(graph, call, p, sparse_op, operands, (call.scale, kernel), (dsa.distinct,))
 
 
 __all__ = ["search", "replace", "NotDsa", "DsaMask"]

@@ -118,12 +118,41 @@ def test_kernel_splits_and_duplicates():
         torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
 
 
+@needs_kernel
+def test_distinct_indices_read_as_they_are():
+    """distinct=True (topk's indices): no sort, no duplicate check in the kernel; the same
+    result as the sorting path and the reference, unsorted rows and several splits."""
+    q_nope, q_pe, c, kp, wk, wv, _ = inputs(Sk=30, seed=4, device=DEVICE)
+    g = torch.Generator().manual_seed(5)
+    idx = torch.stack([torch.randperm(30, generator=g)[:9] for _ in range(2 * 4)]).view(2, 4, 9).to(DEVICE)
+    q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, wk)
+    want = sparse_attention_reference(q_nope, q_pe, c, kp, wk, wv, idx, 0.5)
+    for splits in (1, 3):
+        for distinct in (False, True):
+            o_lat = mla_sparse_attention(q_lat, q_pe, c, kp, idx, 0.5, splits=splits, block_n=16, distinct=distinct)
+            torch.testing.assert_close(torch.einsum("bhqr,hvr->bhqv", o_lat, wv), want, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(op(q_nope, q_pe, c, kp, wk, wv, idx, 0.5, "triton", None, False, True), want,
+                               rtol=2e-5, atol=2e-5)
+
+
+def test_distinct_is_checked_in_eager():
+    """A caller that says distinct=True and repeats an index gets an error, not a double count."""
+    args = list(inputs())
+    args[6] = torch.stack([torch.randperm(20)[:6] for _ in range(8)]).view(2, 4, 6)
+    op(*args, 0.3, "reference", None, False, True)  # distinct: accepted
+    args[6][1, 2, 4] = args[6][1, 2, 0]
+    with pytest.raises(ValueError, match=rf"distinct=True, but indices\[1, 2\] repeats the index {int(args[6][1, 2, 0])}"):
+        op(*args, 0.3, "reference", None, False, True)
+
+
 def test_opcheck():
     args = inputs()
     mask = torch.zeros(2, 1, 4, 20)
     torch.library.opcheck(op.default, (*args, 0.3, "reference", mask, True))
     if DEVICE is not None and DEVICE.type == "cpu":
         torch.library.opcheck(op.default, (*args, 0.3, "triton", None, False))
+        distinct = torch.stack([torch.randperm(20)[:6] for _ in range(8)]).view(2, 4, 6)
+        torch.library.opcheck(op.default, (*args[:6], distinct, 0.3, "triton", None, False, True))
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -3,7 +3,9 @@ indexer's top-k scattered into an all-True mask, and-ed with a bool base for SDP
 masked_fill over an additive base for eager attention): rewritten to
 `mla.sparse_attention` with exact counts, equal to eager on fresh inputs; look-alikes
 (a scatter along the query axis, indices that are no top-k under a finite fill, the
-mask also read elsewhere) keep the dense fused op, with the reason in the report."""
+mask also read elsewhere) keep the dense fused op, with the reason in the report. The
+report says whether the op may skip deduplicating the indices: only topk's own (through
+casts wide enough), not other indices (duplicates do occur) nor topk's cast to int16."""
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -41,19 +43,22 @@ class DsaLayer(nn.Module):
         keep = (pos[None, :] <= pos[:, None])[None, None].expand(B, 1, S, S)  # transformers' causal build
         base = torch.where(keep, 0.0, torch.finfo(x.dtype).min)
         scores = self.idx_q(x) @ self.idx_k(x).transpose(1, 2)
-        if self.variant == "bool":
+        bool_mask = self.variant.startswith("bool")
+        if bool_mask:
             scores = scores.masked_fill(~keep[:, 0], float("-inf"))
         else:
             scores = scores + base[:, 0]
         idx = scores.topk(TOPK, dim=-1).indices.to(torch.int32)
-        if self.variant == "not_topk":
+        if self.variant in ("not_topk", "bool_other"):
             idx = other_idx
+        if self.variant == "bool_int16":  # narrow enough to wrap on a long axis: not proven distinct
+            idx = scores.topk(TOPK, dim=-1).indices.to(torch.int16)
         if self.variant == "query_axis":  # scattered along the queries: not the indexer's selection
             unchosen = torch.ones(B, S, S, dtype=torch.bool).scatter(1, idx.transpose(1, 2).long(), False)
         else:
             unchosen = torch.ones(B, S, S, dtype=torch.bool).scatter(-1, idx.long(), False)
         unchosen = unchosen.unsqueeze(1)
-        if self.variant == "bool":
+        if bool_mask:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep & ~unchosen, scale=self.scale)
             return out.transpose(1, 2).reshape(B, S, H * DV)
         mask = base.masked_fill(unchosen, torch.finfo(x.dtype).min)
@@ -70,7 +75,10 @@ CASES = {  # variant: (form, what the report says)
     "not_topk": ("decompressed", "left dense: finite fill, and the indices are no top-k"),
     "query_axis": ("decompressed", "left dense: the scatter is not along the key axis"),
     "mask_elsewhere": ("decompressed", "left dense: the DSA mask is also read elsewhere"),
+    "bool_other": ("sparse", "top-k mask, unchosen keys -inf"),
+    "bool_int16": ("sparse", "top-k mask, unchosen keys -inf"),
 }
+DISTINCT = {"bool": True, "float": True, "bool_other": False, "bool_int16": False}
 
 
 class DsaStack(nn.Module):
@@ -93,6 +101,7 @@ def test_dsa_layers():
     for _ in range(2):  # fresh inputs after the compile
         x = torch.randn(2, 7, D, generator=g)
         other = torch.randint(0, 7, (2, 7, TOPK), generator=g, dtype=torch.int32)
+        other[..., 1] = other[..., 0]  # a repeated index in every row: selected once
         with torch.no_grad():
             want, got = model(x, other), compiled(x, other)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -104,6 +113,8 @@ def test_dsa_layers():
         said = p.get("sparse_proof") if form == "sparse" else p.get("sparse", "")
         assert said.startswith(why), (variant, p)
         assert form != "sparse" or p["K"] == TOPK
+        if form == "sparse":
+            assert p["indices"].startswith("distinct" if DISTINCT[variant] else "may repeat"), (variant, p)
 
 
 def test_sparse_op_inlined_on_cpu_with_the_reference(monkeypatch):
