@@ -20,7 +20,9 @@ The rows come from contiguous [B, Sk, R] / [B, Sk, Dr] tensors, or (`paged=`, fo
 `mla.paged_sparse_decode`) from a paged latent cache: index t of sequence b is token t
 of its block-table row, addressed by `triton_decode._paged_offsets`, the paged decode
 kernel's one copy of `cache_layout.element_offset` (NORMAL and SHUFFLE alike). There
-an index of -1 is padding and skipped (sorted first, it never reaches a load).
+an index of -1 is padding: sorted first, it equals the -1 that stands before the list
+and is skipped as a duplicate (any other negative, possible only where the op's checks
+are off, is dropped by `t >= 0`).
 """
 from __future__ import annotations
 
@@ -83,9 +85,9 @@ if triton is not None:
             t = tl.load(idx_row + j * si_k, mask=j_ok, other=0).to(tl.int64)
             prev = tl.load(idx_row + (j - 1) * si_k, mask=j_ok & (j > 0), other=-1).to(tl.int64)
             t_ok = j_ok & (t != prev)  # sorted: a repeat of its predecessor is a duplicate
-            if PAGED:  # C is the cache: latent dims [0, R), rope dims [R, R + DR). -1 is
-                # padding; past the length only where the op's checks are off (CUDA graph
-                # capture): skipped too, never read out of the sequence's pages
+            if PAGED:  # C is the cache: latent dims [0, R), rope dims [R, R + DR). Negative
+                # or past the length only where the op's checks are off (CUDA graph
+                # capture): skipped, never read outside the sequence's pages
                 t_ok = t_ok & (t >= 0) & (t < n_keys)
                 t_in = tl.where(t_ok, t, 0)
                 c = tl.load(C + _paged_offsets(TABLE, st_b, SEQ, b, t_in, offs_r, PAGE, R + DR, TT, VEC),

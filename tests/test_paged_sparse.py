@@ -14,7 +14,6 @@ import torch  # noqa: E402
 
 from kernel_device import kernel_test_device  # noqa: E402
 from mla_compile.custom_ops import PagedLatentCache  # noqa: E402
-from mla_compile.custom_ops.paged_sparse import paged_sparse_reference  # noqa: E402
 from mla_compile.custom_ops.triton_sparse import _sparse_split, mla_sparse_attention  # noqa: E402
 from mla_compile.lowering.cache_layout import CacheLayout  # noqa: E402
 
@@ -49,7 +48,8 @@ def setup(block_size, layout, dtype, gen, lens=LENS):
         t = torch.arange(n, device=ON)
         cache.write(rand(n, R, gen=gen, dtype=dtype), rand(n, DR, gen=gen, dtype=dtype),
                     table[b, t // block_size].long() * block_size + t % block_size)
-    idx = torch.stack([torch.randint(0, n, (SQ, K), generator=gen) for n in lens])
+    idx = torch.stack([torch.randint(0, max(n, 1), (SQ, K), generator=gen) for n in lens])
+    idx[torch.tensor(lens) == 0] = -1                               # an empty sequence: padding only
     idx[:, :, 1] = idx[:, :, 0]                                     # a duplicate
     idx[:, :, 2:4] = -1                                             # padding
     idx[1, 1] = -1                                                  # nothing chosen
@@ -110,16 +110,21 @@ def test_kernel_matches_reference_and_contiguous_op(block_size, layout, dtype, g
 
 @needs_kernel
 def test_kernel_splits_duplicates_and_long_topk(gen):
-    """Top-k 40 over 20 tokens (many duplicates and padding, straddling split bounds),
-    split 1, 3 and 5 ways over 16-token SHUFFLE pages: each merge equals the reference."""
+    """Top-k 40 over 20 and 5 tokens (many duplicates and padding, straddling split
+    bounds) and over an empty sequence whose table row is all -1 (a batch's padding
+    slot: never read), split 1, 3 and 5 ways over 16-token SHUFFLE pages: each merge
+    equals the reference, the empty sequence's rows 0 (zero_empty_rows)."""
     cache, table, lens, q_nope, q_pe, w_uk, w_uv, _ = setup(16, CacheLayout.SHUFFLE, torch.float32, gen,
-                                                             lens=[20, 5])
-    idx = torch.stack([torch.randint(-1, n, (SQ, 40), generator=gen) for n in (20, 5)]).to(ON)
-    want = paged_sparse_reference(q_nope, q_pe, cache.data, table, lens, w_uk, w_uv, idx, 0.3, 16, *cache.params)
+                                                             lens=[20, 5, 0])
+    table[2] = -1
+    idx = torch.stack([torch.randint(-1, max(n, 0), (SQ, 40), generator=gen) for n in (20, 5, 0)]).to(ON)
+    want = cache.attend_sparse(q_nope, q_pe, w_uk, w_uv, 0.3, table, lens, idx, "reference", True)
+    assert bool((want[2] == 0).all()) and not bool((want[:2] == 0).any())
     q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
     paged = (cache.data, table.contiguous(), lens.to(torch.int32), 16, cache.params)
     for splits in (1, 3, 5):
-        o_lat = mla_sparse_attention(q_lat, q_pe, None, None, idx, 0.3, paged=paged, splits=splits, block_n=16)
+        o_lat = mla_sparse_attention(q_lat, q_pe, None, None, idx, 0.3, paged=paged, splits=splits, block_n=16,
+                                     zero_empty_rows=True)
         torch.testing.assert_close(torch.einsum("bhqr,hvr->bhqv", o_lat, w_uv), want, rtol=2e-5, atol=2e-5)
 
 
