@@ -13,6 +13,9 @@ size (NORMAL or SHUFFLE). Sequences own pages through a block table [B, max_bloc
                                               # (Triton); q_rot is new
     out = cache.attend(q_nope, q_pe, w_uk, w_uv, scale, block_table, seq_lens)
                                               # torch.ops.mla.paged_decode (functional)
+    out = cache.attend_sparse(q_nope, q_pe, w_uk, w_uv, scale, block_table, seq_lens, indices)
+                                              # torch.ops.mla.paged_sparse_decode (DSA: only
+                                              # the top-k tokens; paged_sparse.py)
 
 Both ops take the layout's (tt, vec) from the cache object, so writer and reader
 agree by construction (seed 003a). They run the same in eager and under
@@ -98,10 +101,11 @@ def _check_table(op, block_table, seq_lens, B, device) -> None:
     check_sizes(op, "seq_lens", seq_lens, (B,), "[B]")
 
 
-def _check_table_values(op, cache, block_table, seq_lens, block_size) -> None:
+def _check_table_values(op, cache, block_table, seq_lens, block_size, more=None) -> None:
     """Eager only: 0 <= seq_lens[b] <= capacity, and every block a sequence uses (its
     first ceil(seq_lens[b] / block_size) entries) is a block of the cache. Entries past
-    that are never read: padding may hold anything (-1, say)."""
+    that are never read: padding may hold anything (-1, say). `more`: (values, bad,
+    message(where, value)) of another index tensor, checked in the same host sync, last."""
     if value_checks_off(cache.device):
         return
     num_blocks, max_blocks = cache.shape[0], block_table.shape[1]
@@ -110,7 +114,8 @@ def _check_table_values(op, cache, block_table, seq_lens, block_size) -> None:
     n_used = (seq_lens.clamp(0, capacity) + block_size - 1) // block_size
     used = torch.arange(max_blocks, device=cache.device) < n_used[:, None]
     bad_block = used & ((block_table < 0) | (block_table >= num_blocks))
-    len_bad, block_bad = torch.stack([bad_len.any(), bad_block.any()]).tolist()  # the one host sync
+    flags = [bad_len.any(), bad_block.any()] + ([more[1].any()] if more is not None else [])
+    len_bad, block_bad, *more_bad = torch.stack(flags).tolist()  # the one host sync
     if len_bad:
         where, v = first_bad(seq_lens, bad_len)
         raise op_error(op, f"seq_lens{where} must be in [0, block_table.shape[1] * block_size] = "
@@ -119,6 +124,9 @@ def _check_table_values(op, cache, block_table, seq_lens, block_size) -> None:
         where, v = first_bad(block_table, bad_block)
         raise op_error(op, f"block_table{where} must be a block of the cache, in [0, num_blocks) = "
                            f"[0, {num_blocks}), got {v}")
+    if more_bad and more_bad[0]:
+        where, v = first_bad(more[0], more[1])
+        raise op_error(op, more[2](where, v))
 
 
 def _check_decode(op, q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, block_size, tt, vec,
@@ -346,3 +354,13 @@ class PagedLatentCache:
         self._check_widths("PagedLatentCache.attend", q_pe=q_pe, w_uk=w_uk, w_uv=w_uv)
         return torch.ops.mla.paged_decode(q_nope, q_pe, self.data, block_table, seq_lens, w_uk, w_uv,
                                           scale, self.block_size, *self.params, kernel)
+
+    def attend_sparse(self, q_nope, q_pe, w_uk, w_uv, scale: float, block_table, seq_lens, indices,
+                      kernel: str = "auto", zero_empty_rows: bool = False):
+        """mla.paged_sparse_decode over this cache: `attend` restricted to the tokens
+        `indices` [B, Sq, K] names per query (logical positions, as mla.sparse_attention
+        takes them; -1 is padding), each gathered through the block table."""
+        self._check_widths("PagedLatentCache.attend_sparse", q_pe=q_pe, w_uk=w_uk, w_uv=w_uv)
+        return torch.ops.mla.paged_sparse_decode(q_nope, q_pe, self.data, block_table, seq_lens, w_uk, w_uv,
+                                                 indices, scale, self.block_size, *self.params, kernel,
+                                                 zero_empty_rows)

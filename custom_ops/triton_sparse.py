@@ -12,10 +12,18 @@ Only the K chosen latent rows (plus the K indices) are read, once per group of
 BLOCK_H heads. The index list is sorted first (`torch.sort`, by the caller), so a
 duplicate is the same value as its predecessor and is skipped: eager's scatter
 selects a key once however often it is named. Indices known distinct (`distinct`:
-topk's) are read as they are: no sort (~28 us at batch 1 on an H200), no check. The list is split into `splits`
-ranges run by separate programs; each writes an fp32 partial and its log-sum-exp in
+topk's) are read as they are: no sort (~28 us at batch 1 on an H200), no check. The
+list is split into `splits` ranges run by separate programs; each writes an fp32 partial and its log-sum-exp in
 `triton_decode`'s layout, and that module's `_combine` merges them (a row with no
 visible key: NaN, or 0 with `zero_empty_rows`).
+
+The rows come from contiguous [B, Sk, R] / [B, Sk, Dr] tensors, or (`paged=`, for
+`mla.paged_sparse_decode`) from a paged latent cache: index t of sequence b is token t
+of its block-table row, addressed by `triton_decode._paged_offsets`, the paged decode
+kernel's one copy of `cache_layout.element_offset` (NORMAL and SHUFFLE alike). There
+an index of -1 is padding: sorted first, it equals the -1 that stands before the list
+and is skipped as a duplicate (any other negative, possible only where the op's checks
+are off, is dropped by `t >= 0`).
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ import torch
 from ..compat import size_hint
 from .checks import known_true
 from .launch import launch
-from .triton_decode import _combine, _dot, choose_splits, key_block, split_rows_per_program
+from .triton_decode import _combine, _dot, _paged_offsets, choose_splits, key_block, key_source, split_rows_per_program
 
 try:
     import triton
@@ -38,14 +46,15 @@ if triton is not None:
 
     @triton.jit
     def _sparse_split(
-        QL, QR, C, KR, IDX, MK, OP, LSE,
+        QL, QR, C, KR, IDX, MK, OP, LSE, TABLE, SEQ,
         sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d,
         sc_b, sc_t, sc_r, skr_b, skr_t, skr_d, si_b, si_q, si_k,
-        smk_b, smk_h, smk_q, smk_n,
+        smk_b, smk_h, smk_q, smk_n, st_b,
         H, Sq, K, idx_per_split, scale,
         R: tl.constexpr, DR: tl.constexpr, BR: tl.constexpr, BDR: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
         MASK: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, DISTINCT: tl.constexpr,
+        PAGED: tl.constexpr, PAGE: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr,
     ):
         scale = tl.cast(scale, tl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         hi = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)  # heads of one query row
@@ -68,6 +77,9 @@ if triton is not None:
         idx_row = IDX + b * si_b + qi * si_q
         lo = split * idx_per_split
         hi_pos = tl.minimum(lo + idx_per_split, K)
+        n_keys = K  # unused unless PAGED
+        if PAGED:  # ragged: each sequence has its own length
+            n_keys = tl.load(SEQ + b)
         for n0 in range(lo, hi_pos, BLOCK_N):
             j = n0 + tl.arange(0, BLOCK_N)
             j_ok = j < hi_pos
@@ -77,10 +89,20 @@ if triton is not None:
             else:  # sorted: a repeat of its predecessor is a duplicate
                 prev = tl.load(idx_row + (j - 1) * si_k, mask=j_ok & (j > 0), other=-1).to(tl.int64)
                 t_ok = j_ok & (t != prev)
-            c = tl.load(C + b * sc_b + t[:, None] * sc_t + offs_r[None, :] * sc_r,
-                        mask=t_ok[:, None] & r_ok[None, :], other=0.0)
-            kr = tl.load(KR + b * skr_b + t[:, None] * skr_t + offs_d[None, :] * skr_d,
-                         mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+            if PAGED:  # C is the cache: latent dims [0, R), rope dims [R, R + DR). Negative
+                # or past the length only where the op's checks are off (CUDA graph
+                # capture) or as -1 padding: skipped, never read outside the sequence's pages
+                t_ok = t_ok & (t >= 0) & (t < n_keys)
+                t_in = tl.where(t_ok, t, 0)
+                c = tl.load(C + _paged_offsets(TABLE, st_b, SEQ, b, t_in, offs_r, PAGE, R + DR, TT, VEC),
+                            mask=t_ok[:, None] & r_ok[None, :], other=0.0)
+                kr = tl.load(C + _paged_offsets(TABLE, st_b, SEQ, b, t_in, R + offs_d, PAGE, R + DR, TT, VEC),
+                             mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+            else:
+                c = tl.load(C + b * sc_b + t[:, None] * sc_t + offs_r[None, :] * sc_r,
+                            mask=t_ok[:, None] & r_ok[None, :], other=0.0)
+                kr = tl.load(KR + b * skr_b + t[:, None] * skr_t + offs_d[None, :] * skr_d,
+                             mask=t_ok[:, None] & d_ok[None, :], other=0.0)
             s = _dot(ql, tl.trans(c), None, PREC, UPCAST)
             s = _dot(qr, tl.trans(kr), s, PREC, UPCAST) * scale
             if MASK:  # the base mask at the chosen keys: additive, in fp32
@@ -109,13 +131,18 @@ def _interpreting() -> bool:
 def mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale: float, *, mask=None,
                          zero_empty_rows: bool = False, out=None, splits: int | None = None,
                          block_h: int | None = None, block_n: int | None = None,
-                         distinct: bool = False) -> torch.Tensor:
+                         distinct: bool = False, paged: tuple | None = None) -> torch.Tensor:
     """softmax over the chosen keys of (q_lat c^T + q_pe k_pe^T) * scale + mask, @ c.
 
     q_lat [B, H, Sq, R], q_pe [B, H, Sq, Dr], c_kv [B, Sk, R], k_pe [B, Sk, Dr] (one
     dtype, any strides), indices [B, Sq, K] in [0, Sk) (any order, duplicates allowed
     unless `distinct`),
     mask broadcasting to [B, H, Sq, Sk] -> o_lat [B, H, Sq, R] (or into `out`).
+
+    `paged=(cache, block_table, seq_lens, page, (tt, vec))` reads the rows from a paged
+    cache instead (c_kv, k_pe and mask None; seq_lens [B] int32, the table's rows with
+    unit stride, as `triton_decode.mla_decode_attention` takes them): indices in
+    [0, seq_lens[b]), or -1 for padding.
     """
     B, H, Sq, R = q_lat.shape
     Dr = q_pe.shape[-1]
@@ -138,16 +165,20 @@ def mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale: float, *, mask
         splits = triton.cdiv(K, per_split) if K else 1
     partial = torch.empty(B * H * Sq * splits, R, device=q_lat.device, dtype=torch.float32)
     lse = torch.empty(B * H * Sq * splits, device=q_lat.device, dtype=torch.float32)
-    Sk = c_kv.shape[1]
+    if paged is not None and mask is not None:
+        raise ValueError("mla_sparse_attention: a paged cache takes no mask")
+    Sk, c_kv, k_pe, page, tt, vec, seq_arg, table_arg, st_b, c_strides, kr_strides = key_source(
+        q_lat, c_kv, k_pe, paged)
     mk = mask.expand(B, H, Sq, Sk) if mask is not None else None
     br, bdr = max(16, triton.next_power_of_2(R)), max(16, triton.next_power_of_2(Dr))
     launch(
         _sparse_split, (groups, B * Sq, splits),
-        q_lat, q_pe, c_kv, k_pe, idx, mk if mk is not None else q_lat, partial, lse,
-        *q_lat.stride(), *q_pe.stride(), *c_kv.stride(), *k_pe.stride(), *idx.stride(),
-        *(mk.stride() if mk is not None else (0, 0, 0, 0)),
+        q_lat, q_pe, c_kv, k_pe, idx, mk if mk is not None else q_lat, partial, lse, table_arg, seq_arg,
+        *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *idx.stride(),
+        *(mk.stride() if mk is not None else (0, 0, 0, 0)), st_b,
         H, Sq, K, per_split, float(scale),
         R=R, DR=Dr, BR=br, BDR=bdr, BLOCK_H=block_h, BLOCK_N=bn, MASK=mask is not None,
+        PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec,
         PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
         UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16, DISTINCT=bool(distinct),
         num_warps=8 if block_h >= 64 else 4, num_stages=2,
