@@ -27,6 +27,7 @@ from torch.fx.operator_schemas import normalize_function
 from ..compat import detect_fake_mode, enable_python_dispatcher, inductor_decompositions, same_storage
 from ..custom_ops.latent_attention import compute_latent_attention
 from ..custom_ops.paged_cache import compute_paged_decode
+from ..custom_ops.paged_sparse import compute_paged_sparse_decode
 from ..custom_ops.prefill_attention import compute_prefill_attention
 from ..custom_ops.rope import compute_rope
 from ..custom_ops.sparse_attention import compute_sparse_attention
@@ -39,6 +40,7 @@ COMPUTE = {
     torch.ops.mla.latent_attention.default: compute_latent_attention,
     torch.ops.mla.paged_decode.default: compute_paged_decode,
     torch.ops.mla.sparse_attention.default: compute_sparse_attention,
+    torch.ops.mla.paged_sparse_decode.default: compute_paged_sparse_decode,
 }
 
 _WRAPPERS = ("triton_kernel_wrapper_functional", "triton_kernel_wrapper_mutation")

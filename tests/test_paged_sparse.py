@@ -185,3 +185,26 @@ def test_compiled_equals_eager(gen):
     want = step(q_nope, q_pe, table, lens, idx)
     got = torch.compile(step, backend="aot_eager", fullgraph=True)(q_nope, q_pe, table, lens, idx)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_call_is_inlined_on_cpu(gen, monkeypatch):
+    """User code calling the op under torch.compile(backend="mla"): lowering traces its
+    computation into the graph (what runs on CUDA; opened here on CPU with the
+    reference kernel), no mla op is left, and the numbers equal the eager op."""
+    import importlib
+
+    inline_launches = importlib.import_module("mla_compile.passes.inline_launches")
+    monkeypatch.setattr(inline_launches, "inductor_launches", lambda device, kernel: True)
+    cache, table, lens, q_nope, q_pe, w_uk, w_uv, idx = setup(16, CacheLayout.SHUFFLE, torch.float32, gen)
+    block_size, (tt, vec) = 16, cache.params
+
+    def step(q_nope, q_pe, data, table, lens, idx):
+        return op(q_nope, q_pe, data, table, lens, w_uk, w_uv, idx, 0.17, block_size, tt, vec, "reference", True) * 2
+
+    args = (q_nope, q_pe, cache.data, table, lens, idx)
+    reports = []
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="mla", options={"report": reports.append, "kernel": "reference"})
+    assert_same(compiled(*args), step(*args), torch.float32)
+    assert reports[-1].counts().get("launch.inductor") == 1, reports[-1].format()
+    assert "mla." not in reports[-1].final_graph, reports[-1].final_graph
