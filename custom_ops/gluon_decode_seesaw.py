@@ -42,9 +42,11 @@ if gluon is not None:
         LR: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
         tc = n0 + gl.arange(0, 64, layout=gl.SliceLayout(1, LC))
         cc = COL0 + gl.arange(0, R // 2, layout=gl.SliceLayout(0, LC))
-        if PAGED:  # NORMAL pages of whole tiles: one page number per tile
+        if PAGED:  # NORMAL pages of whole tiles: one page number per tile (a scalar base,
+            # 32-bit offsets within the page: fewer registers than 64-bit addresses per row)
             blk = gl.load(TABLE + b * st_b + n0 // PAGE, mask=n0 < hi_key, other=0).to(gl.int64)
-            src_c = C + (blk * (PAGE * (R + DR)) + (tc % PAGE).to(gl.int64) * (R + DR))[:, None] + cc[None, :]
+            page_base = C + blk * (PAGE * (R + DR))
+            src_c = page_base + ((tc % PAGE) * (R + DR))[:, None] + cc[None, :]
         else:
             src_c = C + b * sc_b + tc.to(gl.int64)[:, None] * sc_t + cc[None, :]
         async_copy.async_copy_global_to_shared(c_part, src_c, mask=(tc < hi_key)[:, None] & (cc < R)[None, :])
@@ -52,7 +54,7 @@ if gluon is not None:
             tr = n0 + gl.arange(0, 64, layout=gl.SliceLayout(1, LR))
             cr = gl.arange(0, DR, layout=gl.SliceLayout(0, LR))
             if PAGED:
-                src_r = C + (blk * (PAGE * (R + DR)) + (tr % PAGE).to(gl.int64) * (R + DR) + R)[:, None] + cr[None, :]
+                src_r = page_base + ((tr % PAGE) * (R + DR) + R)[:, None] + cr[None, :]
             else:
                 src_r = KR + b * skr_b + tr.to(gl.int64)[:, None] * skr_t + cr[None, :]
             async_copy.async_copy_global_to_shared(kr_buf, src_r, mask=(tr < hi_key)[:, None] & (cr < DR)[None, :])
@@ -90,7 +92,7 @@ if gluon is not None:
         indexed by it are rebuilt in the loop, so the ~80 wgmma descriptors (64-bit each)
         derived from them are not hoisted out of the loop into registers, where they spilled."""
         ZL: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
-        return gl.max(xch.slice(XZERO * 64, 64).load(ZL), 0).to(gl.int32)
+        return gl.max(xch.slice(XZERO * 64, 1).load(ZL), 0).to(gl.int32)  # one element: no cross-warp reduction
 
     @gluon.jit
     def _signal(bars, k: gl.constexpr):
