@@ -1,4 +1,98 @@
-"""DOCSTRING"""
+"""`gluon_split` (gluon_decode.py) with FlashMLA's SM90 "seesaw" schedule (issue 12):
+two warp-specialised warpgroups, each owning half of the output columns, taking turns
+at the scores, so one warpgroup's softmax runs while the other's wgmma keep the tensor
+cores busy (FlashMLA docs/20250422-new-kernel-deep-dive.md; the design, not its code).
+
+Same arguments, constexprs, partials and outputs as `gluon_split`; the launcher
+(triton_decode_wide.py) runs it with `gluon_program="seesaw"` (num_warps=4: the default
+partition; `gl.warp_specialize` adds the worker's 4).
+
+Work split. Keys go in pairs of 64-key tiles: tile 2i in stage 0, 2i+1 in stage 1.
+wg0 (default partition) computes S(2i) = q K(2i)^T, all 64 keys (one N = 64 wgmma
+reading q once for 64 keys; gluon_split read all of q per warpgroup for 32), and owns
+output columns [0, 256); wg1 (worker) computes S(2i+1) and owns [256, 512). The online
+softmax is gluon_split's recurrence, tile after tile, split across the two:
+  wg0: m0 = max(m, max S(2i)), a0 = exp(m - m0), p0 = exp(S(2i) - m0)
+  wg1: m1 = max(m0, max S(2i+1)), a1 = exp(m0 - m1), p1 = exp(S(2i+1) - m1)
+  both: O_half = (O_half a0 + p0 V(2i)_half) a1 + p1 V(2i+1)_half   (gluon_split's order)
+  sums: l0 = (l0 a0 + sum p0) a1 (wg0), l1 = l1 a0 a1 + sum p1 (wg1); l = l0 + l1 at the
+        end, which is gluon_split's l by linearity (the sink's 1 starts in l0).
+Both warpgroups apply the same a0 then a1, computed once and exchanged through shared
+memory, so the halves of a row never disagree on the max. m stays wg0's running max
+(it reads m1 back each pair).
+
+Shared memory (bf16): q 64 KB + rope 8 KB, two key stages 2 x 72 KB, p1 8 KB, exchange
+2 KB (fp32 [8 x 64]: m0, a0, m1, a1, l0, l1, zeros), 7 mbarriers: 231,692 bytes of the
+232,448 (227 KB). p0 lives over tile 2i's rope columns (only S(2i) reads them, and it
+has retired when p0 is written); p1 cannot live over tile 2i+1's rope columns, since
+wg1 refills those before wg0's last read of p1, hence its own 8 KB.
+
+Schedule of pair i (ph = i & 1; "signal X" = fence.proxy.async (the writes reach wgmma's
+async proxy), partition barrier (every thread's writes precede), one mbarrier.arrive
+(release); "await X" = mbarrier.wait (acquire, every thread) then fence.proxy.async):
+
+  wg0                                         wg1
+  await FULL0                                 await FULL1R; S(2i+1) rope, cols [256, 512)
+  S(2i) async; wait(0)                        await FULL1L; S(2i+1) cols [0, 256); wait(0)
+  softmax -> m0, a0, p0; write m0, a0 and     mask
+    p0 (over K(2i)'s rope); signal M0_READY   await M0_READY; read m0, a0
+  O *= a0; PV(2i)[:, :256] async              O *= a0; PV(2i)[:, 256:] async (reads p0)
+                                              softmax -> m1, a1, p1 (over PV(2i)); write
+                                                m1, a1, p1; wait(0)  (PV(2i) retired)
+  await S1_READY; read a1, m1                 signal S1_READY
+  wait(0)  (PV(2i) retired)
+  copy tile 2i+2 -> stage 0, arrive FULL0     O *= a1; PV(2i+1)[:, 256:] async; wait(0)
+  O *= a1; PV(2i+1)[:, :256] async; wait(0)   copy tile 2i+3 cols [256, 512) + rope ->
+  copy tile 2i+3 cols [0, 256) -> stage 1,      stage 1, arrive FULL1R
+    arrive FULL1L
+
+Why each wait / signal is there (a missing one is a silent wrong answer):
+- FULL0 / FULL1L / FULL1R: the copies are cp.async by the 128 threads of one partition,
+  each followed by cp.async.mbarrier.arrive.noinc (the arrival fires when all of that
+  thread's earlier copies landed; count 128). The waiter's proxy fence orders the landed
+  bytes before its wgmma (a cp.async has no writer thread left to fence it).
+  wg1 reads stage 0's columns [256, 512) and p0 without awaiting FULL0: M0_READY is
+  signalled after wg0 awaited FULL0 and wrote p0, and acquire / release is transitive.
+  wg0 reads stage 1's columns [0, 256) (PV(2i+1)) behind S1_READY, signalled after wg1
+  awaited FULL1L.
+- M0_READY: m0, a0 and p0 are written before wg1 reads them (RAW).
+- S1_READY: m1, a1, p1 written (RAW for wg0); and wg1's PV(2i) has retired (its wait(0)
+  precedes the signal), so when wg0 refills stage 0 after awaiting it, no wgmma of
+  either warpgroup still reads stage 0 or p0 (wg0's own S(2i) and PV(2i) retired at its
+  own waits). WAR on the exchange: wg1 read m0 / a0 before S1_READY, so wg0's next
+  writes (pair i+1, after awaiting S1_READY(i)) cannot overtake them.
+- p1 (WAR): wg1 rewrites it in pair i+1 only after awaiting M0_READY(i+1), which wg0
+  signals after its PV(2i+1) of pair i retired (wait(0) at the end of pair i); wg1's own
+  PV(2i+1) retired at its own wait. Likewise wg0 reads m1 / a1 before signalling
+  M0_READY(i+1), so wg1's next writes of them come after.
+- Stage 1's columns [0, 256) are read by wg1's S(2i+1) (retired before S1_READY) and
+  wg0's PV(2i+1) (retired at wg0's wait): wg0 refills them. Columns [256, 512) and the
+  rope are read only by wg1 (S(2i+1), PV(2i+1)): wg1 refills them after its wait.
+- Each barrier completes once per pair and no signaller can run a phase ahead of its
+  waiter (every refill or signal of pair i+1 sits behind a wait on the other partition's
+  signal of pair i), so parity i & 1 names the phase.
+- L0_READY / L1_READY (once, at the end): the split running sums.
+- The q stores and the barrier init precede the warp-specialised region; its entry is a
+  CTA-wide bar.sync (Triton's warp_specialize lowering), the stores were fenced before.
+The mbarrier arrive of `_signal` is one thread's (Triton predicates it on the first
+thread), hence the partition barrier before it; the waits are every thread's.
+
+Pairs, not tiles: an odd tile count leaves tile 2i+1 of the last pair past the keys; it
+is zero-filled (the copies' masks) and fully masked, so p1 = 0, m1 = m0 and a1 = 1 (or
+a1 = 0 while nothing is visible, when O and l are 0): the results of gluon_split, at the
+price of one idle tile of tensor work. An empty split runs no pair (no copies issued,
+none awaited). Copies are issued only for pairs that run, so none is in flight at exit.
+
+Registers: wgmma descriptors (64-bit, ~80 per partition) built from loop-invariant
+shared-memory views were hoisted out of the loop and spilled; the views are indexed by a
+zero read from shared memory each pair (`_opaque_zero`), so they are rebuilt in the loop.
+Offline (triton 3.6, sm_90a ptxas): 255 registers, no spill in the loop for every
+constexpr combination the launcher passes (PAGED spills 4 bytes outside it).
+
+NOT measured: written and compile-checked without a GPU (DEFAULT_ON stays False until the
+GPU tests in tests/test_gluon_decode.py and benchmarks/bench_decode_wide.py's gluon3
+variants have run).
+"""
 from __future__ import annotations
 
 from .gluon_decode import gluon
@@ -11,7 +105,7 @@ if gluon is not None:
     from triton.experimental.gluon.language.nvidia.hopper import (
         async_copy, fence_async_shared, mbarrier, warpgroup_mma, warpgroup_mma_wait)
 
-    WORKER_REGS = gl.constexpr(240)  # setmaxnreg of the worker partition (warpgroup 1)
+    WORKER_REGS = gl.constexpr(256)  # setmaxnreg of the worker partition (warpgroup 1)
     # mbarriers (each completes once per key-tile pair, so pair i waits phase i & 1)
     FULL0 = gl.constexpr(0)     # key tile 2i landed (copies: 128 arrivals, one per issuing thread)
     FULL1L = gl.constexpr(1)    # key tile 2i+1, latent columns [0, R/2)
