@@ -40,10 +40,11 @@ async proxy), partition barrier (every thread's writes precede), one mbarrier.ar
                                               softmax -> m1, a1, p1 (over PV(2i)); write
                                                 m1, a1, p1; wait(0)  (PV(2i) retired)
   await S1_READY; read a1, m1                 signal S1_READY
-  wait(0)  (PV(2i) retired)
-  copy tile 2i+2 -> stage 0, arrive FULL0     O *= a1; PV(2i+1)[:, 256:] async; wait(0)
-  O *= a1; PV(2i+1)[:, :256] async; wait(0)   copy tile 2i+3 cols [256, 512) + rope ->
-  copy tile 2i+3 cols [0, 256) -> stage 1,      stage 1, arrive FULL1R
+  wait(0)  (PV(2i) retired)                   O *= a1; PV(2i+1)[:, 256:] async; wait(0)
+  O *= a1; PV(2i+1)[:, :256] async            copy tile 2i+3 cols [256, 512) + rope ->
+  copy tile 2i+2 -> stage 0, arrive FULL0       stage 1, arrive FULL1R
+    (its issue overlaps PV(2i+1)); wait(0)
+  copy tile 2i+3 cols [0, 256) -> stage 1,
     arrive FULL1L
 
 Why each wait / signal is there (a missing one is a silent wrong answer):
@@ -86,8 +87,11 @@ none awaited). Copies are issued only for pairs that run, so none is in flight a
 Registers: wgmma descriptors (64-bit, ~80 per partition) built from loop-invariant
 shared-memory views were hoisted out of the loop and spilled; the views are indexed by a
 zero read from shared memory each pair (`_opaque_zero`), so they are rebuilt in the loop.
-Offline (triton 3.6, sm_90a ptxas): 255 registers, no spill in the loop for every
-constexpr combination the launcher passes (PAGED spills 4 bytes outside it).
+Both partitions run at 256 registers (setmaxnreg; 2 x 128 threads x 256 = the whole
+65,536 register file). Offline (triton 3.6, ptxas -arch=sm_90a): 255 registers, no local
+load or store inside either pair loop for every constexpr combination compiled
+(MASK x DIRECT x PAGED, CAUSAL, SINK, ZERO_EMPTY, all on); PAGED spills 8-40 bytes once,
+before or after the loops. Shared memory 231,676-231,724 bytes.
 
 NOT measured: written and compile-checked without a GPU (DEFAULT_ON stays False until the
 GPU tests in tests/test_gluon_decode.py and benchmarks/bench_decode_wide.py's gluon3
@@ -283,15 +287,15 @@ if gluon is not None:
             alpha1 = xch.slice(XA1 * 64, 64).load(gl.SliceLayout(1, SL))
             m_i = xch.slice(XM1 * 64, 64).load(gl.SliceLayout(1, SL))
             l_i = l_i * alpha1
-            acc = warpgroup_mma_wait(0, deps=[acc])
+            acc = warpgroup_mma_wait(0, deps=[acc])  # PV(2i) retired: acc and stage 0 free here
+            acc = acc * gl.convert_layout(alpha1, gl.SliceLayout(1, AL))[:, None]
+            acc = warpgroup_mma(p1_smem, c1.slice(0, HALF, dim=1), acc, is_async=True)  # PV(2i+1)
             if i + 1 < n_pairs:  # stage 0's readers all retired (wg1's PV(2i) before S1_READY)
                 _copy_part(C, KR, TABLE, c0.slice(0, HALF, dim=1), kr0, b, n0 + 128, hi_key, st_b,
                            sc_b, sc_t, skr_b, skr_t, 0, False, R, DR, PAGED, PAGE)
                 _copy_part(C, KR, TABLE, c0.slice(HALF, HALF, dim=1), kr0, b, n0 + 128, hi_key, st_b,
                            sc_b, sc_t, skr_b, skr_t, HALF, True, R, DR, PAGED, PAGE)
                 async_copy.mbarrier_arrive(bars.index(FULL0), increment_count=False)
-            acc = acc * gl.convert_layout(alpha1, gl.SliceLayout(1, AL))[:, None]
-            acc = warpgroup_mma(p1_smem, c1.slice(0, HALF, dim=1), acc, is_async=True)  # PV(2i+1)
             acc = warpgroup_mma_wait(0, deps=[acc])
             if i + 1 < n_pairs:  # tile 2i+1's left columns: wg1's S(2i+1) retired before S1_READY
                 _copy_part(C, KR, TABLE, c1.slice(0, HALF, dim=1), kr0, b, n0 + 192, hi_key,
