@@ -115,12 +115,12 @@ AGREE_CASES = [(2, 128, 1000, 1, False), (3, 64, 700, 3, False), (2, 128, 640, 2
 @pytest.mark.parametrize("B, H, Sk, splits, paged", AGREE_CASES)
 @pytest.mark.parametrize("program", ["pipelined", "seesaw"])
 def test_program_agrees_with_split(B, H, Sk, splits, paged, program, gen):
-    """The programs compute the same p (bf16, from the same scores, max and rescale) and
-    issue wgmma on it (only fp32 sums are added in another order: row sums per key column
-    in "pipelined"; each warpgroup's share in "seesaw"), so they agree with gluon_split to
+    """The programs run gluon_split's recurrence on the same tiles (only fp32 sums are added
+    in another order: row sums per key column in "pipelined"; the scores' k-blocks and each
+    warpgroup's share of the row sums in "seesaw"), so they agree with gluon_split to
     rounding; a stage, p or exchanged max overwritten while still read (a race in the
     schedule) shows as a difference of the size of a whole tile's share of the output, well
-    above one bf16 rounding of the largest."""
+    above one bf16 rounding of the largest. Odd tile counts run the seesaw's masked last tile."""
     q_lat, q_pe = rand(B, H, 1, R, gen=gen, scale=0.1), rand(B, H, 1, DR, gen=gen, scale=0.1)
     kv = rand(B, Sk, R + DR, gen=gen)
     if paged:  # identity pages of the same memory
