@@ -79,10 +79,12 @@ The mbarrier arrive of `_signal` is one thread's (Triton predicates it on the fi
 thread), hence the partition barrier before it; the waits are every thread's.
 
 Pairs, not tiles: an odd tile count leaves tile 2i+1 of the last pair past the keys; it
-is zero-filled (the copies' masks) and fully masked, so p1 = 0, m1 = m0 and a1 = 1 (or
-a1 = 0 while nothing is visible, when O and l are 0): the results of gluon_split, at the
-price of one idle tile of tensor work. An empty split runs no pair (no copies issued,
-none awaited). Copies are issued only for pairs that run, so none is in flight at exit.
+is zero-filled (the copies' masks), wg1 skips its score wgmma (scores all masked: -inf),
+so p1 = 0, m1 = m0 and a1 = 1 (or a1 = 0 while nothing is visible, when O and l are 0):
+the results of gluon_split, at the price of two idle 64 x 256 x 64 wgmma (PV on p1 = 0).
+Its copies are still awaited, so the barriers' phases and wg0's PV read landed zeros.
+An empty split runs no pair (no copies issued, none awaited). Copies are issued only for
+pairs that run, and every one is awaited, so none is in flight at exit.
 
 Registers: wgmma descriptors (64-bit, ~80 per partition) built from loop-invariant
 shared-memory views were hoisted out of the loop and spilled; the views are indexed by a
@@ -336,16 +338,21 @@ if gluon is not None:
             kr0 = kr_smem.index(z)
             c1 = c_smem.index(z + 1)
             kr1 = kr_smem.index(z + 1)
-            # S(2i+1): the right columns and rope are refilled first (by this warpgroup)
-            _await(bars, FULL1R, ph)
-            s = warpgroup_mma(qr_smem, kr1.permute((1, 0)), gl.zeros([64, 64], gl.float32, layout=SL),
-                              use_acc=False, is_async=True)
-            s = warpgroup_mma(q_t.slice(HALF, HALF, dim=1), c1.slice(HALF, HALF, dim=1).permute((1, 0)),
-                              s, is_async=True)
-            _await(bars, FULL1L, ph)
-            s = warpgroup_mma(q_t.slice(0, HALF, dim=1), c1.slice(0, HALF, dim=1).permute((1, 0)),
-                              s, is_async=True)
-            s = warpgroup_mma_wait(0, deps=[s])
+            if n1 < hi_key:  # S(2i+1): the right columns and rope are refilled first (by this warpgroup)
+                _await(bars, FULL1R, ph)
+                s = warpgroup_mma(qr_smem, kr1.permute((1, 0)), gl.zeros([64, 64], gl.float32, layout=SL),
+                                  use_acc=False, is_async=True)
+                s = warpgroup_mma(q_t.slice(HALF, HALF, dim=1), c1.slice(HALF, HALF, dim=1).permute((1, 0)),
+                                  s, is_async=True)
+                _await(bars, FULL1L, ph)
+                s = warpgroup_mma(q_t.slice(0, HALF, dim=1), c1.slice(0, HALF, dim=1).permute((1, 0)),
+                                  s, is_async=True)
+                s = warpgroup_mma_wait(0, deps=[s])
+            else:  # an odd tile count's last tile, past the keys: all its scores are masked below;
+                # its (zero-filled) copies are still awaited, wg0's PV(2i+1) reads the stage
+                _await(bars, FULL1R, ph)
+                _await(bars, FULL1L, ph)
+                s = gl.zeros([64, 64], gl.float32, layout=SL)
             s = _masked_scores(s, n1, hi_key, b, rows, MK, smk_b, smk_h, smk_q, smk_n, scale, H, Sq,
                                SL, CAUSAL, MASK)
             # tile 2i's max, rescale and p: PV(2i)'s right half runs during this softmax
