@@ -92,8 +92,9 @@ zero read from shared memory each pair (`_opaque_zero`), so they are rebuilt in 
 Both partitions run at 256 registers (setmaxnreg; 2 x 128 threads x 256 = the whole
 65,536 register file). Offline (triton 3.6, ptxas -arch=sm_90a): 255 registers, no local
 load or store inside either pair loop for every constexpr combination compiled
-(MASK x DIRECT x PAGED, CAUSAL, SINK, ZERO_EMPTY, all on); PAGED spills 8-40 bytes once,
-before or after the loops. Shared memory 231,676-231,724 bytes.
+(MASK x DIRECT x PAGED, CAUSAL, SINK, ZERO_EMPTY, all on); with a mask, sinks or pages
+some combinations spill 8-32 bytes once, before or after the loops. 44 wgmma per pair in
+each partition (S: 36 k-steps of 16, PV: 2 x 4). Shared memory 231,676-231,724 bytes.
 
 NOT measured: written and compile-checked without a GPU (DEFAULT_ON stays False until the
 GPU tests in tests/test_gluon_decode.py and benchmarks/bench_decode_wide.py's gluon3
