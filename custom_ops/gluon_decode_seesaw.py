@@ -270,7 +270,7 @@ if gluon is not None:
             c0 = c_smem.index(z)
             kr0 = kr_smem.index(z)
             c1 = c_smem.index(z + 1)
-            _await(bars, FULL0, ph)  # tile 2i (and, for pair 0, q)
+            _await(bars, FULL0, ph)  # tile 2i (q was stored before the warp-specialised region)
             s = warpgroup_mma(qr_smem, kr0.permute((1, 0)), gl.zeros([64, 64], gl.float32, layout=SL),
                               use_acc=False, is_async=True)
             s = warpgroup_mma(q_t, c0.permute((1, 0)), s, is_async=True)
@@ -285,8 +285,7 @@ if gluon is not None:
             l_i = l_i * alpha0 + gl.sum(p, 1)
             acc = acc * gl.convert_layout(alpha0, gl.SliceLayout(1, AL))[:, None]
             acc = warpgroup_mma(kr0, c0.slice(0, HALF, dim=1), acc, is_async=True)  # PV(2i), left
-            mbarrier.wait(bars.index(S1_READY), ph)  # tile 2i+1's max, rescale and p (wg1 wrote them)
-            fence_async_shared()
+            _await(bars, S1_READY, ph)  # tile 2i+1's max, rescale and p (wg1 wrote them)
             alpha1 = xch.slice(XA1 * 64, 64).load(gl.SliceLayout(1, SL))
             m_i = xch.slice(XM1 * 64, 64).load(gl.SliceLayout(1, SL))
             l_i = l_i * alpha1
