@@ -1,6 +1,7 @@
 """Absorbed MLA decode at 16-128 heads: the wide kernel's Triton program and its Gluon
 program for 64 rows (custom_ops/triton_decode_wide.py, custom_ops/gluon_decode.py; `gluon2` =
-its pipelined form, custom_ops/gluon_decode_pipelined.py)
+its pipelined form, custom_ops/gluon_decode_pipelined.py; `gluon3` = the seesaw form,
+custom_ops/gluon_decode_seesaw.py)
 against the split kernel (custom_ops/triton_decode.py) and FlashMLA's SM90 dense decode,
 on the same latent, in one run (issue 12). `python benchmarks/bench_decode_wide.py`
 with the package installed.
@@ -148,12 +149,12 @@ def main():
                 "wide": ours(triton_decode_wide.mla_decode_attention_wide, gluon=False),
                 "wide-paged": paged(False),
             }
-        if H >= 64:  # the Gluon programs are 64-row ones; gluon2 = gluon_split_pipelined
-            for name, pipe in (("gluon", False), ("gluon2", True)):
+        if H >= 64:  # the Gluon programs are 64-row ones; gluon2 / gluon3 = pipelined / seesaw
+            for name, prog in (("gluon", "split"), ("gluon2", "pipelined"), ("gluon3", "seesaw")):
                 if not ragged:
                     variants[name] = ours(triton_decode_wide.mla_decode_attention_wide, gluon=True,
-                                          gluon_pipelined=pipe)
-                variants[f"{name}-paged"] = paged(True, gluon_pipelined=pipe)
+                                          gluon_program=prog)
+                variants[f"{name}-paged"] = paged(True, gluon_program=prog)
         if fm is not None:
             fwd, meta_fn = fm
             metas = [meta_fn()[0] for _ in sets]

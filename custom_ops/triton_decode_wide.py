@@ -40,7 +40,7 @@ import os
 import torch
 
 from ..compat import inductor_cuda_graphs, size_hint
-from . import gluon_decode, gluon_decode_pipelined
+from . import gluon_decode, gluon_decode_pipelined, gluon_decode_seesaw
 from .checks import known_true
 from .gluon_op import call_wide_decode_gluon
 from .launch import is_traced, launch
@@ -293,6 +293,25 @@ def supports(q_lat: torch.Tensor, q_pe: torch.Tensor) -> bool:
             and q_lat.dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
+def _gluon_program(name: str | None, pipelined: bool | None):
+    """The Gluon program and its launch's num_warps (the seesaw's 4 are its default
+    partition; its worker partition adds 4 more)."""
+    if name is None:
+        if pipelined is not None:
+            name = "pipelined" if pipelined else "split"
+        elif gluon_decode_seesaw.DEFAULT_ON:
+            name = "seesaw"
+        else:
+            name = "pipelined" if gluon_decode_pipelined.DEFAULT_ON else "split"
+    if name == "split":
+        return gluon_decode.gluon_split, gluon_decode.WARPS
+    if name == "pipelined":
+        return gluon_decode_pipelined.gluon_split_pipelined, gluon_decode.WARPS
+    if name == "seesaw":
+        return gluon_decode_seesaw.gluon_split_seesaw, gluon_decode_seesaw.WARPS
+    raise ValueError(f"gluon_program={name!r}: one of 'split', 'pipelined', 'seesaw'")
+
+
 def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
                               mask: torch.Tensor | None = None, zero_empty_rows: bool = False,
                               paged: tuple | None = None,
@@ -301,7 +320,8 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
                               num_warps: int | None = None, num_stages: int | None = None,
                               nsplit: int | None = None, sms: int | None = None,
                               sinks: torch.Tensor | None = None, gluon: bool | None = None,
-                              gluon_pipelined: bool | None = None) -> torch.Tensor:
+                              gluon_pipelined: bool | None = None,
+                              gluon_program: str | None = None) -> torch.Tensor:
     """softmax((q_lat c^T + q_pe k_pe^T) * scale + mask) @ c per (query, head) row: the
     contract of `triton_decode.mla_decode_attention` (q_lat [B, H, Sq, R], q_pe
     [B, H, Sq, Dr], c_kv [B, Sk, R], k_pe [B, Sk, Dr], mask broadcasting to
@@ -312,8 +332,10 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     latent as 2 column blocks; `splits` from `choose_wide_splits`. Overrides for tests.
     The 64-row program is the Gluon one (`gluon_decode`) where it applies; `gluon=False`
     forces the Triton program, `gluon=True` the Gluon one (tests and benchmarks). The Gluon
-    program is `gluon_split`, or `gluon_split_pipelined` with `gluon_pipelined=True` (default
-    `gluon_decode_pipelined.DEFAULT_ON`, which the op in compiled graphs also follows)."""
+    program is `gluon_program` ("split": `gluon_split`, "pipelined": `gluon_split_pipelined`,
+    "seesaw": `gluon_split_seesaw`); `gluon_pipelined=True` / `False` is "pipelined" /
+    "split"; with neither, the modules' DEFAULT_ON flags choose (the op in compiled graphs
+    follows them too), else "split"."""
     if not supports(q_lat, q_pe):
         raise NotImplementedError("mla_decode_attention_wide: R <= 512, Dr <= 64, float dtypes")
     B, H, Sq, R = q_lat.shape
@@ -371,9 +393,8 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     common = dict(R=R, DR=Dr, CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct,
                   ZERO_EMPTY=bool(zero_empty_rows), PAGED=paged is not None, PAGE=page, SINK=sinks is not None)
     if use_gluon:
-        pipelined = gluon_decode_pipelined.DEFAULT_ON if gluon_pipelined is None else gluon_pipelined
-        program = gluon_decode_pipelined.gluon_split_pipelined if pipelined else gluon_decode.gluon_split
-        launch(program, (groups, splits, B), *args, **common, num_warps=gluon_decode.WARPS)
+        program, warps = _gluon_program(gluon_program, gluon_pipelined)
+        launch(program, (groups, splits, B), *args, **common, num_warps=warps)
     else:
         launch(
             _wide_split, (groups, splits, B), *args, **common,

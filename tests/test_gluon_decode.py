@@ -1,7 +1,8 @@
-"""The Gluon decode programs (custom_ops/gluon_decode.py and its pipelined form,
-custom_ops/gluon_decode_pipelined.py: 64 rows per program, sm_90, R = 512, Dr = 64)
-against `reference.latent_attention_reference` and against the Triton program they
-replace, on an H100 / H200 with TRITON_INTERPRET=0. Tests taking `pipelined` run both.
+"""The Gluon decode programs (custom_ops/gluon_decode.py, its pipelined form
+custom_ops/gluon_decode_pipelined.py and its seesaw form custom_ops/gluon_decode_seesaw.py:
+64 rows per program, sm_90, R = 512, Dr = 64) against `reference.latent_attention_reference`
+and against the Triton program they replace, on an H100 / H200 with TRITON_INTERPRET=0.
+Tests taking `program` run all three.
 
 Gluon has no interpreter: on CPU (CI) these tests cannot run; the Triton program they
 compare with has its interpreter tests in test_decode_wide.py.
@@ -28,8 +29,8 @@ def gen(request):
     return torch.Generator(device="cuda").manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
-@pytest.fixture(params=[False, True], ids=["split", "pipelined"])
-def pipelined(request):
+@pytest.fixture(params=["split", "pipelined", "seesaw"])
+def program(request):
     return request.param
 
 
@@ -54,20 +55,20 @@ def close(got, want):
     (3, 64, 1, 70, 8),      # more splits than tiles: empty splits
     (2, 64, 1, 1000, 1),    # 16 tiles in one program: both stages reused many times
 ])
-def test_matches_reference_and_triton(B, H, Sq, Sk, splits, gen, pipelined):
+def test_matches_reference_and_triton(B, H, Sq, Sk, splits, gen, program):
     # keys as windows of one [B, Sk, 576] buffer (the cache layout transformers' latent uses)
     kv = rand(B, Sk, R + DR, gen=gen)
     q_lat, q_pe = rand(B, H, Sq, R, gen=gen, scale=0.1), rand(B, H, Sq, DR, gen=gen, scale=0.1)
     c, kr = kv[..., :R], kv[..., R:]
     got = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.1352, False, splits=splits, gluon=True,
-                                    gluon_pipelined=pipelined)
+                                    gluon_program=program)
     close(got, latent_attention_reference(q_lat, q_pe, c, kr, 0.1352, False))
     triton_out = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.1352, False, splits=splits, gluon=False)
     torch.testing.assert_close(got.float(), triton_out.float(), rtol=2e-2, atol=2e-3)
 
 
 @pytest.mark.parametrize("splits", [1, 3])
-def test_masks_causal_sinks_and_empty_rows(splits, gen, pipelined):
+def test_masks_causal_sinks_and_empty_rows(splits, gen, program):
     B, H, Sq, Sk = 2, 64, 2, 150
     q_lat, q_pe = rand(B, H, Sq, R, gen=gen, scale=0.1), rand(B, H, Sq, DR, gen=gen, scale=0.1)
     c, kr = rand(B, Sk, R, gen=gen), rand(B, Sk, DR, gen=gen)
@@ -79,11 +80,11 @@ def test_masks_causal_sinks_and_empty_rows(splits, gen, pipelined):
         for zero in (False, True):
             for sk in (None, sinks):
                 got = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.2, causal, mask=mask, zero_empty_rows=zero,
-                                                splits=splits, sinks=sk, gluon=True, gluon_pipelined=pipelined)
+                                                splits=splits, sinks=sk, gluon=True, gluon_program=program)
                 close(got, latent_attention_reference(q_lat, q_pe, c, kr, 0.2, causal, mask, zero, sk))
 
 
-def test_paged_ragged_with_poisoned_free_slots(gen, pipelined):
+def test_paged_ragged_with_poisoned_free_slots(gen, program):
     """NORMAL 64-token pages in a shuffled order, ragged lengths, and every slot past a
     sequence's length holding NaN: the copies zero-fill past the keys, so no NaN leaks
     (a plain tile load times p = 0 would give 0 * NaN)."""
@@ -100,20 +101,26 @@ def test_paged_ragged_with_poisoned_free_slots(gen, pipelined):
     seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
     for splits in (1, 2):
         got = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.15, False, splits=splits, gluon=True,
-                                        gluon_pipelined=pipelined,
+                                        gluon_program=program,
                                         paged=(cache.view(B * nblk, -1), table, seq, page, (1, R + DR)))
         for b, n in enumerate(lens):
             close(got[b:b + 1], latent_attention_reference(q_lat[b:b + 1], q_pe[b:b + 1], kv[b:b + 1, :n, :R],
                                                            kv[b:b + 1, :n, R:], 0.15, False))
 
 
-@pytest.mark.parametrize("B, H, Sk, splits, paged", [(2, 128, 1000, 1, False), (3, 64, 700, 3, False),
-                                                       (2, 128, 640, 2, True)])
-def test_pipelined_agrees_with_split(B, H, Sk, splits, paged, gen):
-    """Both programs issue the same wgmma on the same p (only the fp32 row sums are added
-    in another order), so they agree to rounding; a stage or p overwritten while a wgmma
-    still reads it (a race in the pipelined schedule) shows as a difference of the size
-    of a whole tile's share of the output, well above one bf16 rounding of the largest."""
+AGREE_CASES = [(2, 128, 1000, 1, False), (3, 64, 700, 3, False), (2, 128, 640, 2, True),
+               (2, 64, 4096, 1, False), (2, 64, 1984, 1, True)]  # the last two: 64 / 31 tiles in a program
+
+
+@pytest.mark.parametrize("B, H, Sk, splits, paged", AGREE_CASES)
+@pytest.mark.parametrize("program", ["pipelined", "seesaw"])
+def test_program_agrees_with_split(B, H, Sk, splits, paged, program, gen):
+    """The programs run gluon_split's recurrence on the same tiles (only fp32 sums are added
+    in another order: row sums per key column in "pipelined"; the scores' k-blocks and each
+    warpgroup's share of the row sums in "seesaw"), so they agree with gluon_split to
+    rounding; a stage, p or exchanged max overwritten while still read (a race in the
+    schedule) shows as a difference of the size of a whole tile's share of the output, well
+    above one bf16 rounding of the largest. Odd tile counts run the seesaw's masked last tile."""
     q_lat, q_pe = rand(B, H, 1, R, gen=gen, scale=0.1), rand(B, H, 1, DR, gen=gen, scale=0.1)
     kv = rand(B, Sk, R + DR, gen=gen)
     if paged:  # identity pages of the same memory
@@ -124,11 +131,11 @@ def test_pipelined_agrees_with_split(B, H, Sk, splits, paged, gen):
     else:
         kw, c, kr = {}, kv[..., :R], kv[..., R:]
     old = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.11, False, splits=splits, gluon=True,
-                                    gluon_pipelined=False, **kw)
+                                    gluon_program="split", **kw)
     new = mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.11, False, splits=splits, gluon=True,
-                                    gluon_pipelined=True, **kw)
+                                    gluon_program=program, **kw)
     diff = (new.float() - old.float()).abs().max().item()
-    assert diff <= 2**-7 * old.float().abs().max().item(), f"max |pipelined - split| = {diff:.3e}"
+    assert diff <= 2**-7 * old.float().abs().max().item(), f"max |{program} - split| = {diff:.3e}"
 
 
 def test_default_route_is_gluon_where_it_applies():
