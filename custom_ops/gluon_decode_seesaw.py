@@ -112,6 +112,8 @@ if gluon is not None:
     from triton.experimental.gluon.language.nvidia.hopper import (
         async_copy, fence_async_shared, mbarrier, warpgroup_mma, warpgroup_mma_wait)
 
+    from ..compat import GLUON_CTA_BARRIER as cta_barrier
+
     WORKER_REGS = gl.constexpr(256)  # setmaxnreg of the worker partition (warpgroup 1)
     # mbarriers (each completes once per key-tile pair, so pair i waits phase i & 1)
     FULL0 = gl.constexpr(0)     # key tile 2i landed (copies: 128 arrivals, one per issuing thread)
@@ -201,7 +203,7 @@ if gluon is not None:
         thread's writes are fenced (generic -> async proxy, for wgmma readers) and
         ordered before the single arrive by the partition-wide barrier."""
         fence_async_shared()
-        gl.thread_barrier()
+        cta_barrier()
         mbarrier.arrive(bars.index(k))
 
     @gluon.jit
@@ -418,7 +420,7 @@ if gluon is not None:
             mbarrier.init(bars.index(k), count=1)
         xch.slice(XZERO * 64, 64).store(gl.zeros([64], gl.float32, layout=gl.BlockedLayout([1], [32], [4], [0])))
         fence_async_shared()  # the barriers' init, before any (async) arrive on them
-        gl.thread_barrier()
+        cta_barrier()
 
         # q through registers in four column blocks (q's strides are not checked for cp.async);
         # the fence and the entry into the warp-specialised region order these stores before
@@ -435,7 +437,7 @@ if gluon is not None:
         qr_smem.store(gl.load(QR + b * sqr_b + (rr % H)[:, None] * sqr_h + (rr // H)[:, None] * sqr_q
                               + dq[None, :] * sqr_d, mask=(rr < Sq * H)[:, None] & (dq < DR)[None, :], other=0.0))
         fence_async_shared()
-        gl.thread_barrier()
+        cta_barrier()
 
         if PAGED:  # ragged: each sequence its own length
             Sk = gl.load(SEQ + b)
