@@ -199,7 +199,8 @@ def main():
         results.append(row)
         del sets, outs, ref
         torch.cuda.empty_cache()
-    names = ["old", "old-paged", "wide", "wide-paged", "gluon", "gluon-paged", "gluon2", "gluon2-paged", "flashmla"]
+    names = ["old", "old-paged", "wide", "wide-paged", "gluon", "gluon-paged", "gluon2", "gluon2-paged",
+             "gluon3", "gluon3-paged", "flashmla"]
     names = [n for n in names if any(n in r["t"] for r in results)]
     lines = ["| B | L | H | floor us | compute floor us | " + " | ".join(f"{n} us (% max)" for n in names)
              + " | best wide / old | best gluon / best wide | best ours / flashmla |",

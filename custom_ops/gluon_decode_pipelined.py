@@ -2,7 +2,7 @@
 behind this tile's `p @ c`, so the tensor cores run the two back to back (issue 12).
 
 Same arguments, constexprs, partials and outputs as `gluon_split`; the launcher
-(triton_decode_wide.py) runs it with `gluon_pipelined=True` or when `DEFAULT_ON` is set.
+(triton_decode_wide.py) runs it with `gluon_program="pipelined"`.
 
 Why only this much overlap. The output accumulator [64, 512] fp32 takes 128 registers
 per thread (a second one does not fit, FlashMLA's deep-dive), and shared memory holds q
@@ -44,8 +44,6 @@ Copies past the keys are zero-filled (never read: pages' free slots may hold any
 from __future__ import annotations
 
 from .gluon_decode import gluon
-
-DEFAULT_ON = True  # the launcher's default: 3-8% faster than gluon_split on the H200 (RESULTS.md)
 
 if gluon is not None:
     from triton.experimental.gluon import language as gl
@@ -182,4 +180,4 @@ if gluon is not None:
         _write_out(acc, m_i, l_i, O, OP, ST, b, pid, split, H, Sq, so_b, so_h, so_q, so_r, R, AL, SL,
                    DIRECT, ZERO_EMPTY)
 
-__all__ = ["gluon_split_pipelined", "DEFAULT_ON"]
+__all__ = ["gluon_split_pipelined"]

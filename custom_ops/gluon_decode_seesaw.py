@@ -96,15 +96,15 @@ load or store inside either pair loop for every constexpr combination compiled
 some combinations spill 8-32 bytes once, before or after the loops. 44 wgmma per pair in
 each partition (S: 36 k-steps of 16, PV: 2 x 4). Shared memory 231,676-231,724 bytes.
 
-NOT measured: written and compile-checked without a GPU (DEFAULT_ON stays False until the
-GPU tests in tests/test_gluon_decode.py and benchmarks/bench_decode_wide.py's gluon3
-variants have run).
+Measured on the H200 (2026-12-01, benchmarks/RESULTS.md): the GPU tests pass (masks,
+causal, sinks, empty rows, ragged pages with poisoned free slots, 31 and 64 tiles against
+gluon_split), and it is the fastest program at 64-128 heads (8-15% ahead of the pipelined
+one): the launcher's default (`triton_decode_wide.GLUON_PROGRAM`).
 """
 from __future__ import annotations
 
 from .gluon_decode import gluon
 
-DEFAULT_ON = False  # the launcher's default until GPU tests and benchmarks prove it
 WARPS = 4  # the default partition (warpgroup 0); the worker partition adds 4 more
 
 if gluon is not None:
@@ -470,4 +470,4 @@ if gluon is not None:
                 R, DR, CAUSAL, MASK, DIRECT, ZERO_EMPTY, PAGED, PAGE, SINK))], [4], [WORKER_REGS])
 
 
-__all__ = ["gluon_split_seesaw", "DEFAULT_ON", "WARPS"]
+__all__ = ["gluon_split_seesaw", "WARPS"]

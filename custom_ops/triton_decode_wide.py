@@ -293,16 +293,15 @@ def supports(q_lat: torch.Tensor, q_pe: torch.Tensor) -> bool:
             and q_lat.dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
-def _gluon_program(name: str | None, pipelined: bool | None):
+# the Gluon program by default: the fastest on the H200 at 64-128 heads, batch >= 32
+# (seesaw 0.76-0.84x FlashMLA; pipelined 8-15% and split 12-23% slower; RESULTS.md)
+GLUON_PROGRAM = "seesaw"
+
+
+def _gluon_program(name: str | None):
     """The Gluon program and its launch's num_warps (the seesaw's 4 are its default
     partition; its worker partition adds 4 more)."""
-    if name is None:
-        if pipelined is not None:
-            name = "pipelined" if pipelined else "split"
-        elif gluon_decode_seesaw.DEFAULT_ON:
-            name = "seesaw"
-        else:
-            name = "pipelined" if gluon_decode_pipelined.DEFAULT_ON else "split"
+    name = name or GLUON_PROGRAM
     if name == "split":
         return gluon_decode.gluon_split, gluon_decode.WARPS
     if name == "pipelined":
@@ -320,7 +319,6 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
                               num_warps: int | None = None, num_stages: int | None = None,
                               nsplit: int | None = None, sms: int | None = None,
                               sinks: torch.Tensor | None = None, gluon: bool | None = None,
-                              gluon_pipelined: bool | None = None,
                               gluon_program: str | None = None) -> torch.Tensor:
     """softmax((q_lat c^T + q_pe k_pe^T) * scale + mask) @ c per (query, head) row: the
     contract of `triton_decode.mla_decode_attention` (q_lat [B, H, Sq, R], q_pe
@@ -333,9 +331,8 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     The 64-row program is the Gluon one (`gluon_decode`) where it applies; `gluon=False`
     forces the Triton program, `gluon=True` the Gluon one (tests and benchmarks). The Gluon
     program is `gluon_program` ("split": `gluon_split`, "pipelined": `gluon_split_pipelined`,
-    "seesaw": `gluon_split_seesaw`); `gluon_pipelined=True` / `False` is "pipelined" /
-    "split"; with neither, the modules' DEFAULT_ON flags choose (the op in compiled graphs
-    follows them too), else "split"."""
+    "seesaw": `gluon_split_seesaw`), by default `GLUON_PROGRAM` (the op in compiled graphs
+    runs it too)."""
     if not supports(q_lat, q_pe):
         raise NotImplementedError("mla_decode_attention_wide: R <= 512, Dr <= 64, float dtypes")
     B, H, Sq, R = q_lat.shape
@@ -393,7 +390,7 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     common = dict(R=R, DR=Dr, CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct,
                   ZERO_EMPTY=bool(zero_empty_rows), PAGED=paged is not None, PAGE=page, SINK=sinks is not None)
     if use_gluon:
-        program, warps = _gluon_program(gluon_program, gluon_pipelined)
+        program, warps = _gluon_program(gluon_program)
         launch(program, (groups, splits, B), *args, **common, num_warps=warps)
     else:
         launch(

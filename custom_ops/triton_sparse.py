@@ -93,7 +93,9 @@ if triton is not None:
                 # or past the length only where the op's checks are off (CUDA graph
                 # capture) or as -1 padding: skipped, never read outside the sequence's pages
                 t_ok = t_ok & (t >= 0) & (t < n_keys)
-                t_in = tl.where(t_ok, t, 0)
+                # a key inside the sequence for the address (the load is masked anyway); not
+                # derived from t_ok: that broke Triton 3.6's sm_90 layout pass (16-bit dots)
+                t_in = tl.minimum(tl.maximum(t, 0), tl.maximum(n_keys - 1, 0))
                 c = tl.load(C + _paged_offsets(TABLE, st_b, SEQ, b, t_in, offs_r, PAGE, R + DR, TT, VEC),
                             mask=t_ok[:, None] & r_ok[None, :], other=0.0)
                 kr = tl.load(C + _paged_offsets(TABLE, st_b, SEQ, b, t_in, R + offs_d, PAGE, R + DR, TT, VEC),
