@@ -161,6 +161,21 @@ def test_split_choice():
     assert choose_wide_splits(32, 1, 4096, 64, 264) == 8   # 16-row programs: two per SM
 
 
+def test_gluon_program_rule():
+    """Which Gluon program runs by default: the seesaw from 512 rows (measured fastest
+    there), the pipelined one below; a name overrides; an unknown name is an error."""
+    from mla_compile.custom_ops import gluon_decode, gluon_decode_pipelined, gluon_decode_seesaw
+
+    if gluon_decode.gluon is None:
+        pytest.skip("this Triton has no Gluon")
+    choose = triton_decode_wide._gluon_program
+    assert choose(None, 512)[0] is gluon_decode_seesaw.gluon_split_seesaw
+    assert choose(None, 128)[0] is gluon_decode_pipelined.gluon_split_pipelined
+    assert choose("split", 4096) == (gluon_decode.gluon_split, gluon_decode.WARPS)
+    with pytest.raises(ValueError, match="gluon_program='fast'"):
+        choose("fast", 4096)
+
+
 def test_rows_per_program_rule():
     from mla_compile.custom_ops.triton_decode_wide import wide_rows_per_program as rule
 
