@@ -137,7 +137,7 @@ class TritonBackend(KernelBackend):
         B, H, Sq, Dn = q_nope.shape
         Sk, R = c_kv.shape[1], c_kv.shape[2]
         on_gpu = q_nope.device.type == "cuda"
-        if not gather_chosen_keys(B, Sq, Sk, H, indices.shape[-1], on_gpu):
+        if not gather_chosen_keys(B, Sq, Sk, H, indices.shape[-1], on_gpu, distinct):
             form = choose_attention_form(Sq, Sk, H, Dn, q_pe.shape[-1], w_uv.shape[1], R)
             sel = selection_mask(indices, mask, Sk).to(q_nope.dtype if mask is None else mask.dtype)  # exact:
             # its values are the base mask's and -inf

@@ -102,6 +102,8 @@ def test_gather_or_dense_rule():
     assert gather_chosen_keys(32, 1, 32768, 16, 2048, on_gpu=True)         # large batch decode
     assert gather_chosen_keys(1, 1, 32768, 128, 2048, on_gpu=True)         # 128 heads, 32k keys
     assert not gather_chosen_keys(1, 1, 32768, 16, 2048, on_gpu=True)      # batch 1, 16 heads: dense faster
+    assert gather_chosen_keys(1, 1, 8192, 16, 2048, on_gpu=True, distinct=True)   # ... unless no sort
+    assert not gather_chosen_keys(1, 1, 4096, 16, 2048, on_gpu=True, distinct=True)  # top-k half the keys
     assert not gather_chosen_keys(1, 8192, 8192, 128, 2048, on_gpu=True)   # prefill
     assert not gather_chosen_keys(64, 1, 4096, 128, 2048, on_gpu=True)     # top-k half the keys
 
