@@ -40,7 +40,8 @@ import os
 import torch
 
 from ..compat import inductor_cuda_graphs, size_hint
-from . import gluon_decode, gluon_decode_pipelined, gluon_decode_seesaw
+from . import gluon_decode
+from .gluon_programs import choose_program
 from .checks import known_true
 from .gluon_op import call_wide_decode_gluon
 from .launch import is_traced, launch
@@ -293,26 +294,6 @@ def supports(q_lat: torch.Tensor, q_pe: torch.Tensor) -> bool:
             and q_lat.dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
-# the Gluon program by default (H200, RESULTS.md): from 512 rows (batch x heads) the
-# seesaw, fastest there (0.76-0.84x FlashMLA at 64-128 heads, batch >= 32; the pipelined
-# one 8-15% slower); below (batch 1 from 8192 keys) the pipelined one, measured level
-# with FlashMLA there (the seesaw was not measured below 512 rows)
-SEESAW_FROM_ROWS = 512
-
-
-def _gluon_program(name: str | None, rows):
-    """The Gluon program and its launch's num_warps (the seesaw's 4 are its default
-    partition; its worker partition adds 4 more)."""
-    name = name or ("seesaw" if size_hint(rows) >= SEESAW_FROM_ROWS else "pipelined")
-    if name == "split":
-        return gluon_decode.gluon_split, gluon_decode.WARPS
-    if name == "pipelined":
-        return gluon_decode_pipelined.gluon_split_pipelined, gluon_decode.WARPS
-    if name == "seesaw":
-        return gluon_decode_seesaw.gluon_split_seesaw, gluon_decode_seesaw.WARPS
-    raise ValueError(f"gluon_program={name!r}: one of 'split', 'pipelined', 'seesaw'")
-
-
 def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
                               mask: torch.Tensor | None = None, zero_empty_rows: bool = False,
                               paged: tuple | None = None,
@@ -333,8 +314,8 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     The 64-row program is the Gluon one (`gluon_decode`) where it applies; `gluon=False`
     forces the Triton program, `gluon=True` the Gluon one (tests and benchmarks). The Gluon
     program is `gluon_program` ("split": `gluon_split`, "pipelined": `gluon_split_pipelined`,
-    "seesaw": `gluon_split_seesaw`), by default the seesaw from `SEESAW_FROM_ROWS` rows,
-    else the pipelined one (the op in compiled graphs chooses the same)."""
+    "seesaw": `gluon_split_seesaw`), by default `gluon_programs.choose_program`'s
+    choice by rows (the op in compiled graphs chooses the same)."""
     if not supports(q_lat, q_pe):
         raise NotImplementedError("mla_decode_attention_wide: R <= 512, Dr <= 64, float dtypes")
     B, H, Sq, R = q_lat.shape
@@ -392,7 +373,7 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     common = dict(R=R, DR=Dr, CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct,
                   ZERO_EMPTY=bool(zero_empty_rows), PAGED=paged is not None, PAGE=page, SINK=sinks is not None)
     if use_gluon:
-        program, warps = _gluon_program(gluon_program, B * Sq * H)
+        program, warps = choose_program(gluon_program, B * Sq * H)
         launch(program, (groups, splits, B), *args, **common, num_warps=warps)
     else:
         launch(

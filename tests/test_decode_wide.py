@@ -165,10 +165,10 @@ def test_gluon_program_rule():
     """Which Gluon program runs by default: the seesaw from 512 rows (measured fastest
     there), the pipelined one below; a name overrides; an unknown name is an error."""
     from mla_compile.custom_ops import gluon_decode, gluon_decode_pipelined, gluon_decode_seesaw
+    from mla_compile.custom_ops.gluon_programs import choose_program as choose
 
     if gluon_decode.gluon is None:
         pytest.skip("this Triton has no Gluon")
-    choose = triton_decode_wide._gluon_program
     assert choose(None, 512)[0] is gluon_decode_seesaw.gluon_split_seesaw
     assert choose(None, 128)[0] is gluon_decode_pipelined.gluon_split_pipelined
     assert choose("split", 4096) == (gluon_decode.gluon_split, gluon_decode.WARPS)
