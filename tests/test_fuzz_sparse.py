@@ -2,7 +2,7 @@
 draws sizes, the top-k indices (random, duplicates, every key, top-k >= length, one
 key), the base mask (none, causal with a cache offset, ragged lengths, rows with no
 visible key), safe softmax and dtype. Each case: the Triton kernel (interpreted on
-CPU) equals the reference, and the reference equals eager DSA code (scatter into an
+CPU) equals the reference (and, where no row repeats an index, its `distinct=True` path too), and the reference equals eager DSA code (scatter into an
 all-True mask, masked_fill with -inf, dense attention); with every key chosen it
 equals the dense op's reference.
 
@@ -82,3 +82,8 @@ def test_sparse_index_patterns(B, H, Sq, Sk, K, pattern, base, zero, bf16, seed)
     got = torch.ops.mla.sparse_attention(*(to(t) for t in (q_nope, q_pe, c, kp, wk, wv, idx)), 0.35, "triton",
                                          to(mask_t), zero)
     torch.testing.assert_close(got.cpu(), want, rtol=tol, atol=tol, equal_nan=True)
+    ordered = idx.sort(-1).values
+    if not bool((ordered[..., 1:] == ordered[..., :-1]).any()):  # no repeats: the no-sort path too
+        got = torch.ops.mla.sparse_attention(*(to(t) for t in (q_nope, q_pe, c, kp, wk, wv, idx)), 0.35, "triton",
+                                             to(mask_t), zero, True)
+        torch.testing.assert_close(got.cpu(), want, rtol=tol, atol=tol, equal_nan=True)
