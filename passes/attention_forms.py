@@ -21,8 +21,9 @@ import torch.fx as fx
 from ..compat import known_equal, real_tensors
 from .layout import Axis, AxisMap, trace_axes
 from .bmm_roles import operand_dims, output_order, probs_places, rhs_batch, scores_places, whole
-from .match_utils import NoMatch, aten, describe, expect_op, is_op, norm_dim, prims, require, val
+from .match_utils import NoMatch, aten, describe, expect_op, is_op, norm_dim, require, val
 from . import sinks as sinks_form
+from .softmax_form import parse_softmax, unconvert
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def compose(outer: AxisMap, inner: AxisMap) -> AxisMap:
 
 
 def _is_upcast(node: fx.Node) -> bool:
-    inner = _unconvert(node, once=True)
+    inner = unconvert(node, once=True)
     return inner is not node and val(inner).element_size() < val(node).element_size()
 
 
@@ -110,71 +111,23 @@ def unflatten_operand(node: fx.Node, places: list, what: str) -> Operand:
     return replace(op, axes=tuple(None if j is None else op.axes[j] for j in dims))
 
 
-# ------------------------------------------------------------------ softmax
-
-def _is_last_dims(dims, node) -> bool:
-    dims = [dims] if isinstance(dims, int) else list(dims)
-    return len(dims) == 1 and norm_dim(dims[0], val(node).dim()) == val(node).dim() - 1
-
-
-def _unconvert(node: fx.Node, once: bool = False) -> fx.Node:
-    """Skip dtype conversions between float types (softmax in fp32 and back)."""
-    while is_op(node, prims.convert_element_type.default) or (
-            is_op(node, aten._to_copy.default) and set(node.kwargs) <= {"dtype"}):
-        if not (val(node.args[0]).is_floating_point() and val(node).is_floating_point()):
-            break
-        node = node.args[0]
-        if once:
-            break
-    return node
-
-
-def parse_softmax(node: fx.Node) -> tuple[fx.Node, bool]:
-    """(softmax input, zero_empty_rows) of a last-dim softmax, decomposed or not."""
-    node = _unconvert(node)
-    zero_empty = False
-    if is_op(node, aten.where.self):  # SDPA's safe softmax: where(no key visible, 0, p)
-        cond, zero, node = node.args
-        require(is_op(zero, aten.full.default) and zero.args[1] == 0, "safe-softmax fill is not 0")
-        any_ = expect_op(expect_op(cond, aten.logical_not.default, what="safe-softmax condition").args[0],
-                         aten.any.dim, what="safe-softmax row test")
-        eq = expect_op(expect_op(any_.args[0], aten.logical_not.default, what="safe-softmax test").args[0],
-                       aten.eq.Scalar, what="safe-softmax test")
-        require(eq.args[1] == -math.inf and _is_last_dims(any_.args[1], any_), "safe-softmax test")
-        zero_empty, checked = True, eq.args[0]
-    if is_op(node, aten._softmax.default):
-        require(_is_last_dims(node.args[1], node), "softmax is not over the last dim")
-        x = node.args[0]
-    else:
-        exp = expect_op(node, aten.div.Tensor, what="softmax").args[0]
-        total = expect_op(node.args[1], aten.sum.dim_IntList, what="softmax denominator")
-        expect_op(exp, aten.exp.default, what="softmax numerator")
-        require(total.args[0] is exp and _is_last_dims(total.args[1], total), "softmax sum is not of its exp")
-        sub = expect_op(exp.args[0], aten.sub.Tensor, what="softmax shift")
-        x, amax = sub.args
-        require(is_op(amax, aten.amax.default) and amax.args[0] is x and _is_last_dims(amax.args[1], amax),
-                "softmax shift is not the row max")
-    require(not zero_empty or checked is x, "safe-softmax tests another tensor")
-    return x, zero_empty
-
-
 # ------------------------------------------------------------------ eager attention
 
 def _parse_logits(x: fx.Node) -> tuple[fx.Node, Optional[fx.Node], list]:
     """softmax input -> (scores node, additive mask, scale factors), reading
     x = scores * c (or / c) + mask, in any operand order, dtype casts skipped."""
     mask, factors = None, []
-    x = _unconvert(_same_shape_views(_unconvert(x)))  # the copy `scores += mask` may make, either side of a cast
+    x = unconvert(_same_shape_views(unconvert(x)))  # the copy `scores += mask` may make, either side of a cast
     if is_op(x, aten.add.Tensor) and x.kwargs.get("alpha", 1) == 1 and len(_score_terms(x)) == 1:
         a, b = x.args  # scores + mask (two bmm terms are both scores: `_score_terms`)
         scores_side = [(s, m) for s, m in ((a, b), (b, a)) if isinstance(m, fx.Node) and _reaches_scores(s)]
         require(scores_side, "the softmax input adds no scores")
         x, mask = scores_side[0]
         require(val(mask).is_floating_point(), f"mask of dtype {val(mask).dtype} is not additive")
-        x = _unconvert(x)
+        x = unconvert(x)
     while (c := _scalar_factor(x)) is not None:
         factors.append(("scores", c))
-        x = _unconvert(x.args[0])
+        x = unconvert(x.args[0])
     if _runtime_scalar_factor(x):
         raise NoMatch("the scores are scaled by a runtime 0-d tensor (with dynamic=True, Dynamo makes "
                       "float attributes graph inputs); the fused op needs the scale as a constant: "
@@ -231,7 +184,7 @@ def _runtime_scalar_factor(node) -> bool:
 def _score_terms(node: fx.Node) -> list[fx.Node]:
     """The scores as a sum of bmm results: [node], or the two sides of node = a + b
     where both are bmms (absorbed code adds the latent and the rope scores)."""
-    node = _same_shape_views(_unconvert(node))
+    node = _same_shape_views(unconvert(node))
     if is_op(node, aten.add.Tensor) and node.kwargs.get("alpha", 1) == 1 and all(
             isinstance(t, fx.Node) and _reaches_bmm(t) for t in node.args[:2]):
         return list(node.args[:2])
@@ -242,17 +195,17 @@ def _reaches_scores(node) -> bool:
     """Whether node is scores (one or two bmm terms) through casts and scalar multiplies."""
     if not isinstance(node, fx.Node):
         return False
-    node = _unconvert(node)
+    node = unconvert(node)
     while _scalar_factor(node) is not None or _runtime_scalar_factor(node):
-        node = _unconvert(node.args[0])
+        node = unconvert(node.args[0])
     return all(_reaches_bmm(t) for t in _score_terms(node))
 
 
 def _reaches_bmm(node) -> bool:
     """Whether node is scores: a bmm seen through views, casts and scalar multiplies."""
     while isinstance(node, fx.Node):
-        if _unconvert(node) is not node:
-            node = _unconvert(node)
+        if unconvert(node) is not node:
+            node = unconvert(node)
         elif _scalar_factor(node) is not None or _runtime_scalar_factor(node):
             node = node.args[0]
         else:
@@ -305,10 +258,10 @@ def search_eager(pv: fx.Node) -> AttentionCall:
     except NoMatch as e:
         raise NotAttention(str(e)) from None
     softmax, sinks = p_base, None
-    if is_op(_unconvert(p_base), aten.slice.Tensor):  # sliced in fp32, then cast back: the same
-        if not _is_softmax(_unconvert(p_base).args[0]):  # no softmax: no attention here
+    if is_op(unconvert(p_base), aten.slice.Tensor):  # sliced in fp32, then cast back: the same
+        if not _is_softmax(unconvert(p_base).args[0]):  # no softmax: no attention here
             raise NotAttention("probabilities are a slice of something other than a softmax")
-        softmax = sinks_form.sink_softmax(_unconvert(p_base), _is_softmax)  # P = softmax(..)[..., :-1]
+        softmax = sinks_form.sink_softmax(unconvert(p_base), _is_softmax)  # P = softmax(..)[..., :-1]
     try:
         x, zero_empty = parse_softmax(softmax)
     except NoMatch as e:
@@ -318,7 +271,7 @@ def search_eager(pv: fx.Node) -> AttentionCall:
     require(tuple(val(x).shape) == tuple(val(softmax).shape), "softmax input broadcasts the scores")
     col = None
     if softmax is not p_base:  # attention sinks: the softmax's last column is a logit per head
-        x, col = sinks_form.split_sinks(x, _unconvert)
+        x, col = sinks_form.split_sinks(x, unconvert)
     scores, mask, factors = _parse_logits(x)
     score_terms = _score_terms(scores)
     perm = _role_order(_term_places(score_terms[0], nb, val(scores).shape)[1], nb)
@@ -346,10 +299,10 @@ def _term_places(node: fx.Node, nb: int, shape) -> tuple[fx.Node, list, list]:
     """One q k^T bmm of the scores (scalar multiplies on it peeled): (bmm, the places of
     the scores' axes on it, factors)."""
     factors = []
-    node = _unconvert(node)
+    node = unconvert(node)
     while (c := _scalar_factor(node)) is not None:
         factors.append(("scores", c))
-        node = _unconvert(node.args[0])
+        node = unconvert(node.args[0])
     qk, s_axes = trace_axes(node)
     expect_op(qk, aten.bmm.default, what="scores")
     require(tuple(val(node).shape) == tuple(shape), "a score term broadcasts to the scores")
