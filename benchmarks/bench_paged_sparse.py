@@ -25,8 +25,8 @@ from __future__ import annotations
 import os
 
 import torch
-import triton.testing
 
+from bench_sparse import bench, copy_bandwidth  # same timing and bandwidth as the contiguous benchmark
 from mla_compile.custom_ops import PagedLatentCache
 from mla_compile.custom_ops.triton_decode import mla_decode_attention
 from mla_compile.custom_ops.triton_sparse import mla_sparse_attention
@@ -36,17 +36,6 @@ R, DR, K, SCALE = 512, 64, 2048, 0.1352
 CASES = [(B, L, H) for H in (16, 128) for L in (8192, 32768) for B in (1, 32)]
 PAGES = [("paged-64", 64, CacheLayout.NORMAL), ("paged-64 SHUFFLE", 64, CacheLayout.SHUFFLE),
          ("paged-1", 1, CacheLayout.NORMAL)]
-
-
-def bench(fn) -> float:
-    torch.cuda.synchronize()
-    return triton.testing.do_bench_cudagraph(fn, rep=50) * 1e3  # us
-
-
-def copy_bandwidth() -> float:
-    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    return 2 * x.numel() / (triton.testing.do_bench(lambda: y.copy_(x), warmup=10, rep=50) * 1e-3)
 
 
 def paged(c, kr, page, layout, g):
