@@ -4,15 +4,16 @@ reading K chosen rows through a block table (`mla_sparse_attention(paged=...)`, 
 [B, L, 576] buffer holding the same rows, and against dense paged decode over all L.
 
 Run on a CUDA machine: `python benchmarks/bench_paged_sparse.py` (mla_compile
-installed). Not run by the author (no GPU): the lead runs it and copies the table into
-benchmarks/RESULTS.md with the device and date.
+installed).
 
 bf16, DeepSeek dims (R = 512, Dr = 64), top-k K = 2048, one query per sequence,
 q_lat given. Pages: 64 tokens NORMAL (the Triton backend's choice), 64 SHUFFLE (on
-request) and 1 token (vLLM's DSA block size), each sequence's pages shuffled. Timed
-(GPU time under CUDA graphs):
+request) and 1 token (vLLM's DSA block size), each sequence's pages shuffled. The
+indices are top-k's, so the sparse kernels run with `distinct=True` (no sort) but for
+one column. Timed (GPU time under CUDA graphs):
   contiguous  mla_sparse_attention over [B, L, R] / [B, L, Dr] views
   paged-*     mla_sparse_attention(paged=...) over the cache in that layout
+  sorted      paged-64 without `distinct`: the sort that merges duplicates first
   dense       mla_decode_attention over the 64-token NORMAL pages, all L keys
 floor = bytes the sparse op must read (B * K * (576 * 2 + 8)) / copy bandwidth.
 Each paged result is checked against the contiguous one before timing.
@@ -59,15 +60,18 @@ def row(B, L, H, bw) -> str:
     q_lat, q_pe = q[..., :R], q[..., R:]
     idx = torch.rand(B, 1, L, device="cuda", generator=g).topk(K, -1).indices
     want = mla_sparse_attention(q_lat, q_pe, c, kr, idx, SCALE)
-    times = [bench(lambda: mla_sparse_attention(q_lat, q_pe, c, kr, idx, SCALE))]
+    times = [bench(lambda: mla_sparse_attention(q_lat, q_pe, c, kr, idx, SCALE, distinct=True))]
     dense_pages = None
     for _, page, layout in PAGES:
         pg = paged(c, kr, page, layout, g)
-        got = mla_sparse_attention(q_lat, q_pe, None, None, idx, SCALE, paged=pg)
-        err = ((got.float() - want.float()).norm() / want.float().norm()).item()
-        assert err < 1e-2, f"B={B} L={L} H={H} page {page} {layout}: rel. error {err:.2e}"
-        times.append(bench(lambda: mla_sparse_attention(q_lat, q_pe, None, None, idx, SCALE, paged=pg)))
+        for distinct in (True, False) if dense_pages is None else (True,):
+            got = mla_sparse_attention(q_lat, q_pe, None, None, idx, SCALE, paged=pg, distinct=distinct)
+            err = ((got.float() - want.float()).norm() / want.float().norm()).item()
+            assert err < 1e-2, f"B={B} L={L} H={H} page {page} {layout}: rel. error {err:.2e}"
+        times.append(bench(lambda: mla_sparse_attention(q_lat, q_pe, None, None, idx, SCALE, paged=pg,
+                                                        distinct=True)))
         dense_pages = dense_pages or pg
+    times.append(bench(lambda: mla_sparse_attention(q_lat, q_pe, None, None, idx, SCALE, paged=dense_pages)))
     times.append(bench(lambda: mla_decode_attention(q_lat, q_pe, None, None, SCALE, False, paged=dense_pages)))
     floor = B * K * ((R + DR) * 2 + 8) / bw * 1e6
     return (f"| {B} | {L} | {H} | {floor:.1f} | " + " | ".join(f"{t:.1f}" for t in times)
@@ -80,7 +84,7 @@ def main() -> None:
     bw = copy_bandwidth()
     head = f"{torch.cuda.get_device_name()}; torch {torch.__version__}; copy {bw / 1e9:.0f} GB/s; K = {K}; bf16"
     print(head, flush=True)
-    names = ["contiguous us", *(f"{n} us" for n, _, _ in PAGES), "dense paged-64 us"]
+    names = ["contiguous us", *(f"{n} us" for n, _, _ in PAGES), "paged-64 sorted us", "dense paged-64 us"]
     rows = ["| B | L | H | floor us | " + " | ".join(names) + " | paged-64 of floor |",
             "|---" * (len(names) + 5) + "|"]
     for B, L, H in cases:

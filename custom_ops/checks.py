@@ -94,3 +94,18 @@ def check_mask(op: str, mask, device: torch.device, full: tuple) -> None:
         raise op_error(op, f"mask must be a float tensor on {device} (additive), got {mask.dtype} on {mask.device}")
     if not known_broadcasts_to(mask.shape, full):
         raise op_error(op, f"mask {tuple(mask.shape)} must broadcast to [B, H, Sq, Sk] = {tuple(full)}")
+
+
+def check_distinct(op: str, indices: torch.Tensor, padding: int | None = None) -> None:
+    """No row repeats an index, as `distinct=True` states (one sort, one host sync);
+    `padding` (an index that chooses nothing) may repeat."""
+    if indices.shape[-1] < 2 or indices.numel() == 0 or value_checks_off(indices.device):
+        return
+    ordered = indices.sort(dim=-1).values
+    repeats = ordered[..., 1:] == ordered[..., :-1]
+    if padding is not None:
+        repeats &= ordered[..., 1:] != padding
+    if bool(repeats.any()):
+        *row, j = (int(i) for i in repeats.nonzero()[0])
+        value = int(ordered[(*row, j)])
+        raise op_error(op, f"distinct=True, but indices{list(row)} repeats the index {value}")

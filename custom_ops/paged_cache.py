@@ -356,11 +356,12 @@ class PagedLatentCache:
                                           scale, self.block_size, *self.params, kernel)
 
     def attend_sparse(self, q_nope, q_pe, w_uk, w_uv, scale: float, block_table, seq_lens, indices,
-                      kernel: str = "auto", zero_empty_rows: bool = False):
+                      kernel: str = "auto", zero_empty_rows: bool = False, distinct: bool = False):
         """mla.paged_sparse_decode over this cache: `attend` restricted to the tokens
         `indices` [B, Sq, K] names per query (logical positions, as mla.sparse_attention
-        takes them; -1 is padding), each gathered through the block table."""
+        takes them; -1 is padding), each gathered through the block table. `distinct`:
+        no row repeats an index but -1 (top-k's): no sort (checked in eager)."""
         self._check_widths("PagedLatentCache.attend_sparse", q_pe=q_pe, w_uk=w_uk, w_uv=w_uv)
         return torch.ops.mla.paged_sparse_decode(q_nope, q_pe, self.data, block_table, seq_lens, w_uk, w_uv,
                                                  indices, scale, self.block_size, *self.params, kernel,
-                                                 zero_empty_rows)
+                                                 zero_empty_rows, distinct)

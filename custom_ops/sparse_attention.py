@@ -26,8 +26,8 @@ import torch
 
 from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
 from .backend import KERNEL_DTYPES
-from .checks import (INDEX_DTYPES, check_like, check_mask, check_rank, check_sizes, first_bad, op_error,
-                     value_checks_off)
+from .checks import (INDEX_DTYPES, check_distinct, check_like, check_mask, check_rank, check_sizes, first_bad,
+                     op_error, value_checks_off)
 from .prefill_attention import new_output
 
 _OP = "sparse_attention"
@@ -72,18 +72,6 @@ def check_index_values(indices: torch.Tensor, sk: int) -> None:
         raise op_error(_OP, f"indices{where} = {value} is outside [0, Sk = {sk})")
 
 
-def check_distinct(indices: torch.Tensor) -> None:
-    """No row repeats an index, as `distinct=True` states (one sort, one host sync)."""
-    if indices.shape[-1] < 2 or indices.numel() == 0 or value_checks_off(indices.device):
-        return
-    ordered = indices.sort(dim=-1).values
-    repeats = ordered[..., 1:] == ordered[..., :-1]
-    if bool(repeats.any()):
-        *row, j = (int(i) for i in repeats.nonzero()[0])
-        value = int(ordered[(*row, j)])
-        raise op_error(_OP, f"distinct=True, but indices{list(row)} repeats the index {value}")
-
-
 def compute_sparse_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, kernel="auto",
                              mask=None, zero_empty_rows=False, distinct=False) -> torch.Tensor:
     """The op's computation without its checks (traceable: see compute_prefill_attention)."""
@@ -112,7 +100,7 @@ def sparse_attention(
     validate_sparse_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, kernel, mask)
     check_index_values(indices, c_kv.shape[1])
     if distinct:
-        check_distinct(indices)
+        check_distinct(_OP, indices)
     return compute_sparse_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, kernel, mask,
                                     zero_empty_rows, distinct)
 

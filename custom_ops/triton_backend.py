@@ -151,9 +151,10 @@ class TritonBackend(KernelBackend):
         out.copy_(torch.einsum("bhqr,hvr->bhqv", o_lat, w_uv))
 
     @classmethod
-    def paged_sparse_over_latent(cls, q_lat, q_pe, paged, indices, scale, zero_empty_rows, out) -> None:
+    def paged_sparse_over_latent(cls, q_lat, q_pe, paged, indices, scale, zero_empty_rows, out,
+                                 distinct=False) -> None:
         """mla.paged_sparse_decode's kernel: the gather above over a paged cache,
         `paged=(cache, block_table, seq_lens int32, block_size, (tt, vec))`, into `out`
-        [B, H, Sq, R]; -1 indices are padding."""
+        [B, H, Sq, R]; -1 indices are padding (repeated even when `distinct`)."""
         mla_sparse_attention(q_lat, q_pe, None, None, indices, scale, zero_empty_rows=zero_empty_rows, out=out,
-                             paged=paged)
+                             paged=paged, distinct=distinct)

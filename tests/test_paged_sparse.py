@@ -128,6 +128,40 @@ def test_kernel_splits_duplicates_and_long_topk(gen):
         torch.testing.assert_close(torch.einsum("bhqr,hvr->bhqv", o_lat, w_uv), want, rtol=2e-5, atol=2e-5)
 
 
+def _distinct_indices(lens, k, gen):
+    """Per (sequence, query): distinct positions of the sequence (top-k's), -1 where the
+    sequence has fewer than k, shuffled so padding sits anywhere in the row."""
+    rows = []
+    for n in lens:
+        for _ in range(SQ):
+            row = torch.cat([torch.randperm(n, generator=gen)[:k], torch.full((max(k - n, 0),), -1)])
+            rows.append(row[torch.randperm(k, generator=gen)])
+    return torch.stack(rows).view(len(lens), SQ, k).to(ON)
+
+
+@needs_kernel
+def test_distinct_indices_skip_the_sort_and_equal_the_reference(gen):
+    """`distinct=True` (top-k's indices, -1 padding repeated): the kernel reads them
+    unsorted and equals the reference and the sorting path."""
+    cache, table, lens, q_nope, q_pe, w_uk, w_uv, _ = setup(16, CacheLayout.SHUFFLE, torch.float32, gen)
+    idx = _distinct_indices(LENS, K, gen)
+    want = cache.attend_sparse(q_nope, q_pe, w_uk, w_uv, 0.17, table, lens, idx, "reference")
+    got = cache.attend_sparse(q_nope, q_pe, w_uk, w_uv, 0.17, table, lens, idx, "triton", distinct=True)
+    assert_same(got, want, torch.float32)
+    assert_same(got, cache.attend_sparse(q_nope, q_pe, w_uk, w_uv, 0.17, table, lens, idx, "triton"),
+                torch.float32)
+
+
+def test_distinct_claim_is_checked_and_padding_may_repeat(gen):
+    cache, table, lens, q_nope, q_pe, w_uk, w_uv, _ = setup(2, None, torch.float32, gen)
+    idx = _distinct_indices(LENS, K, gen)
+    assert bool((idx[1] == -1).sum(-1).ge(2).all())  # sequence 1 (one token) pads each row
+    cache.attend_sparse(q_nope, q_pe, w_uk, w_uv, 0.3, table, lens, idx, "reference", distinct=True)
+    idx[0, 1, 5] = idx[0, 1, 2]
+    with pytest.raises(ValueError, match=r"paged_sparse_decode: distinct=True, but indices\[0, 1\] repeats"):
+        cache.attend_sparse(q_nope, q_pe, w_uk, w_uv, 0.3, table, lens, idx, "reference", distinct=True)
+
+
 def _args(gen):
     cache, table, lens, q_nope, q_pe, w_uk, w_uv, idx = setup(2, None, torch.float32, gen)
     return [q_nope, q_pe, cache.data, table, lens, w_uk, w_uv, idx, 0.3, 2, *cache.params]
