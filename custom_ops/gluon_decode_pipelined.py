@@ -3,7 +3,7 @@ behind this tile's `p @ c`, so the tensor cores run the two back to back (issue 
 
 Same arguments, constexprs, partials and outputs as `gluon_split`; the launcher
 (triton_decode_wide.py) runs it with `gluon_program="pipelined"`, and by default below
-512 rows (`gluon_programs.choose_program`).
+4096 rows, 1024 at 128 heads (`gluon_programs.choose_program`).
 
 Why only this much overlap. The output accumulator [64, 512] fp32 takes 128 registers
 per thread (a second one does not fit, FlashMLA's deep-dive), and shared memory holds q

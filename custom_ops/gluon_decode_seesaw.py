@@ -99,7 +99,7 @@ each partition (S: 36 k-steps of 16, PV: 2 x 4). Shared memory 231,676-231,724 b
 Measured on the H200 (2026-12-01, benchmarks/RESULTS.md): the GPU tests pass (masks,
 causal, sinks, empty rows, ragged pages with poisoned free slots, 31 and 64 tiles against
 gluon_split), and it is the fastest program at 64-128 heads, batch >= 32 (8-15% ahead of
-the pipelined one): the default from 512 rows (`gluon_programs.SEESAW_FROM_ROWS`).
+the pipelined one): the default from 4096 rows, 1024 at 128 heads (`gluon_programs`).
 """
 from __future__ import annotations
 

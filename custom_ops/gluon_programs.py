@@ -5,17 +5,20 @@ from __future__ import annotations
 from ..compat import size_hint
 from . import gluon_decode, gluon_decode_pipelined, gluon_decode_seesaw
 
-# the Gluon program by default (H200, RESULTS.md): from 512 rows (batch x heads) the
-# seesaw, fastest there (0.76-0.84x FlashMLA at 64-128 heads, batch >= 32; the pipelined
-# one 8-15% slower); below (batch 1 from 8192 keys) the pipelined one, measured level
-# with FlashMLA there (the seesaw was not measured below 512 rows)
-SEESAW_FROM_ROWS = 512
+# the Gluon program by default (H200, RESULTS.md, sessions 8-9): the seesaw from 4096 rows
+# (batch x query rows), and from 1024 where one request has 128 rows or more; the pipelined
+# one below. Measured: at 64 heads the pipelined program is 5-9% faster up to 2048 rows,
+# the seesaw 2-15% faster from 4096; at 128 heads they are level at 512 rows and the
+# seesaw 4-8% faster from 1024; at batch 1 they are level (1-2%)
+SEESAW_FROM_ROWS = 4096
+SEESAW_WIDE_FROM_ROWS = 1024  # where a request has >= 128 rows
 
 
-def choose_program(name: str | None, rows):
+def choose_program(name: str | None, rows, rows_per_request=1):
     """The Gluon program and its launch's num_warps (the seesaw's 4 are its default
     partition; its worker partition adds 4 more)."""
-    name = name or ("seesaw" if size_hint(rows) >= SEESAW_FROM_ROWS else "pipelined")
+    n, wide = size_hint(rows), size_hint(rows_per_request) >= 128
+    name = name or ("seesaw" if n >= SEESAW_FROM_ROWS or (wide and n >= SEESAW_WIDE_FROM_ROWS) else "pipelined")
     if name == "split":
         return gluon_decode.gluon_split, gluon_decode.WARPS
     if name == "pipelined":
@@ -25,4 +28,4 @@ def choose_program(name: str | None, rows):
     raise ValueError(f"gluon_program={name!r}: one of 'split', 'pipelined', 'seesaw'")
 
 
-__all__ = ["choose_program", "SEESAW_FROM_ROWS"]
+__all__ = ["choose_program", "SEESAW_FROM_ROWS", "SEESAW_WIDE_FROM_ROWS"]

@@ -373,7 +373,7 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     common = dict(R=R, DR=Dr, CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct,
                   ZERO_EMPTY=bool(zero_empty_rows), PAGED=paged is not None, PAGE=page, SINK=sinks is not None)
     if use_gluon:
-        program, warps = choose_program(gluon_program, B * Sq * H)
+        program, warps = choose_program(gluon_program, B * Sq * H, Sq * H)
         launch(program, (groups, splits, B), *args, **common, num_warps=warps)
     else:
         launch(

@@ -162,15 +162,17 @@ def test_split_choice():
 
 
 def test_gluon_program_rule():
-    """Which Gluon program runs by default: the seesaw from 512 rows (measured fastest
-    there), the pipelined one below; a name overrides; an unknown name is an error."""
+    """Which Gluon program runs by default (measured on an H200): the seesaw from 4096
+    rows, or from 1024 where a request has 128 rows (heads x queries); the pipelined one
+    below; a name overrides; an unknown name is an error."""
     from mla_compile.custom_ops import gluon_decode, gluon_decode_pipelined, gluon_decode_seesaw
     from mla_compile.custom_ops.gluon_programs import choose_program as choose
 
     if gluon_decode.gluon is None:
         pytest.skip("this Triton has no Gluon")
-    assert choose(None, 512)[0] is gluon_decode_seesaw.gluon_split_seesaw
-    assert choose(None, 128)[0] is gluon_decode_pipelined.gluon_split_pipelined
+    seesaw, pipelined = gluon_decode_seesaw.gluon_split_seesaw, gluon_decode_pipelined.gluon_split_pipelined
+    assert [choose(None, rows, 64)[0] for rows in (64, 2048, 4096)] == [pipelined, pipelined, seesaw]
+    assert [choose(None, rows, 128)[0] for rows in (128, 512, 1024)] == [pipelined, pipelined, seesaw]
     assert choose("split", 4096) == (gluon_decode.gluon_split, gluon_decode.WARPS)
     with pytest.raises(ValueError, match="gluon_program='fast'"):
         choose("fast", 4096)
