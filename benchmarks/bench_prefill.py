@@ -279,7 +279,7 @@ def sweep(device):
         free()
 
 
-GLUON_SWEEP = [(128, 2), (64, 3), (64, 2)]  # (BLOCK_N, STAGES)
+GLUON_SWEEP = [(128, 2, True), (128, 2, False), (64, 3, True), (64, 3, False), (64, 2, True)]  # (BLOCK_N, STAGES, PINGPONG)
 
 
 def gluon_sweep(device):
@@ -296,16 +296,16 @@ def gluon_sweep(device):
             print(f"\nB={B} H={H} S={S} causal={causal}: sdpa {t_sdpa:.3f} ms, mla {t_mla:.3f} ms "
                   f"({flops / t_mla / 1e9:.0f} TF/s)")
             out = torch.empty_like(ref)
-            for bn, st in GLUON_SWEEP:
+            for bn, st, pp in GLUON_SWEEP:
                 f = lambda: gluon_prefill.gluon_prefill_attention(  # noqa: E731
-                    *ins, SCALE, causal, out, block_n=bn, stages=st)
+                    *ins, SCALE, causal, out, block_n=bn, stages=st, pingpong=pp)
                 try:
                     e = rel_err(f(), ref)
                     t = bench(f)
                 except Exception as exc:  # noqa: BLE001
-                    print(f"  gluon BLOCK_N={bn} STAGES={st}: failed ({type(exc).__name__}: {str(exc)[:120]})")
+                    print(f"  gluon BLOCK_N={bn} STAGES={st} PINGPONG={pp}: failed ({type(exc).__name__}: {str(exc)[:120]})")
                     continue
-                print(f"  gluon BLOCK_N={bn} STAGES={st}: {t:.3f} ms {flops / t / 1e9:.0f} TF/s "
+                print(f"  gluon BLOCK_N={bn} STAGES={st} PINGPONG={pp}: {t:.3f} ms {flops / t / 1e9:.0f} TF/s "
                       f"sdpa/gluon {t_sdpa / t:.2f} mla/gluon {t_mla / t:.2f} err {e:.1e}", flush=True)
             del ref, out
             free()

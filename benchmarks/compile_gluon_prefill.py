@@ -1,7 +1,7 @@
 """Compile the Gluon prefill program (custom_ops/gluon_prefill.py) for sm_90 without a GPU
 and report what ptxas says: registers per thread, spills, shared memory, instruction counts.
 
-    python benchmarks/compile_gluon_prefill.py [CAUSAL=1] [BLOCK_N=128] [STAGES=2] [DTYPE=bf16]
+    python benchmarks/compile_gluon_prefill.py [CAUSAL=1] [BLOCK_N=128] [STAGES=2] [PINGPONG=1] [DTYPE=bf16]
 
 Runs under whichever Python (and so Triton) starts it: the GPU machine's triton 3.6 and a
 3.8 venv both work. Needs no CUDA device (ptxas ships with Triton's NVIDIA backend).
@@ -32,7 +32,8 @@ stages = int(flags.get("STAGES", m.STAGES))
 dt = flags.get("DTYPE", "bf16")
 fn = m.gluon_prefill
 params = list(inspect.signature(fn.fn).parameters)
-const = dict(DN=m.DN, DR=m.DR, DV=m.DV, BLOCK_N=bn, STAGES=stages, CAUSAL=causal, POS_SCALE=True)
+pingpong = bool(int(flags.get("PINGPONG", int(m.PINGPONG))))
+const = dict(DN=m.DN, DR=m.DR, DV=m.DV, BLOCK_N=bn, STAGES=stages, CAUSAL=causal, POS_SCALE=True, PINGPONG=pingpong)
 
 
 def desc(block):
@@ -56,7 +57,7 @@ for p in params:
 attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(params) if p in ("O", "so_b", "so_h", "so_m")}
 k = triton.compile(GluonASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
                    options={"num_warps": m.WARPS})
-tag = f"causal{int(causal)}_bn{bn}_st{stages}_{dt}_triton{triton.__version__}"
+tag = f"causal{int(causal)}_bn{bn}_st{stages}_pp{int(pingpong)}_{dt}_triton{triton.__version__}"
 out = f"/tmp/gluon_prefill_{tag}"
 ptx = k.asm["ptx"]
 open(out + ".ptx", "w").write(ptx)

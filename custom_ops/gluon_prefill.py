@@ -17,10 +17,14 @@ Each consumer keeps its 64 x 128 output accumulator and softmax state in registe
 overlaps within its warpgroup (FA3's intra-warpgroup pipelining): the scores of tile j
 are issued before p(j-1) @ V(j-1), so tile j's softmax runs while the tensor cores do
 that product; P stays in registers (the A operand of the PV wgmma, no shared memory).
-The two consumers run independently (no ping-pong between them; they meet only at the
-ring's barriers).
+With PINGPONG (FA3's inter-warpgroup schedule) the two consumers also take turns issuing
+their GEMMs: warpgroup 1 issues turn t after warpgroup 0 issued turn t, warpgroup 0 issues
+turn t + 1 after warpgroup 1 issued turn t, so one's softmax runs while the other's GEMMs
+keep the tensor cores busy. Turn 0 = S(0), turn j = S(j) and PV(j - 1), turn n = PV(n - 1):
+both consumers take the same n + 1 turns. Without it they meet only at the ring's barriers.
 
-Barrier protocol (mbarriers; stage s = j % STAGES, its round r = j // STAGES):
+Barrier protocol (mbarriers, one array: [Q_FULL, K_FULL x STAGES, V_FULL x STAGES,
+K_EMPTY x STAGES, V_EMPTY x STAGES, TURN x 2]; stage s = j % STAGES, round r = j // STAGES):
   Q_FULL            producer: expect(q bytes) + 4 TMA loads; consumers wait phase 0.
   K_FULL[s]/V_FULL[s]  producer: expect(bytes) + TMA loads of tile j (completion = all
                     bytes landed, zero-filled past S); consumers wait phase r & 1.
@@ -30,11 +34,18 @@ Barrier protocol (mbarriers; stage s = j % STAGES, its round r = j // STAGES):
                     producer waits phase (r & 1) ^ 1 before refilling: a fresh barrier
                     counts as having completed the phase before 0, so round 0 does not
                     wait; round r >= 1 waits for round r - 1's two releases.
-  Every wait on a FULL barrier is followed by nothing else touching the stage until the
-  matching EMPTY arrive; the producer can run at most STAGES tiles ahead (it waits for
-  EMPTY), so a FULL phase is never completed twice before a consumer waits on it.
+  A consumer touches stage s only between its wait on FULL[s] and its arrive on EMPTY[s];
+  the producer runs at most STAGES tiles ahead (it waits for EMPTY), so a FULL phase is
+  never completed twice before both consumers waited on it.
   TMA writes through the async proxy and wgmma reads through it: no proxy fence needed
   between them (mbarrier completion orders the bytes before the waiters).
+  TURN[w] (count 1, PINGPONG): the other consumer arrives after issuing a turn; w waits
+                    for it (parity (t & 1) ^ (1 - w): consumer 0's turn 0 needs nothing).
+                    No consumer can arrive twice before the other waited: its next turn
+                    waits for the other's arrive. Scheduling only: the data still rides
+                    on FULL / EMPTY, so the turn order costs or saves time, never values.
+                    No wait cycle: a turn waits for the other consumer's previous turn and
+                    for the producer, which waits only for releases of earlier tiles.
 All copies issued are consumed (the producer issues exactly the tiles the consumers
 visit), so nothing is in flight at exit.
 """
@@ -60,6 +71,7 @@ except ImportError:  # no Gluon (or no Triton): the Triton kernel runs
 DEFAULT_ON = False
 BLOCK_M = 128  # query rows per program (two consumer warpgroups of 64)
 BLOCK_N = 128  # keys per tile
+PINGPONG = True  # the consumers take turns at the tensor cores (FA3's inter-warpgroup schedule)
 STAGES = 2     # K / V ring depth: 48 KB q + 2 x (48 KB K + 32 KB V) of the 227 KB
 DN, DR, DV = 128, 64, 128
 WARPS = 4      # the default partition (consumer 0); workers add 4 + 1
@@ -145,6 +157,20 @@ if gluon is not None:
         mbarrier.arrive(bars.index(k + s))
 
     @gluon.jit
+    def _turn_begin(bars, t, wg, STAGES: gl.constexpr, PINGPONG: gl.constexpr):
+        """Ping-pong: this warpgroup's turn t at the tensor cores starts once the other one
+        has issued its turn t - 1 (warpgroup 1) or t (warpgroup 0 waits for the previous one:
+        parity ^ 1, so its turn 0 starts at once). Scheduling only: no data rides on it."""
+        if PINGPONG:
+            mbarrier.wait(bars.index(1 + 4 * STAGES + wg), (t & 1) ^ (1 - wg))
+
+    @gluon.jit
+    def _turn_end(bars, wg, STAGES: gl.constexpr, PINGPONG: gl.constexpr):
+        """Ping-pong: this warpgroup issued its GEMMs of the turn; the other one may go."""
+        if PINGPONG:
+            mbarrier.arrive(bars.index(1 + 4 * STAGES + 1 - wg))
+
+    @gluon.jit
     def _scores(q_t, qr_t, kn_smem, kr_smem, s, SL: gl.constexpr, BLOCK_N: gl.constexpr):
         """q_nope k_nope^T + q_pe k_pe^T of stage s, issued async (two wgmma groups)."""
         DNc: gl.constexpr = kn_smem.shape[4]
@@ -184,7 +210,7 @@ if gluon is not None:
     def _consumer(qn_smem, qr_smem, kn_smem, kr_smem, v_smem, bars, O, so_b, so_h, so_m, so_d,
                   b, h, start_m, wg, n_tiles, full_tiles, Sq, Sk, qk_scale,
                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                  POS_SCALE: gl.constexpr):
+                  POS_SCALE: gl.constexpr, PINGPONG: gl.constexpr):
         """One warpgroup: query rows [start_m + 64 wg, + 64) against every visited key tile."""
         DNc: gl.constexpr = qn_smem.shape[4]
         DRc: gl.constexpr = qr_smem.shape[4]
@@ -201,8 +227,10 @@ if gluon is not None:
         mbarrier.wait(bars.index(0), 0)
 
         # tile 0: scores, then its softmax (nothing to overlap yet)
+        _turn_begin(bars, 0, wg, STAGES, PINGPONG)
         mbarrier.wait(bars.index(1), 0)
         qk = _scores(q_t, qr_t, kn_smem, kr_smem, 0, SL, BLOCK_N)
+        _turn_end(bars, wg, STAGES, PINGPONG)
         qk = warpgroup_mma_wait(0, deps=[qk])
         _release(bars, 1 + 2 * STAGES, 0)
         m_i = gl.full([64], float("-inf"), gl.float32, layout=gl.SliceLayout(1, SL))
@@ -214,11 +242,13 @@ if gluon is not None:
         for j in range(1, n_tiles):
             s = j % STAGES
             sp = (j - 1) % STAGES
+            _turn_begin(bars, j, wg, STAGES, PINGPONG)
             mbarrier.wait(bars.index(1 + s), (j // STAGES) & 1)
             qk = _scores(q_t, qr_t, kn_smem, kr_smem, s, SL, BLOCK_N)   # S(j)
             mbarrier.wait(bars.index(1 + STAGES + sp), ((j - 1) // STAGES) & 1)
             vt = v_smem.index(sp).reshape([BLOCK_N, DVc])
             acc = warpgroup_mma(p_op, vt, acc, is_async=True)           # O += P(j-1) V(j-1)
+            _turn_end(bars, wg, STAGES, PINGPONG)
             qk = warpgroup_mma_wait(1, deps=[qk])                       # S(j) retired; PV may run
             _release(bars, 1 + 2 * STAGES, s)
             p, alpha, m_i = _softmax(qk, m_i, j, full_tiles, rows, Sk, qk_scale, SL, BLOCK_N,
@@ -230,8 +260,10 @@ if gluon is not None:
             p_op = gl.convert_layout(p.to(dt), PL)
 
         sl = (n_tiles - 1) % STAGES
+        _turn_begin(bars, n_tiles, wg, STAGES, PINGPONG)
         mbarrier.wait(bars.index(1 + STAGES + sl), ((n_tiles - 1) // STAGES) & 1)
         acc = warpgroup_mma(p_op, v_smem.index(sl).reshape([BLOCK_N, DVc]), acc, is_async=True)
+        _turn_end(bars, wg, STAGES, PINGPONG)
         acc, p_op = warpgroup_mma_wait(0, deps=[acc, p_op])
 
         l_a = gl.convert_layout(l_i, gl.SliceLayout(1, AL))
@@ -245,7 +277,7 @@ if gluon is not None:
     def gluon_prefill(qn_desc, qr_desc, kn_desc, kr_desc, v_desc, O, so_b, so_h, so_m, so_d,
                       H, Sq, Sk, qk_scale, DN: gl.constexpr, DR: gl.constexpr, DV: gl.constexpr,
                       BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                      POS_SCALE: gl.constexpr):
+                      POS_SCALE: gl.constexpr, PINGPONG: gl.constexpr):
         qk_scale = gl.cast(qk_scale, gl.float32)  # may arrive as fp64
         pid_m = gl.num_programs(0) - 1 - gl.program_id(0)  # heavy (late) query tiles first
         pid_bh = gl.program_id(1)
@@ -260,12 +292,14 @@ if gluon is not None:
         kn_smem = gl.allocate_shared_memory(dt, [STAGES, 1, 1, BLOCK_N, DN], kn_desc.layout)
         kr_smem = gl.allocate_shared_memory(dt, [STAGES, 1, BLOCK_N, DR], kr_desc.layout)
         v_smem = gl.allocate_shared_memory(dt, [STAGES, 1, 1, BLOCK_N, DV], v_desc.layout)
-        # [Q_FULL, K_FULL x STAGES, V_FULL x STAGES, K_EMPTY x STAGES, V_EMPTY x STAGES]
-        bars = gl.allocate_shared_memory(gl.int64, [1 + 4 * STAGES, 1], mbarrier.MBarrierLayout())
+        # [Q_FULL, K_FULL x STAGES, V_FULL x STAGES, K_EMPTY x STAGES, V_EMPTY x STAGES, TURN x 2]
+        bars = gl.allocate_shared_memory(gl.int64, [1 + 4 * STAGES + 2, 1], mbarrier.MBarrierLayout())
         for k in gl.static_range(1 + 2 * STAGES):  # Q_FULL, K_FULL, V_FULL: the producer's expect
             mbarrier.init(bars.index(k), count=1)
         for k in gl.static_range(1 + 2 * STAGES, 1 + 4 * STAGES):  # K_EMPTY, V_EMPTY: one per consumer
             mbarrier.init(bars.index(k), count=2)
+        for k in gl.static_range(1 + 4 * STAGES, 3 + 4 * STAGES):  # TURN: the other consumer's arrive
+            mbarrier.init(bars.index(k), count=1)
         fence_async_shared()  # the barriers' init, before TMA (async proxy) completes on them
         cta_barrier()  # ... and before any partition uses them
 
@@ -281,10 +315,10 @@ if gluon is not None:
         gl.warp_specialize([
             (_consumer, (qn_smem, qr_smem, kn_smem, kr_smem, v_smem, bars, O, so_b, so_h, so_m, so_d,
                          b, h, start_m, 0, n_tiles, full_tiles, Sq, Sk, qk_scale, BLOCK_N, STAGES, CAUSAL,
-                         POS_SCALE)),
+                         POS_SCALE, PINGPONG)),
             (_consumer, (qn_smem, qr_smem, kn_smem, kr_smem, v_smem, bars, O, so_b, so_h, so_m, so_d,
                          b, h, start_m, 1, n_tiles, full_tiles, Sq, Sk, qk_scale, BLOCK_N, STAGES, CAUSAL,
-                         POS_SCALE)),
+                         POS_SCALE, PINGPONG)),
             (_producer, (qn_desc, qr_desc, kn_desc, kr_desc, v_desc, qn_smem, qr_smem, kn_smem, kr_smem,
                          v_smem, bars, b, h, start_m, n_tiles, DN, DR, DV, BLOCK_N, STAGES)),
         ], [4, 1], [CONSUMER_REGS_C, PRODUCER_REGS_C])
@@ -301,14 +335,16 @@ def descriptors(q_nope, q_pe, k_nope, k_pe, v, block_n: int = BLOCK_N):
 
 
 def gluon_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: bool, out: torch.Tensor,
-                            block_n: int = BLOCK_N, stages: int = STAGES) -> torch.Tensor:
+                            block_n: int = BLOCK_N, stages: int = STAGES, pingpong: bool = PINGPONG
+                            ) -> torch.Tensor:
     """Run the program into `out` ([B, H, Sq, Dv], any strides); `applies` must hold."""
     B, H, Sq, _ = q_nope.shape
     Sk = k_nope.shape[2]
     grid = ((Sq + BLOCK_M - 1) // BLOCK_M, B * H)
     gluon_prefill[grid](*descriptors(q_nope, q_pe, k_nope, k_pe, v, block_n), out, *out.stride(),
                         H, Sq, Sk, float(scale) * _LOG2E, DN=DN, DR=DR, DV=DV, BLOCK_N=block_n, STAGES=stages,
-                        CAUSAL=bool(causal), POS_SCALE=float(scale) >= 0, num_warps=WARPS)
+                        CAUSAL=bool(causal), POS_SCALE=float(scale) >= 0, PINGPONG=bool(pingpong),
+                        num_warps=WARPS)
     return out
 
 

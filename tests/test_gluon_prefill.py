@@ -112,6 +112,19 @@ def test_matches_reference(B, H, S, causal, dtype, request):
 
 @hopper
 @pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("block_n, stages, pingpong", [(128, 2, False), (64, 3, True), (64, 2, False)])
+def test_variants(block_n, stages, pingpong, causal):
+    """The tile / ring / schedule variants the benchmark sweeps (the default is (128, 2, True))."""
+    ins = make_inputs(2, 3, 1000, 1000, torch.bfloat16, "cuda", seed=block_n + stages + pingpong)
+    out = torch.full((2, 3, 1000, DV), float("nan"), device="cuda", dtype=torch.bfloat16)
+    gluon_prefill.gluon_prefill_attention(*ins, SCALE, causal, out, block_n=block_n, stages=stages,
+                                          pingpong=pingpong)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, reference(ins, causal)) < 1e-2
+
+
+@hopper
+@pytest.mark.parametrize("causal", [True, False])
 def test_longer_keys_and_transposed_out(causal):
     """Sk > Sq (top-left causal: keys past row i stay hidden), into a [B, Sq, H, Dv] buffer."""
     B, H, Sq, Sk = 2, 3, 300, 700
