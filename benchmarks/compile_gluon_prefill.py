@@ -64,9 +64,15 @@ open(out + ".ptx", "w").write(ptx)
 open(out + ".ttgir", "w").write(k.asm["ttgir"])
 ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 r = subprocess.run([ptxas, "-arch=sm_90a", "-v", out + ".ptx", "-o", out + ".cubin"], capture_output=True, text=True)
+# ptxas -v reports the launch's register cap (65536 / 384 threads); under setmaxnreg the
+# consumers run at 240: the highest register the SASS names is what they really use
+sass = subprocess.run([os.path.join(os.path.dirname(ptxas), "nvdisasm"), out + ".cubin"], capture_output=True,
+                      text=True).stdout
+max_reg = max((int(r) for r in re.findall(r"\bR(\d+)\b", sass)), default=-1)
 info = " | ".join(ln.strip() for ln in r.stderr.splitlines()
                   if "registers" in ln or "spill" in ln or "error" in ln.lower() or "warn" in ln.lower())
 print(tag, "num_warps", k.metadata.num_warps, "shared", k.metadata.shared,
       "wgmma", len(re.findall(r"wgmma.mma_async", ptx)), "tma", len(re.findall(r"cp.async.bulk.tensor", ptx)),
       "setmaxnreg", sorted(set(re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+)", ptx))),
-      "ld/st.local", len(re.findall(r"(?:ld|st)\.local", ptx)), "|", info)
+      "ld/st.local", len(re.findall(r"(?:ld|st)\.local", ptx)), "SASS STL/LDL",
+      len(re.findall(r"\b(?:STL|LDL)\b", sass)), "highest register R%d" % max_reg, "|", info)
