@@ -279,7 +279,8 @@ def sweep(device):
         free()
 
 
-GLUON_SWEEP = [(128, 2, True), (128, 2, False), (64, 3, True), (64, 3, False), (64, 2, True)]  # (BLOCK_N, STAGES, PINGPONG)
+# (BLOCK_N, STAGES, PINGPONG)
+GLUON_SWEEP = [(128, 2, True), (128, 2, False), (64, 3, True), (64, 3, False), (64, 2, True)]
 
 
 def gluon_sweep(device):
@@ -303,7 +304,8 @@ def gluon_sweep(device):
                     e = rel_err(f(), ref)
                     t = bench(f)
                 except Exception as exc:  # noqa: BLE001
-                    print(f"  gluon BLOCK_N={bn} STAGES={st} PINGPONG={pp}: failed ({type(exc).__name__}: {str(exc)[:120]})")
+                    print(f"  gluon BLOCK_N={bn} STAGES={st} PINGPONG={pp}: failed "
+                          f"({type(exc).__name__}: {str(exc)[:120]})")
                     continue
                 print(f"  gluon BLOCK_N={bn} STAGES={st} PINGPONG={pp}: {t:.3f} ms {flops / t / 1e9:.0f} TF/s "
                       f"sdpa/gluon {t_sdpa / t:.2f} mla/gluon {t_mla / t:.2f} err {e:.1e}", flush=True)

@@ -277,7 +277,8 @@ if gluon is not None:
         out = acc / l_a[:, None]  # every row saw key 0: l > 0
         ra = start_m + 64 * wg + gl.arange(0, 64, layout=gl.SliceLayout(1, AL))
         ca = gl.arange(0, DVc, layout=gl.SliceLayout(0, AL))
-        o_ptrs = O + b.to(gl.int64) * so_b + h.to(gl.int64) * so_h + ra.to(gl.int64)[:, None] * so_m + ca[None, :] * so_d
+        o_ptrs = (O + b.to(gl.int64) * so_b + h.to(gl.int64) * so_h + ra.to(gl.int64)[:, None] * so_m
+                  + ca[None, :] * so_d)
         gl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(ra < Sq)[:, None])
 
     @gluon.jit(do_not_specialize=["Sq", "Sk"])
