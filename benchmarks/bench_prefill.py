@@ -8,6 +8,8 @@ projection, k_pe a slice of a [B, S, 576] kv_a projection, all transposed to [B,
 
 Compared (the same useful FLOPs for all, 2*B*H*S*S*(192 + 128) / 2):
   mla        the kernel on the pieces
+  gluon      the warp-specialised Gluon program (custom_ops/gluon_prefill.py, sm_90 only;
+             a dash where it does not apply), on the same pieces
   sdpa+prep  cat q and k (k_pe expanded), zero-pad v to 192, SDPA, crop to 128
   sdpa       SDPA alone on tensors prepared outside the timed region
   flex       FlexAttention (torch.compile'd, causal block mask) on the same prepared
@@ -18,7 +20,8 @@ Compared (the same useful FLOPs for all, 2*B*H*S*S*(192 + 128) / 2):
 Prints correctness first (mla vs sdpa+prep on fresh random inputs, rel. L2 error,
 bf16 tolerance 2e-2), then a markdown table (also written to $OUT/prefill_bench.md when
 OUT is set). `--sweep` instead times a few kernel configs (tiles, warps, stages, TMA
-or pointer loads) on two shapes; `--masks` times additive masks against causal=True
+or pointer loads) on two shapes; `--gluon-sweep` times the Gluon program's tile / stage
+variants against the Triton kernel and SDPA; `--masks` times additive masks against causal=True
 (mask block tables: skipped -inf blocks, no mask load for zero blocks). Needs
 torch >= 2.11 and triton >= 3.6.
 """
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 import triton
 import triton.testing
 
+from mla_compile.custom_ops import gluon_prefill
 from mla_compile.custom_ops.triton_prefill import (
     _use_tma,
     mla_prefill_attention,
@@ -46,7 +50,7 @@ MSCALE = 0.1 * math.log(40) + 1  # yarn, factor 40
 SCALE = (DN + DR) ** -0.5 * MSCALE**2
 # (B, H, S): B = 1 everywhere, plus a batch of 8 at the shortest length
 CASES = [(1, 16, 1024), (8, 16, 1024), (1, 128, 1024), (8, 128, 1024),
-         (1, 16, 4096), (1, 128, 4096), (1, 16, 8192), (1, 128, 8192)]
+         (1, 16, 4096), (1, 128, 4096), (1, 16, 8192), (1, 128, 8192), (1, 16, 32768)]
 INDUCTOR_MAX_SCORES = 2**31  # B*H*S*S elements; above this the S x S buffers get too big
 
 
@@ -65,6 +69,15 @@ def make_inputs(B, H, S, device, seed):
 
 def mla(qn, qr, kn, kr, v):
     return mla_prefill_attention(qn, qr, kn, kr, v, SCALE, True)
+
+
+def gluon_applies(ins):
+    return gluon_prefill.applies(*ins, interpreting=False)
+
+
+def gluon(qn, qr, kn, kr, v, **cfg):
+    out = torch.empty(*qn.shape[:3], DV, device=qn.device, dtype=qn.dtype)
+    return gluon_prefill.gluon_prefill_attention(qn, qr, kn, kr, v, SCALE, True, out, **cfg)
 
 
 def sdpa_prep(qn, qr, kn, kr, v):
@@ -151,6 +164,12 @@ def correctness(device):
         ok &= e < 2e-2 and finite
         print(f"  B={B} H={H} S={S}: mla vs sdpa+prep {e:.2e}, max abs "
               f"{(out.float() - ref.float()).abs().max().item():.2e}, all finite {finite}")
+        if gluon_applies(ins):
+            out.fill_(float("nan"))
+            mla_prefill_attention(*ins, SCALE, True, out=out, gluon=True)
+            e, finite = rel_err(out, ref), bool(torch.isfinite(out).all())
+            ok &= e < 2e-2 and finite
+            print(f"  B={B} H={H} S={S}: gluon vs sdpa+prep {e:.2e}, all finite {finite}")
         del ins, out, ref
         free()
     print(f"correctness: {'PASS' if ok else 'FAIL'}")
@@ -169,10 +188,12 @@ def run_table(device, ok):
         tma = _use_tma((ins[2], ins[3], ins[4]), (64, DN, DR, DV), True)
         fns = {
             "mla": lambda: mla(*ins),
+            **({"gluon": lambda: gluon(*ins)} if gluon_applies(ins) else {}),
             "sdpa+prep": lambda: sdpa_full(*ins),
             "sdpa": lambda: F.scaled_dot_product_attention(*prepped, is_causal=True, scale=SCALE),
         }
         times = {name: bench(fn) for name, fn in fns.items()}
+        times.setdefault("gluon", None)
         del prepped
         free()
         try:  # checked against the kernel (itself checked against SDPA above) before timing
@@ -201,8 +222,10 @@ def run_table(device, ok):
         fmt = lambda x, f: "-" if x is None else f.format(x)  # noqa: E731
         rows.append((
             f"{B}", f"{H}", f"{S}", "TMA" if tma else "ptr",
-            *(fmt(times[k], "{:.3f}") for k in ("mla", "sdpa+prep", "sdpa", "flex", "inductor")),
-            *(fmt(tf[k], "{:.0f}") for k in ("mla", "sdpa+prep", "sdpa", "flex", "inductor")),
+            *(fmt(times[k], "{:.3f}") for k in ("mla", "gluon", "sdpa+prep", "sdpa", "flex", "inductor")),
+            *(fmt(tf[k], "{:.0f}") for k in ("mla", "gluon", "sdpa+prep", "sdpa", "flex", "inductor")),
+            fmt(times["gluon"] and times["mla"] / times["gluon"], "{:.2f}"),
+            fmt(times["gluon"] and times["sdpa"] / times["gluon"], "{:.2f}"),
             f"{times['sdpa+prep'] / times['mla']:.2f}", f"{times['sdpa'] / times['mla']:.2f}",
             fmt(times["flex"] and times["flex"] / times["mla"], "{:.2f}"),
             fmt(times["inductor"] and times["inductor"] / times["mla"], "{:.2f}"),
@@ -210,16 +233,16 @@ def run_table(device, ok):
         print(f"  B={B} H={H} S={S}: " + ", ".join(
             f"{k} {fmt(t, '{:.3f}')} ms" for k, t in times.items()), flush=True)
 
-    head = ("B", "H", "S", "mla K/V loads", "mla ms", "sdpa+prep ms", "sdpa ms", "flex ms", "inductor ms",
-            "mla TF/s", "sdpa+prep TF/s", "sdpa TF/s", "flex TF/s", "inductor TF/s",
-            "sdpa+prep/mla", "sdpa/mla", "flex/mla", "inductor/mla")
+    head = ("B", "H", "S", "mla K/V loads", "mla ms", "gluon ms", "sdpa+prep ms", "sdpa ms", "flex ms",
+            "inductor ms", "mla TF/s", "gluon TF/s", "sdpa+prep TF/s", "sdpa TF/s", "flex TF/s", "inductor TF/s",
+            "mla/gluon", "sdpa/gluon", "sdpa+prep/mla", "sdpa/mla", "flex/mla", "inductor/mla")
     lines = [
         f"device: {torch.cuda.get_device_name(device)}; torch {torch.__version__}; "
         f"triton {triton.__version__}; bf16, causal, Dn/Dr/Dv = {DN}/{DR}/{DV}; "
         f"SDPA kernel: {backend}; correctness {'PASS' if ok else 'FAIL'}",
         "",
         "TF/s counts the useful causal FLOPs 2*B*H*S*S*(192+128)/2 for every column; "
-        "ratios > 1 mean mla is faster.",
+        "ratios > 1 mean mla (gluon in the x/gluon columns) is faster.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -253,6 +276,42 @@ def sweep(device):
             print(f"  {bm}x{bn} w{nw} s{ns} tma={tma}: {t:.3f} ms {flops / t / 1e9:.0f} TF/s "
                   f"x{t_sdpa / t:.2f} err {e:.1e}", flush=True)
         del ins, ref
+        free()
+
+
+# (BLOCK_N, STAGES, PINGPONG)
+GLUON_SWEEP = [(128, 2, True), (128, 2, False), (64, 3, True), (64, 3, False), (64, 2, True)]
+
+
+def gluon_sweep(device):
+    """The Gluon program's variants against the Triton kernel and SDPA, causal and not."""
+    for B, H, S in [(1, 128, 4096), (1, 128, 8192), (1, 16, 32768)]:
+        ins = make_inputs(B, H, S, device, seed=3)
+        for causal in (True, False):
+            flops = 2 * B * H * S * S * (DN + DR + DV) / (2 if causal else 1)
+            q, k, vp = sdpa_prep(*ins)
+            ref = F.scaled_dot_product_attention(q, k, vp, is_causal=causal, scale=SCALE)[..., :DV]
+            t_sdpa = bench(lambda: F.scaled_dot_product_attention(q, k, vp, is_causal=causal, scale=SCALE))
+            del q, k, vp
+            t_mla = bench(lambda: mla_prefill_attention(*ins, SCALE, causal, gluon=False))
+            print(f"\nB={B} H={H} S={S} causal={causal}: sdpa {t_sdpa:.3f} ms, mla {t_mla:.3f} ms "
+                  f"({flops / t_mla / 1e9:.0f} TF/s)")
+            out = torch.empty_like(ref)
+            for bn, st, pp in GLUON_SWEEP:
+                f = lambda: gluon_prefill.gluon_prefill_attention(  # noqa: E731
+                    *ins, SCALE, causal, out, block_n=bn, stages=st, pingpong=pp)
+                try:
+                    e = rel_err(f(), ref)
+                    t = bench(f)
+                except Exception as exc:  # noqa: BLE001
+                    print(f"  gluon BLOCK_N={bn} STAGES={st} PINGPONG={pp}: failed "
+                          f"({type(exc).__name__}: {str(exc)[:120]})")
+                    continue
+                print(f"  gluon BLOCK_N={bn} STAGES={st} PINGPONG={pp}: {t:.3f} ms {flops / t / 1e9:.0f} TF/s "
+                      f"sdpa/gluon {t_sdpa / t:.2f} mla/gluon {t_mla / t:.2f} err {e:.1e}", flush=True)
+            del ref, out
+            free()
+        del ins
         free()
 
 
@@ -300,6 +359,9 @@ def main():
     print(f"torch {torch.__version__}, triton {triton.__version__}")
     if "--sweep" in sys.argv:
         sweep(device)
+        return 0
+    if "--gluon-sweep" in sys.argv:
+        gluon_sweep(device)
         return 0
     if "--masks" in sys.argv:
         masks(device)

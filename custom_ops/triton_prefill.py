@@ -55,6 +55,7 @@ try:
 except ImportError:  # older triton: K/V tiles always come through pointer loads
     TensorDescriptor = None
 
+from . import gluon_prefill
 from .mask_blocks import block_strides, classify_blocks
 
 if triton is not None:
@@ -142,7 +143,8 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
                           mask: torch.Tensor | None = None,
                           zero_empty_rows: bool = False,
                           block_skip: bool = False,
-                          sinks: torch.Tensor | None = None) -> torch.Tensor:
+                          sinks: torch.Tensor | None = None,
+                          gluon: bool | None = None) -> torch.Tensor:
     """softmax((q_nope k_nope^T + q_pe k_pe^T) * scale + mask) @ v, per head, by the
     Triton kernel (`zero_empty_rows`: a row whose scores are all -inf gives 0, as
     SDPA's safe softmax, instead of NaN).
@@ -164,6 +166,9 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
     a logit per head in every row's softmax denominator (attention sinks). Off by default: on the
     H200 the per-block branch cost more than it saved (1.3-2.6x the time of the plain
     masked loop; benchmarks/RESULTS.md, issue 16), so every block loads its mask tile.
+    `gluon`: the warp-specialised Gluon program (gluon_prefill.py) where
+    `gluon_prefill.applies` (True: required, else ValueError; False: never; None: by
+    `gluon_prefill.DEFAULT_ON` when no config argument is given).
     """
     if triton is None:
         raise RuntimeError("mla_prefill_attention needs triton; use mla_prefill_reference")
@@ -207,6 +212,12 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
     if known_true(Sk == 0):  # softmax over no keys (or only the sink): zeros
         return out.zero_()
 
+    if gluon or (gluon is None and gluon_prefill.DEFAULT_ON and all(
+            x is None for x in (block_m, block_n, num_warps, num_stages, tma))):
+        if gluon_prefill.applies(q_nope, q_pe, k_nope, k_pe, v, interpreting=_interpreting(), mask=mask, sinks=sinks):
+            return gluon_prefill.gluon_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale, causal, out)
+        if gluon:
+            raise ValueError("mla_prefill_attention(gluon=True): the Gluon program does not apply here")
     on_gpu = q_nope.device.type == "cuda" and not _interpreting()
     cfg = default_config(Dn, Dr, Dv, q_nope.dtype, size_hint(Sq), on_gpu)  # speed only: no guard
     bm = block_m or cfg[0]
