@@ -1,4 +1,5 @@
-"""`torch.ops.mla.wide_decode_gluon`: the Gluon decode program inside a compiled graph.
+"""`torch.ops.mla.wide_decode_gluon` and `mla.prefill_gluon`: the Gluon programs inside a
+compiled graph.
 
 Inductor launches our Triton kernels itself (passes/inline_launches.py), but not a
 Gluon kernel: its analysis of a user kernel (torch 2.11-2.14) compiles it as plain
@@ -17,6 +18,11 @@ writes into an argument.
 
 At run time the launcher chooses again on the real tensors: the Gluon program where its
 data pointers are 16-byte aligned, else the Triton program (same numbers).
+
+`mla.prefill_gluon` is the same for the prefill launcher (triton_prefill.py): the Gluon
+prefill program (gluon_prefill.py, 1.2x the Triton kernel on an H200) where
+`gluon_prefill.traced_route` says so, i.e. also without CUDA graphs for long prompts,
+where its host time hides behind milliseconds of kernel.
 """
 from __future__ import annotations
 
@@ -67,4 +73,20 @@ def call_wide_decode_gluon(q_lat, q_pe, c_kv, k_pe, mask, paged, sinks, out, sca
         bool(zero_empty_rows), int(page), int(tt), int(vec), int(block_h)))
 
 
-__all__ = ["wide_decode_gluon", "call_wide_decode_gluon"]
+@torch.library.custom_op("mla::prefill_gluon", mutates_args=())
+def prefill_gluon(q_nope: torch.Tensor, q_pe: torch.Tensor, k_nope: torch.Tensor, k_pe: torch.Tensor,
+                  v: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
+    """`triton_prefill.mla_prefill_attention` (no mask, no sinks) on these arguments:
+    the Gluon program where it applies to the real tensors, else the Triton kernel."""
+    from .triton_prefill import mla_prefill_attention
+
+    return mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale, causal)
+
+
+@prefill_gluon.register_fake
+def _(q_nope, q_pe, k_nope, k_pe, v, scale, causal) -> torch.Tensor:
+    B, H, Sq, _ = q_nope.shape
+    return q_nope.new_empty(B, H, Sq, v.shape[-1])
+
+
+__all__ = ["wide_decode_gluon", "call_wide_decode_gluon", "prefill_gluon"]

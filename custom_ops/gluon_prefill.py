@@ -54,7 +54,14 @@ causal and not, BLOCK_N 128 / 2 stages and 64 / 3, PINGPONG on and off): no spil
 -v: 0 bytes; no STL / LDL in the SASS), consumers at 240 registers (setmaxnreg; the SASS
 names up to R236), producer at 24; 213,344 bytes of shared memory at 128 / 2 (172,416 at
 64 / 3). Not yet run on a GPU: DEFAULT_ON stays off until the tests pass on an H200 and
-the benchmark shows it ahead of the Triton kernel.
+the benchmark shows it ahead of the Triton kernel. On the H200 (session 9) the 61 GPU
+tests passed and it ran 1.22-1.26x the Triton kernel's speed and 1.13-1.20x cuDNN's SDPA
+at 128-key tiles, 2 stages (benchmarks/RESULTS.md): the default since.
+
+Inside a compiled graph (traced tensors) Inductor cannot launch a Gluon kernel: the
+launcher calls `mla.prefill_gluon` (gluon_op.py) instead where `traced_route` says so:
+under CUDA graphs, or from TRACED_FROM_ROWS query rows, where the op call's host time
+(~0.2 ms on torch 2.11) hides behind a kernel of milliseconds.
 """
 from __future__ import annotations
 
@@ -73,9 +80,8 @@ try:
 except ImportError:  # no Gluon (or no Triton): the Triton kernel runs
     gluon = None
 
-# Off until the GPU tests and benchmark have run on an H200 (written and compiled offline):
-# until then `mla_prefill_attention(..., gluon=True)` runs it, the default stays Triton
-DEFAULT_ON = False
+DEFAULT_ON = True  # measured ahead of the Triton kernel on an H200 (see the docstring)
+TRACED_FROM_ROWS = 2048  # a compiled graph calls the op from this many query rows
 BLOCK_M = 128  # query rows per program (two consumer warpgroups of 64)
 BLOCK_N = 128  # keys per tile
 PINGPONG = True  # the consumers take turns at the tensor cores (FA3's inter-warpgroup schedule)
@@ -88,10 +94,11 @@ _LOG2E = 1.4426950408889634
 
 
 def _tma_ok(t: torch.Tensor) -> bool:
-    """TMA: unit last stride, 16-byte aligned base and other strides (bytes)."""
+    """TMA: unit last stride, 16-byte aligned base and other strides (bytes); a traced
+    tensor's base is checked when the op runs (mla.prefill_gluon decides again)."""
     el = t.element_size()
-    return (t.stride(-1) == 1 and t.data_ptr() % 16 == 0
-            and all(s * el % 16 == 0 for s in t.stride()[:-1]))
+    return (known_true(t.stride(-1) == 1) and (is_traced(t) or t.data_ptr() % 16 == 0)
+            and all(known_true(s * el % 16 == 0) for s in t.stride()[:-1]))
 
 
 def fits(q_nope, q_pe, k_nope, k_pe, v, mask=None, sinks=None) -> bool:
@@ -108,17 +115,30 @@ def fits(q_nope, q_pe, k_nope, k_pe, v, mask=None, sinks=None) -> bool:
     return all(_tma_ok(t) for t in (q_nope, q_pe, k_nope, k_pe, v))
 
 
+def _sm90(t: torch.Tensor) -> bool:
+    return gluon is not None and t.device.type == "cuda" and torch.cuda.get_device_capability(t.device) == (9, 0)
+
+
+def traced_route(q_nope, q_pe, k_nope, k_pe, v, *, interpreting: bool, mask=None, sinks=None) -> bool:
+    """Whether a compiled graph's (traced) launch calls mla.prefill_gluon: the program
+    fits, an sm_90 device, and the graph runs under CUDA graphs or has TRACED_FROM_ROWS
+    query rows (a size hint: speed only, no guard)."""
+    from ..compat import inductor_cuda_graphs, size_hint
+
+    if interpreting or not DEFAULT_ON or not _sm90(q_nope):
+        return False
+    return (fits(q_nope, q_pe, k_nope, k_pe, v, mask, sinks)
+            and (inductor_cuda_graphs() or size_hint(q_nope.shape[2]) >= TRACED_FROM_ROWS))
+
+
 def applies(q_nope, q_pe, k_nope, k_pe, v, *, interpreting: bool, mask=None, sinks=None) -> bool:
     """Whether the Gluon program serves this call: `fits`, on real (not traced) CUDA
     tensors of an sm_90 device, Gluon compiling (not interpreting). Everything else stays
-    on the Triton kernel; so does a compiled graph's launch (traced tensors: no data
-    pointers, and Inductor cannot launch a Gluon kernel)."""
-    if gluon is None or interpreting or q_nope.device.type != "cuda":
+    on the Triton kernel; a compiled graph's launch (traced tensors: no data pointers, and
+    Inductor cannot launch a Gluon kernel) asks `traced_route` instead."""
+    if interpreting or not _sm90(q_nope) or any(is_traced(t) for t in (q_nope, q_pe, k_nope, k_pe, v)):
         return False
-    if any(is_traced(t) for t in (q_nope, q_pe, k_nope, k_pe, v)):
-        return False
-    return (fits(q_nope, q_pe, k_nope, k_pe, v, mask, sinks)
-            and torch.cuda.get_device_capability(q_nope.device) == (9, 0))
+    return fits(q_nope, q_pe, k_nope, k_pe, v, mask, sinks)
 
 
 def smem_layout(rank: int):

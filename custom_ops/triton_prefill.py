@@ -168,7 +168,8 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
     masked loop; benchmarks/RESULTS.md, issue 16), so every block loads its mask tile.
     `gluon`: the warp-specialised Gluon program (gluon_prefill.py) where
     `gluon_prefill.applies` (True: required, else ValueError; False: never; None: by
-    `gluon_prefill.DEFAULT_ON` when no config argument is given).
+    `gluon_prefill.DEFAULT_ON` when no config argument is given); a traced launch (a
+    compiled graph's) calls `mla.prefill_gluon` where `gluon_prefill.traced_route` says so.
     """
     if triton is None:
         raise RuntimeError("mla_prefill_attention needs triton; use mla_prefill_reference")
@@ -211,9 +212,13 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
         return out
     if known_true(Sk == 0):  # softmax over no keys (or only the sink): zeros
         return out.zero_()
+    config_given = any(x is not None for x in (block_m, block_n, num_warps, num_stages, tma))
 
-    if gluon or (gluon is None and gluon_prefill.DEFAULT_ON and all(
-            x is None for x in (block_m, block_n, num_warps, num_stages, tma))):
+    if gluon is not False and not config_given and gluon_prefill.traced_route(
+            q_nope, q_pe, k_nope, k_pe, v, interpreting=_interpreting(), mask=mask, sinks=sinks):
+        # a compiled graph's launch: Inductor cannot launch Gluon, so one op call (gluon_op.py)
+        return out.copy_(torch.ops.mla.prefill_gluon(q_nope, q_pe, k_nope, k_pe, v, float(scale), bool(causal)))
+    if gluon or (gluon is None and gluon_prefill.DEFAULT_ON and not config_given):
         if gluon_prefill.applies(q_nope, q_pe, k_nope, k_pe, v, interpreting=_interpreting(), mask=mask, sinks=sinks):
             return gluon_prefill.gluon_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale, causal, out)
         if gluon:

@@ -94,7 +94,7 @@ def test_applies_on_hopper():
 @hopper
 def test_default_dispatch(monkeypatch):
     """With DEFAULT_ON the launcher picks the program by itself, unless a Triton config is
-    given; with it off (the default until measured), only gluon=True does."""
+    given; with it off, only gluon=True does."""
     calls = []
     real = gluon_prefill.gluon_prefill_attention
     monkeypatch.setattr(gluon_prefill, "gluon_prefill_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -160,3 +160,35 @@ def test_negative_scale():
     ins = make_inputs(1, 2, 512, 512, torch.bfloat16, "cuda", seed=9)
     got = mla_prefill_attention(*ins, -SCALE, True, gluon=True)
     assert rel_err(got, reference(ins, True, scale=-SCALE)) < 1e-2
+
+
+def test_compiled_graph_launch_calls_the_gluon_op(monkeypatch):
+    """A traced launch (a compiled graph's) where `traced_route` holds calls
+    mla.prefill_gluon, one op call and no kernel launch (Inductor cannot launch Gluon);
+    the trace run on real tensors gives the launcher's numbers (here the op runs the
+    Triton kernel or the reference: no sm_90 on CPU). Where it does not hold, the
+    Triton kernel is launched."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from mla_compile.custom_ops.launch import is_traced
+
+    monkeypatch.setattr(gluon_prefill, "traced_route", lambda q, *a, **k: is_traced(q))
+    g = torch.Generator().manual_seed(7)
+    ins = [torch.randn(1, 2, 20, d, generator=g) for d in (8, 4)] + [
+        torch.randn(1, 2, 20, 8, generator=g), torch.randn(1, 20, 4, generator=g), torch.randn(1, 2, 20, 8, generator=g)]
+
+    def run(*ins):
+        return mla_prefill_attention(*ins, 0.3, True)
+
+    gm = make_fx(torch.func.functionalize(run, remove="mutations"), tracing_mode="fake")(*ins)
+    targets = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count("mla.prefill_gluon.default") == 1 and not any("triton_kernel" in t for t in targets), targets
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        torch.testing.assert_close(gm(*ins), mla_prefill_reference(*ins, 0.3, True), rtol=1e-4, atol=1e-4)
+        torch.library.opcheck(torch.ops.mla.prefill_gluon, (*ins, 0.3, True))
+
+
+def test_traced_route_needs_rows_or_cuda_graphs():
+    """No sm_90 here: never. (On the GPU: test_inductor_launch's prefill test.)"""
+    ins = make_inputs(1, 2, 256, 256, torch.bfloat16, "cpu", seed=8)
+    assert not gluon_prefill.traced_route(*ins, interpreting=False)

@@ -70,6 +70,24 @@ def test_prefill_kernels_launched_by_inductor(shape):
     _close(out_op, ref, 2e-2)
 
 
+
+@cuda_only
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the Gluon prefill program needs sm_90")
+def test_long_prefill_calls_the_gluon_op():
+    """From gluon_prefill.TRACED_FROM_ROWS query rows the compiled graph calls
+    mla.prefill_gluon (Inductor cannot launch a Gluon kernel) instead of the Triton
+    kernel: equal to eager."""
+    from mla_compile.custom_ops import gluon_prefill
+
+    size = AttnSize(B=1, S=gluon_prefill.TRACED_FROM_ROWS, H=4, nope=128, rope=64, v=128, latent=512)
+    model = SDPA_CAUSAL.build(size, torch.bfloat16).cuda()
+    inputs = tuple(t.cuda() if isinstance(t, torch.Tensor) else t for t in model.example_inputs(seed=5))
+    out, ref, code, reports = _compile_and_code(model, inputs)
+    assert _counts(reports).get("attention.mla") == 1, [r.format() for r in reports]
+    assert "torch.ops.mla.prefill_gluon" in code and "_mla_prefill_fwd" not in code, code
+    _close(out, ref, 2e-2)
+
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_decode_kernels_launched_by_inductor(dtype):
