@@ -94,3 +94,16 @@ def check_mask(op: str, mask, device: torch.device, full: tuple) -> None:
         raise op_error(op, f"mask must be a float tensor on {device} (additive), got {mask.dtype} on {mask.device}")
     if not known_broadcasts_to(mask.shape, full):
         raise op_error(op, f"mask {tuple(mask.shape)} must broadcast to [B, H, Sq, Sk] = {tuple(full)}")
+
+
+def check_empty_row_fill(op: str, fill, causal: bool, mask) -> None:
+    """`empty_row_fill` speaks of rows of a causal key-only mask (the kernels decide
+    emptiness per query tile, which holds only when the mask is constant along rows)."""
+    if fill is None:
+        return
+    if not causal or mask is None:
+        raise op_error(op, f"empty_row_fill needs causal=True and a mask, got causal={causal}, "
+                           f"mask={'None' if mask is None else tuple(mask.shape)}")
+    if mask.dim() >= 2 and not known_true(mask.shape[-2] == 1):
+        raise op_error(op, f"empty_row_fill needs a key-only mask (size 1 on the query axis), "
+                           f"got {tuple(mask.shape)}")
