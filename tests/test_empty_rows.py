@@ -144,3 +144,19 @@ def test_invalid_use_is_named(change, message):
         args["mask"] = args["mask"].to(DEVICE)
     with pytest.raises(ValueError, match=f"mla.prefill_attention: {message}"):
         op(**args)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_with_sinks(kernel, gen):
+    """Attention sinks join every row's denominator, the empty rows' too: the rule's
+    mask with the sinks, whichever kernel."""
+    B, H, S = 2, 2, 19
+    q_nope, q_pe, c_kv, k_pe, kv_b = mla_inputs(B, H, S, S, gen)
+    keep = keep_vectors(B, S, gen)
+    keep[1, :17], keep[1, 17:] = False, True
+    mask, sinks = key_mask(keep, FMIN, torch.float32), torch.randn(H, generator=gen).to(DEVICE)
+    w_uk, w_uv = split_kv_b(kv_b, H, DIMS["Dn"], DIMS["Dv"])
+    out = op(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, 0.3, True, "decompressed", kernel, mask, False, sinks, FMIN)
+    rule = op(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, 0.3, False, "decompressed", "reference",
+              empty_rows_mask(mask, FMIN, S, S), False, sinks)
+    torch.testing.assert_close(out, rule, rtol=1e-4, atol=1e-4)
