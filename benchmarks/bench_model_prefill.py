@@ -10,7 +10,11 @@ attention dims, 4 dense layers, real MLP and lm_head, random weights, bf16). For
 each backend's ratio against the faster of eager and Inductor, the first call (s), and
 what our pass did with the mask (the report's `mask`: "causal" means it proved the
 materialised mask causal and the kernel skips the upper triangle and reads no mask).
-"left-padded" is B=2 with the first quarter of row 1 padded (attention_mask). mla's
+"left-padded" is B=2 with the first quarter of row 1 padded (attention_mask), for sdpa
+(on CUDA its boolean mask arrives as where(mask, 0, -65504)) and eager (finfo.min):
+both finite fills, which the pass turns into causal + the key-padding vector + the op's
+empty_row_fill (mask "additive+causal (key padding, finite fill: empty rows attend all
+keys...)"): only the left-pad query tiles walk past the diagonal. mla's
 last-token logits are checked against eager's (bf16: max abs diff printed). Prints a
 markdown table (also $OUT/model_prefill_H{H}_{attns}.md).
 """
@@ -76,7 +80,7 @@ def table(H: int, sizes, attns) -> list[str]:
     lines = [f"| H | attn | B, S | backend | forward ms | vs best of eager/Inductor | first call s | mask | "
              f"last-token logits max diff vs eager |", "|---|---|---|---|---|---|---|---|---|"]
     cases = [(attn, B, S, False) for attn in attns for B, S in sizes]
-    cases += [("sdpa", 2, 4096, True)] if "sdpa" in attns else []
+    cases += [(attn, 2, 4096, True) for attn in ("sdpa", "eager") if attn in attns]
     best_by_size: dict = {}
     models: dict = {}
     for attn, B, S, padded in cases:

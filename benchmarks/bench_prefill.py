@@ -316,7 +316,10 @@ def gluon_sweep(device):
 
 
 def masks(device):
-    """The kernel with additive masks, block skipping on and off, against causal=True."""
+    """The kernel with additive masks, block skipping on and off, against causal=True;
+    a left-padded row (a quarter of the keys, finfo.min) as the full causal+padding mask
+    eager builds and as causal + the key vector + empty_row_fill (what the pass emits):
+    the latter checked against the former (equal under the pass's score bound)."""
     from mla_compile.custom_ops.mask_blocks import classify_blocks
     from mla_compile.custom_ops.triton_prefill import default_config
 
@@ -327,27 +330,34 @@ def masks(device):
         fmin = torch.zeros_like(ninf).masked_fill(above, torch.finfo(DTYPE).min)
         pad = torch.zeros(1, 1, 1, S, device=device, dtype=DTYPE)
         pad[..., : S // 4] = float("-inf")  # a quarter of left padding
+        fmin_pad = torch.zeros_like(pad).masked_fill(pad == float("-inf"), torch.finfo(DTYPE).min)
+        fmin_full = fmin.masked_fill(fmin_pad == torch.finfo(DTYPE).min, torch.finfo(DTYPE).min)
+        padded_ref = mla_prefill_attention(*ins, SCALE, False, mask=fmin_full)
         ref = mla_prefill_attention(*ins, SCALE, True)
         bm, bn = default_config(DN, DR, DV, DTYPE, S, True)[:2]
-        cases = {
-            "causal=True": (True, None, True),
-            "-inf mask, skip": (False, ninf, True),
-            "-inf mask, no skip": (False, ninf, False),
-            "finfo.min mask, skip": (False, fmin, True),
-            "finfo.min mask, no skip": (False, fmin, False),
-            "causal + -inf key padding, skip": (True, pad, True),
+        cases = {  # name -> (causal, mask, block_skip, empty_row_fill)
+            "causal=True": (True, None, True, None),
+            "-inf mask, skip": (False, ninf, True, None),
+            "-inf mask, no skip": (False, ninf, False, None),
+            "finfo.min mask, skip": (False, fmin, True, None),
+            "finfo.min mask, no skip": (False, fmin, False, None),
+            "causal + -inf key padding, skip": (True, pad, True, None),
+            "finfo.min causal+padding full mask (left-padded, before)": (False, fmin_full, False, None),
+            "causal + finfo.min key padding, empty_row_fill (left-padded, now)":
+                (True, fmin_pad, False, torch.finfo(DTYPE).min),
         }
         t_causal = None
         print(f"\nB={B} H={H} S={S} (tiles {bm}x{bn}); block table alone "
               f"{bench(lambda: classify_blocks(ninf, S, S, bm, bn)):.3f} ms")
-        for name, (causal, mask, skip) in cases.items():
+        for name, (causal, mask, skip, fill) in cases.items():
             f = lambda: mla_prefill_attention(  # noqa: E731
-                *ins, SCALE, causal, mask=mask, block_skip=skip)
+                *ins, SCALE, causal, mask=mask, block_skip=skip, empty_row_fill=fill)
             t = bench(f)
             t_causal = t_causal or t
-            err = rel_err(f(), ref) if mask is not pad else float("nan")
+            padded = mask is fmin_full or mask is fmin_pad
+            err = rel_err(f(), padded_ref if padded else ref) if mask is not pad else float("nan")
             print(f"  {name}: {t:.3f} ms ({t / t_causal:.2f}x causal) err {err:.1e}", flush=True)
-        del ins, ref, ninf, fmin, pad
+        del ins, ref, ninf, fmin, pad, fmin_pad, fmin_full, padded_ref
         free()
 
 

@@ -59,11 +59,15 @@ class KernelBackend(ABC):
         zero_empty_rows: bool,
         out: torch.Tensor,
         sinks: torch.Tensor | None = None,
+        empty_row_fill: float | None = None,
     ) -> None:
         """MLA attention over the latent `c_kv` into the preallocated `out`
         (`mask`: optional additive mask broadcasting to [B, H, Sq, Sk];
         `zero_empty_rows`: a row with every score -inf gives 0, not NaN;
-        `sinks`: optional [H] logits in every row's softmax denominator).
+        `sinks`: optional [H] logits in every row's softmax denominator;
+        `empty_row_fill`: with causal and a key-only mask ([.., 1, Sk]), a row with
+        no visible key unmasked (every mask value at j <= i equal to it) attends
+        every key, those above the diagonal at this fill).
 
         Semantics are those of `reference.prefill_attention_reference`; `form` is
         how to compute it ("decompressed" or "absorbed"), not what. Inputs were

@@ -109,3 +109,16 @@ def check_distinct(op: str, indices: torch.Tensor, padding: int | None = None) -
         *row, j = (int(i) for i in repeats.nonzero()[0])
         value = int(ordered[(*row, j)])
         raise op_error(op, f"distinct=True, but indices{list(row)} repeats the index {value}")
+
+
+def check_empty_row_fill(op: str, fill, causal: bool, mask) -> None:
+    """`empty_row_fill` speaks of rows of a causal key-only mask (the kernels decide
+    emptiness per query tile, which holds only when the mask is constant along rows)."""
+    if fill is None:
+        return
+    if not causal or mask is None:
+        raise op_error(op, f"empty_row_fill needs causal=True and a mask, got causal={causal}, "
+                           f"mask={'None' if mask is None else tuple(mask.shape)}")
+    if mask.dim() >= 2 and not known_true(mask.shape[-2] == 1):
+        raise op_error(op, f"empty_row_fill needs a key-only mask (size 1 on the query axis), "
+                           f"got {tuple(mask.shape)}")

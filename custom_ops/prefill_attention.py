@@ -12,6 +12,14 @@ Semantics: `reference.prefill_attention_reference`; causal is top-left aligned
 -inf (SDPA's safe softmax; eager softmax gives NaN there). `sinks` (optional [H]):
 attention sinks, a logit per head in every row's softmax denominator. Dr may be 0
 (NoPE MLA: q_pe and k_pe zero-width).
+
+`empty_row_fill` (optional float; needs causal=True and a key-only mask, size 1 on
+the query axis): eager's rule for a materialised causal + key-padding mask with a
+finite fill. A query row i with no visible unmasked key (every mask value at keys
+j <= i equals the fill, compared in fp32) attends EVERY key, with score
+qk * scale + mask[j] for j <= i and qk * scale + fill for j > i; every other row is
+causal with the mask (`reference.empty_rows_mask` defines it). With a key-only mask
+emptiness only ever ends along the rows, so a kernel can decide it per query tile.
 """
 from __future__ import annotations
 
@@ -21,7 +29,7 @@ from ..compat import known_same_shape
 from ..lowering.attention_form import FORMS
 from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
 from .backend import KERNEL_DTYPES
-from .checks import check_mask, check_sinks
+from .checks import check_empty_row_fill, check_mask, check_sinks
 
 # (argument, rank, layout) in the op's argument order
 _LAYOUTS = (("q_nope", 4, "[B, H, Sq, Dn]"), ("q_pe", 4, "[B, H, Sq, Dr]"),
@@ -33,7 +41,8 @@ def _error(msg: str) -> ValueError:
     return ValueError(f"mla.prefill_attention: {msg}")
 
 
-def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask=None, sinks=None) -> None:
+def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask=None, sinks=None,
+                          causal=False, empty_row_fill=None) -> None:
     """Every check names the argument; messages are built only on failure (this runs
     on every call). `symbolic=False` (the real kernel's call) promises int sizes."""
     if kernel not in KERNEL_CHOICES:
@@ -62,6 +71,7 @@ def validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, ma
                          f"got {tuple(t.shape)}")
     check_mask("prefill_attention", mask, device, (B, H, Sq, Sk))
     check_sinks("prefill_attention", sinks, device, H)
+    check_empty_row_fill("prefill_attention", empty_row_fill, causal, mask)
 
 
 def new_output(q_nope: torch.Tensor, w_uv: torch.Tensor) -> torch.Tensor:
@@ -73,12 +83,14 @@ def new_output(q_nope: torch.Tensor, w_uv: torch.Tensor) -> torch.Tensor:
 
 
 def compute_prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                              kernel="auto", mask=None, zero_empty_rows=False, sinks=None) -> torch.Tensor:
+                              kernel="auto", mask=None, zero_empty_rows=False, sinks=None,
+                              empty_row_fill=None) -> torch.Tensor:
     """The op's computation without its checks: torch ops and kernel launches only,
     so that lowering can trace it into the graph (passes/inline_launches.py)."""
     out = new_output(q_nope, w_uv)
+    extra = {} if empty_row_fill is None else {"empty_row_fill": empty_row_fill}
     select_backend(q_nope.device, kernel).prefill_attention(
-        q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows, out, sinks)
+        q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows, out, sinks, **extra)
     return out
 
 
@@ -97,15 +109,16 @@ def prefill_attention(
     mask: torch.Tensor | None = None,
     zero_empty_rows: bool = False,
     sinks: torch.Tensor | None = None,
+    empty_row_fill: float | None = None,
 ) -> torch.Tensor:
     """MLA attention of q over the latent c_kv (see `reference.prefill_attention_reference`)."""
-    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask, sinks)
+    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask, sinks, causal, empty_row_fill)
     return compute_prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                                     kernel, mask, zero_empty_rows, sinks)
+                                     kernel, mask, zero_empty_rows, sinks, empty_row_fill)
 
 
 @prefill_attention.register_fake
 def _prefill_attention_fake(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                            kernel="auto", mask=None, zero_empty_rows=False, sinks=None):
-    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask, sinks)
+                            kernel="auto", mask=None, zero_empty_rows=False, sinks=None, empty_row_fill=None):
+    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask, sinks, causal, empty_row_fill)
     return new_output(q_nope, w_uv)

@@ -69,6 +69,20 @@ def rope_cache_write_reference(q_pe, k_pe, latent, cos, sin, slots, cache, block
     return rope_reference(q_pe, cos, sin, interleaved_in, interleaved_out)
 
 
+def empty_rows_mask(mask: torch.Tensor, fill: float, q_len: int, kv_len: int) -> torch.Tensor:
+    """The op's `empty_row_fill` rule as one additive fp32 mask, to use with causal=False:
+    row i is EMPTY when every visible key j <= i has mask[.., i, j] == fill (compared in
+    fp32) or there is none; an empty row attends every key, j <= i at mask[.., i, j]
+    and j > i at `fill` (eager's where(causal & key padding, 0, fill) there); any other
+    row is causal: mask[.., i, j] for j <= i, -inf above. [.., Sq, Sk] of the mask's
+    leading dims. The definition of the rule (the kernel is tested against it)."""
+    m = mask.float().expand(*mask.shape[:-2], q_len, kv_len) if mask.dim() >= 2 else \
+        mask.float().expand(q_len, kv_len)
+    below = torch.ones(q_len, kv_len, dtype=torch.bool, device=mask.device).tril()
+    empty = ~((m != fill) & below).any(-1, keepdim=True)
+    return torch.where(below, m, torch.where(empty, torch.full_like(m, fill), float("-inf")))
+
+
 def _softmax(scores: torch.Tensor, causal: bool, mask: torch.Tensor | None,
              zero_empty_rows: bool, sinks: torch.Tensor | None = None) -> torch.Tensor:
     if mask is not None:  # eager attention: additive, upcast to fp32, before the causal fill
@@ -98,6 +112,7 @@ def prefill_attention_reference(
     mask: torch.Tensor | None = None,
     zero_empty_rows: bool = False,
     sinks: torch.Tensor | None = None,
+    empty_row_fill: float | None = None,
 ) -> torch.Tensor:
     """MLA attention, per head h, computing in float32:
 
@@ -116,7 +131,12 @@ def prefill_attention_reference(
     used as given. "decompressed" builds k_nope and v; "absorbed" moves the weights to
     the query and output side instead (q_nope @ w_uk[h] scores against c_kv itself,
     and the latent output goes through w_uv[h]^T): the same function.
+
+    `empty_row_fill` (with causal and a mask): a row with no visible unmasked key
+    attends every key, those above the diagonal at that fill (`empty_rows_mask`).
     """
+    if empty_row_fill is not None:  # the rule as one mask over every key
+        mask, causal = empty_rows_mask(mask, empty_row_fill, q_nope.shape[2], c_kv.shape[1]), False
     qn, qr, c, kr, wk, wv = (t.float() for t in (q_nope, q_pe, c_kv, k_pe, w_uk, w_uv))
     rope_scores = qr @ kr[:, None].transpose(-1, -2)  # k_pe broadcast over heads
     if form == "decompressed":
@@ -199,9 +219,10 @@ class ReferenceBackend(KernelBackend):
 
     @classmethod
     def prefill_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                          mask, zero_empty_rows, out, sinks=None) -> None:
+                          mask, zero_empty_rows, out, sinks=None, empty_row_fill=None) -> None:
         out.copy_(prefill_attention_reference(
-            q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows, sinks))
+            q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows, sinks,
+            empty_row_fill))
 
     @classmethod
     def latent_attention(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out,

@@ -14,7 +14,7 @@ from ..compat import same_storage, size_hint
 from ..lowering.attention_form import choose_attention_form
 from ..lowering.sparse_form import gather_chosen_keys
 from .backend import KernelBackend
-from .reference import selection_mask
+from .reference import empty_rows_mask, selection_mask
 from .triton_decode import key_count, mla_decode_attention, split_rows_per_program
 from .triton_decode_wide import mla_decode_attention_wide, wide_rows_per_program
 from .triton_decode_wide import supports as wide_supports
@@ -111,7 +111,12 @@ class TritonBackend(KernelBackend):
 
     @classmethod
     def prefill_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                          mask, zero_empty_rows, out, sinks=None) -> None:
+                          mask, zero_empty_rows, out, sinks=None, empty_row_fill=None) -> None:
+        if form == "absorbed" and empty_row_fill is not None:
+            # short queries (absorbed is chosen only for Sq < Sk): the rule as one
+            # [.., Sq, Sk] mask, exactly the reference's
+            mask, causal = empty_rows_mask(mask, empty_row_fill, q_nope.shape[2], c_kv.shape[1]), False
+            empty_row_fill = None
         if form == "absorbed":  # q into latent space, attend over the latent, then w_uv
             q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
             o_lat = torch.empty_like(q_lat)
@@ -120,7 +125,8 @@ class TritonBackend(KernelBackend):
             return
         k_nope, v = decompress(c_kv, w_uk, w_uv)
         mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale, causal, mask=mask,
-                              zero_empty_rows=zero_empty_rows, out=out, sinks=sinks)
+                              zero_empty_rows=zero_empty_rows, out=out, sinks=sinks,
+                              empty_row_fill=empty_row_fill)
 
     @classmethod
     def latent_attention(cls, q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out,

@@ -57,6 +57,7 @@ except ImportError:  # older triton: K/V tiles always come through pointer loads
 
 from . import gluon_prefill
 from .mask_blocks import block_strides, classify_blocks
+from .reference import empty_rows_mask
 
 if triton is not None:
     from .triton_prefill_kernel import _mla_prefill_fwd
@@ -67,10 +68,14 @@ _MASK_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def mla_prefill_reference(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: bool,
                           out: torch.Tensor | None = None, *,
-                          mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Plain PyTorch in fp32: concatenate q, broadcast k_pe, add the mask, softmax, matmul."""
+                          mask: torch.Tensor | None = None,
+                          empty_row_fill: float | None = None) -> torch.Tensor:
+    """Plain PyTorch in fp32: concatenate q, broadcast k_pe, add the mask, softmax, matmul
+    (`empty_row_fill`: the rule of `reference.empty_rows_mask`, as one mask)."""
     B, H, Sq, _ = q_nope.shape
     Sk = k_nope.shape[2]
+    if empty_row_fill is not None:
+        mask, causal = empty_rows_mask(mask, empty_row_fill, Sq, Sk), False
     q = torch.cat([q_nope, q_pe], dim=-1).float()
     k = torch.cat([k_nope, k_pe[:, None].expand(B, H, Sk, k_pe.shape[-1])], dim=-1).float()
     s = (q @ k.transpose(-1, -2)) * scale
@@ -84,6 +89,18 @@ def mla_prefill_reference(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
         return res
     out.copy_(res)
     return out
+
+
+def first_unmasked_keys(mask: torch.Tensor, fill: float, kv_len) -> torch.Tensor:
+    """int32 [Bm, Hm]: per (batch, head) of a key-only mask [.., 1, Sk], the first key
+    whose value is not `fill` (in fp32, as `reference.empty_rows_mask` compares), or
+    Sk when there is none. Query row i has no visible unmasked key iff i < it. One
+    read of the [Bm, Hm, Sk] key vector, torch ops only (traceable)."""
+    m = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 4 else mask
+    keys = m[:, :, 0, :].expand(m.shape[0], m.shape[1], kv_len)
+    idx = torch.arange(kv_len, device=mask.device, dtype=torch.int32)
+    at = torch.where(keys.float() != fill, idx, torch.full_like(idx, kv_len))
+    return at.amin(-1).to(torch.int32)
 
 
 # the kernel: triton_prefill_kernel.py
@@ -144,6 +161,7 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
                           zero_empty_rows: bool = False,
                           block_skip: bool = False,
                           sinks: torch.Tensor | None = None,
+                          empty_row_fill: float | None = None,
                           gluon: bool | None = None) -> torch.Tensor:
     """softmax((q_nope k_nope^T + q_pe k_pe^T) * scale + mask) @ v, per head, by the
     Triton kernel (`zero_empty_rows`: a row whose scores are all -inf gives 0, as
@@ -166,6 +184,11 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
     a logit per head in every row's softmax denominator (attention sinks). Off by default: on the
     H200 the per-block branch cost more than it saved (1.3-2.6x the time of the plain
     masked loop; benchmarks/RESULTS.md, issue 16), so every block loads its mask tile.
+    `empty_row_fill` (needs causal and a key-only mask [.., 1, Sk]): the op's rule for
+    rows with no visible unmasked key (`reference.empty_rows_mask`): such rows attend
+    every key, those above the diagonal at this fill. Only the query tiles whose first
+    row is empty walk past the diagonal (`first_unmasked_keys`); block_skip is then
+    off (an all -inf mask block above the diagonal still holds fill scores).
     `gluon`: the warp-specialised Gluon program (gluon_prefill.py) where
     `gluon_prefill.applies` (True: required, else ValueError; False: never; None: by
     `gluon_prefill.DEFAULT_ON` when no config argument is given); a traced launch (a
@@ -204,6 +227,10 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
             raise ValueError(f"mla_prefill_attention: mask {tuple(mask.shape)} does not "
                              f"broadcast to [B, H, Sq, Sk] = {(B, H, Sq, Sk)}")
         mask_strides = mask.expand(B, H, Sq, Sk).stride()  # 0 over broadcast dims
+    pad_rows = empty_row_fill is not None
+    if pad_rows and (not causal or mask is None or (mask.dim() >= 2 and not known_true(mask.shape[-2] == 1))):
+        raise ValueError("mla_prefill_attention: empty_row_fill needs causal=True and a key-only "
+                         "mask (size 1 on the query axis)")
     if out is None:
         out = torch.empty(B, H, Sq, Dv, device=q_nope.device, dtype=q_nope.dtype)
     elif out.shape != (B, H, Sq, Dv) or out.dtype != q_nope.dtype:
@@ -244,27 +271,32 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
         kn_src = desc(k_nope, [1, 1, bn, bdn])
         kr_src = desc(k_pe, [1, bn, bdr])
         v_src = desc(v, [1, 1, bn, bdv])
-    skip = mask is not None and block_skip
+    skip = mask is not None and block_skip and not pad_rows
+    # per (b, h) of the mask: its first key not at the fill; rows before it are empty
+    fv = first_unmasked_keys(mask, empty_row_fill, Sk) if pad_rows else None
     # the mask's block table, on device, for the kernel's own tiles (mask_blocks)
     table = classify_blocks(mask, Sq, Sk, bm, bn) if skip else None
     grid = (triton.cdiv(Sq, bm), B * H)
     launch(
         _mla_prefill_fwd, grid, q_nope, q_pe, kn_src, kr_src, v_src, out, q_nope if mask is None else mask,
-        q_nope if table is None else table, q_nope if sinks is None else sinks,
+        q_nope if table is None else table, q_nope if sinks is None else sinks, q_nope if fv is None else fv,
         *q_nope.stride(), *q_pe.stride(), *k_nope.stride(), *k_pe.stride(),
         *v.stride(), *out.stride(), *mask_strides,
         *(block_strides(table) if skip else (0, 0, 0, 0)),
+        *((0 if fv.shape[0] == 1 else fv.stride(0), 0 if fv.shape[1] == 1 else fv.stride(1)) if pad_rows
+          else (0, 0)),
         # the mask path keeps its scores in the natural-log domain (see _attend)
         H, Sq, Sk, float(scale) * (_LOG2E if mask is None else 1.0),
+        float(empty_row_fill) if pad_rows else 0.0,
         DN=Dn, DR=Dr, DV=Dv, BDN=bdn, BDR=bdr, BDV=bdv,
         BLOCK_M=bm, BLOCK_N=bn, CAUSAL=bool(causal),
         MASK_D=(bdn, bdr, bdv) != (Dn, Dr, Dv), TMA=bool(tma), POS_SCALE=float(scale) >= 0,
         PREC="ieee" if q_nope.dtype == torch.float32 else "tf32",
         UPCAST=_interpreting() and q_nope.dtype == torch.bfloat16, MASK=mask is not None,
-        ZERO_EMPTY=bool(zero_empty_rows), SKIP=skip, ROPE=Dr > 0, SINK=sinks is not None,
+        ZERO_EMPTY=bool(zero_empty_rows), SKIP=skip, ROPE=Dr > 0, SINK=sinks is not None, PAD_ROWS=pad_rows,
         num_warps=nw, num_stages=ns,
     )
     return out
 
 
-__all__ = ["mla_prefill_attention", "mla_prefill_reference", "default_config"]
+__all__ = ["mla_prefill_attention", "mla_prefill_reference", "default_config", "first_unmasked_keys"]

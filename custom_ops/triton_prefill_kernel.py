@@ -8,7 +8,9 @@ the key blocks fully below the diagonal without masks, then the few that cross i
 the ragged end of Sk) with the causal and bounds masks; blocks above it are never
 visited. With an additive mask the softmax runs in the natural-log domain (`_attend`),
 and with a block table (mask_blocks) empty blocks are skipped and full ones run without
-loading the mask.
+loading the mask. With PAD_ROWS (the op's empty_row_fill, a key-only mask) a query
+tile whose first row has no visible unmasked key walks every key block, its empty
+rows scoring the keys above the diagonal at the fill.
 """
 from __future__ import annotations
 
@@ -31,11 +33,12 @@ if triton is not None:
     @triton.jit
     def _attend(acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, bk_src, b32, h32,
                 skn_n, skr_n, sv_n, smk_n, sbk_n, lo, hi, Sk, offs_m, offs_n, m_ok, dn_ok,
-                dr_ok, dv_ok, qk_scale, BDN: tl.constexpr, BDR: tl.constexpr,
+                dr_ok, dv_ok, qk_scale, row_empty, row_fill, BDN: tl.constexpr, BDR: tl.constexpr,
                 BDV: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                 CAUSAL: tl.constexpr, MASK_D: tl.constexpr, TMA: tl.constexpr,
                 POS_SCALE: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                MASK: tl.constexpr, SKIP: tl.constexpr, ROPE: tl.constexpr):
+                MASK: tl.constexpr, SKIP: tl.constexpr, ROPE: tl.constexpr,
+                PAD_ROWS: tl.constexpr):
         # key blocks [lo, hi): MASKED applies the causal and the j < Sk masks.
         # K tiles come transposed ([D, BLOCK_N]) to the dots. *_src are tensor
         # descriptors (TMA: out-of-range rows and columns read as zeros) or pointer
@@ -45,7 +48,9 @@ if triton is not None:
         # SKIP: bk_src points at this (b, h, query tile)'s row of the mask's block
         # table (mask_blocks): an EMPTY block (all -inf) is skipped, which leaves
         # acc, l_i, m_i exactly as visiting it would (p == 0, alpha == 1, or a state
-        # still all zero); a FULL block (all 0) runs without loading the mask
+        # still all zero); a FULL block (all 0) runs without loading the mask.
+        # PAD_ROWS: a row with row_empty set scores the keys above the diagonal at
+        # qk * scale + row_fill instead of -inf (the op's empty_row_fill rule)
         if MASKED and not TMA:
             kn_src += lo.to(tl.int64) * skn_n
             kr_src += lo.to(tl.int64) * skr_n
@@ -105,7 +110,11 @@ if triton is not None:
                         s = qk * qk_scale
                     if MASKED:
                         ok = n_ok[None, :]
-                        if CAUSAL:
+                        if CAUSAL and PAD_ROWS:
+                            above = cols[None, :] > offs_m[:, None]
+                            s = tl.where(above, qk * qk_scale + row_fill, s)
+                            ok = ok & (row_empty[:, None] | (cols[None, :] <= offs_m[:, None]))
+                        elif CAUSAL:
                             ok = ok & (cols[None, :] <= offs_m[:, None])
                         s = tl.where(ok, s, float("-inf"))
                     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -148,7 +157,7 @@ if triton is not None:
     # must stay a run-time value for its int64 product in _attend
     @triton.jit(do_not_specialize=["Sq", "Sk"])
     def _mla_prefill_fwd(
-        Qn, Qr, Kn, Kr, V, O, Mk, Bk, Sinks,
+        Qn, Qr, Kn, Kr, V, O, Mk, Bk, Sinks, Fv,
         sqn_b, sqn_h, sqn_m, sqn_d,
         sqr_b, sqr_h, sqr_m, sqr_d,
         skn_b, skn_h, skn_n, skn_d,
@@ -157,19 +166,21 @@ if triton is not None:
         so_b, so_h, so_m, so_d,
         smk_b, smk_h, smk_m, smk_n,
         sbk_b, sbk_h, sbk_m, sbk_n,
-        H, Sq, Sk, qk_scale,
+        sfv_b, sfv_h,
+        H, Sq, Sk, qk_scale, row_fill,
         DN: tl.constexpr, DR: tl.constexpr, DV: tl.constexpr,
         BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         CAUSAL: tl.constexpr, MASK_D: tl.constexpr, TMA: tl.constexpr,
         POS_SCALE: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
         MASK: tl.constexpr, ZERO_EMPTY: tl.constexpr, SKIP: tl.constexpr,
-        ROPE: tl.constexpr, SINK: tl.constexpr,
+        ROPE: tl.constexpr, SINK: tl.constexpr, PAD_ROWS: tl.constexpr,
     ):
         # heavy (late) query blocks first: the causal triangle then ends in small blocks
         # a float argument may arrive as fp64 (Inductor's launcher types Python floats so):
         # the softmax runs in fp32 whoever launches
         qk_scale = tl.cast(qk_scale, tl.float32)
+        row_fill = tl.cast(row_fill, tl.float32)
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
         pid_bh = tl.program_id(1)
         b32 = pid_bh // H
@@ -226,19 +237,30 @@ if triton is not None:
             # keys < full_end are visible to every row of the block and inside Sk
             hi = tl.minimum(start_m + BLOCK_M, Sk)
             full_end = (tl.minimum(start_m + 1, Sk) // BLOCK_N) * BLOCK_N
+            if PAD_ROWS:
+                # Fv: this (b, h)'s first key whose mask is not the fill (Sk if none).
+                # Row i is empty iff i < fv (a key-only mask), so the rows of a tile
+                # are empty up to some row: a tile whose FIRST row is empty walks
+                # every key (its masked stage reaches Sk), any other tile is causal
+                fv = tl.load(Fv + b * sfv_b + h * sfv_h)
+                row_empty = offs_m < fv
+                hi = tl.where(fv > start_m, Sk, hi)
+            else:
+                row_empty = offs_m < 0
         else:
+            row_empty = offs_m < 0
             hi = Sk
             full_end = (Sk // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attend(
             acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, bk_src, b32, h32,
             skn_n, skr_n, sv_n, smk_n, sbk_n, 0, full_end, Sk, offs_m, offs_n, m_ok,
-            dn_ok, dr_ok, dv_ok, qk_scale, BDN, BDR, BDV, BLOCK_N,
-            False, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK, SKIP, ROPE)
+            dn_ok, dr_ok, dv_ok, qk_scale, row_empty, row_fill, BDN, BDR, BDV, BLOCK_N,
+            False, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK, SKIP, ROPE, PAD_ROWS)
         acc, l_i, m_i = _attend(
             acc, l_i, m_i, qn, qr, kn_src, kr_src, v_src, mk_src, bk_src, b32, h32,
             skn_n, skr_n, sv_n, smk_n, sbk_n, full_end, hi, Sk, offs_m, offs_n, m_ok,
-            dn_ok, dr_ok, dv_ok, qk_scale, BDN, BDR, BDV, BLOCK_N,
-            True, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK, SKIP, ROPE)
+            dn_ok, dr_ok, dv_ok, qk_scale, row_empty, row_fill, BDN, BDR, BDV, BLOCK_N,
+            True, CAUSAL, MASK_D, TMA, POS_SCALE, PREC, UPCAST, MASK, SKIP, ROPE, PAD_ROWS)
 
         if ZERO_EMPTY:  # SDPA's safe softmax: a row with no visible key (all -inf) is 0
             out = tl.where(l_i[:, None] > 0, acc / l_i[:, None], 0.0)

@@ -154,9 +154,11 @@ def emit_attention(graph: fx.Graph, call: AttentionCall, p, op, operands, option
                 f"attention output is {out_dtype}, operands {dtype}")
         mask = arrange_mask(graph, call, p)
         sinks = arrange_sinks(graph, call, p)
-        try:  # sinks only when there are (graphs without them print as before)
-            out = _call(graph, op, (*args, *options, mask, call.zero_empty_rows, *tail,
-                                    *([sinks] if sinks is not None else [])))
+        # sinks and empty_row_fill only when there are (graphs without print as before)
+        extra = [sinks] if sinks is not None or call.empty_row_fill is not None else []
+        extra += [call.empty_row_fill] if call.empty_row_fill is not None else []
+        try:
+            out = _call(graph, op, (*args, *options, mask, call.zero_empty_rows, *tail, *extra))
         except ValueError as e:  # the op's own checks: shapes that do not agree
             raise NoMatch(str(e)) from None
         result = arrange_result(graph, out, call, p)

@@ -70,6 +70,12 @@ def replace(graph: fx.Graph, call: AttentionCall, p: MlaPieces, kernel: str) -> 
     return form
 
 
+def _mask_notes(call: AttentionCall) -> str:
+    notes = ["key padding, finite fill: empty rows attend all keys"] * (call.empty_row_fill is not None)
+    notes += ["safe softmax"] * call.zero_empty_rows
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def _describe(call: AttentionCall, p: MlaPieces, form: str, mask_proof: str | None = None) -> dict:
     s = {k: _plain(v) for k, v in p.sizes.items()}
     qk = s["Dn"] + s["Dr"] if all(isinstance(s[k], int) for k in ("Dn", "Dr")) else None
@@ -81,7 +87,7 @@ def _describe(call: AttentionCall, p: MlaPieces, form: str, mask_proof: str | No
         "scale": round(call.scale, 8),
         "scale_from": " * ".join(f"{where} {c:.6g}" for where, c in call.scale_factors) or "none",
         "scale_decomposition": f"({s['Dn']}+{s['Dr']})^-0.5 * {rest:.6g}" if rest else "dynamic",
-        "mask": mask + (" (safe softmax)" if call.zero_empty_rows else ""),
+        "mask": mask + _mask_notes(call),
         **({"sinks": "per head"} if call.sinks is not None else {}),
         **({"mask_proof": mask_proof} if mask_proof else {}),
     }

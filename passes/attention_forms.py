@@ -55,6 +55,7 @@ class AttentionCall:
     out_order: Optional[tuple] = None  # roles (L..., q, v) in the order `output` flattens them
     sinks: Optional[Operand] = None  # a sink logit column, roles (L..., q): in the denominator only
     roles: Optional[tuple] = None  # the scores' axis of each role (None: in order), e.g. [B, S, H, T]
+    empty_row_fill: Optional[float] = None  # the op's rule for rows with no unmasked key (causal_mask.py)
 
 
 class NotAttention(NoMatch):

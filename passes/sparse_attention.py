@@ -37,7 +37,8 @@ import torch.fx as fx
 from ..compat import known_equal, statically_known_true
 from .arrange import arrange, emit_attention
 from .attention_forms import AttentionCall
-from .causal_mask import FINITE_FILL_MAX, NotProven, _scalar, analyse
+from .causal_mask import FINITE_FILL_MAX, NotProven, analyse
+from .mask_terms import scalar as _scalar
 from .graph_edit import call_with_meta as _call
 from .match_utils import NoMatch, aten, is_op, prims, require, val
 from .mla_pieces import MlaPieces
@@ -155,7 +156,8 @@ def _finite_fill_proof(dsa_base: fx.Node, idx: fx.Node, sizes) -> str:
         causal = analyse(dsa_base, sizes)
     except (NotProven, NoMatch) as why:
         raise NoMatch(f"finite fill, and the base mask is not proven to leave every row a key ({why})") from None
-    require(not causal.keys, "finite fill with key padding: a padded row's eager softmax is uniform over all keys")
+    require(not causal.keys, "finite fill, and the base mask is not proven to leave every row a key (key "
+                             "padding: a padded row's eager softmax is over all keys)")
     return "top-k of scores + causal base: every row keeps a visible chosen key"
 
 

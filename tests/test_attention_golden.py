@@ -78,6 +78,16 @@ def absorbed_latent(q_nope, q_pe, c_kv, k_pe, w_kv_b, mask):
     return torch.einsum("bshc,hdc->bshd", out, w[:, -DV:]).reshape(B, S, H * DV)
 
 
+def hf_eager_left_padded(q_nope, q_pe, c_kv, k_pe, w_kv_b, mask):
+    """hf_eager under transformers' eager mask built in the graph (5.17): where(k <= q &
+    key padding, 0, finfo.min), key 0 padded, so query row 0 sees no unmasked key:
+    causal + the key vector + empty_row_fill."""
+    i = torch.arange(S)
+    keep = (mask[0, 0, -1] == 0) & (i >= 1)
+    cond = (i[None, :] <= i[:, None])[None, None] & keep[None, None, None, :]
+    return hf_eager(q_nope, q_pe, c_kv, k_pe, w_kv_b, torch.where(cond, 0.0, torch.finfo(torch.float32).min))
+
+
 class TestAttentionGolden(expecttest.TestCase):
     def setUp(self):
         super().setUp()
@@ -116,6 +126,41 @@ class TestAttentionGolden(expecttest.TestCase):
 %15 : f32[1, 4, 2, 4] = aten.clone.default(%14, memory_format=torch.contiguous_format)
 %16 : f32[1, 4, 8] = aten.view.default(%15, [1, 4, 8])
 return (%16)
+""")
+
+    def test_hf_eager_left_padded(self):
+        self.assertExpectedInline(self.final_graph(hf_eager_left_padded), """\
+%0 : f32[1, 1, 4, 4] = input
+%1 : f32[1, 4, 2, 4] = input
+%2 : f32[1, 4, 2, 2] = input
+%3 : f32[16, 6] = input
+%4 : f32[1, 4, 6] = input
+%5 : f32[1, 4, 2] = input
+%6 : i64[4] = prims.iota.default(4, start=0, step=1, dtype=i64, device=cpu, requires_grad=False)
+%7 : f32[1, 4, 4] = aten.select.int(%0, 0, 0)
+%8 : f32[4, 4] = aten.select.int(%7, 0, 0)
+%9 : f32[4] = aten.select.int(%8, 0, -1)
+%10 : b8[4] = aten.eq.Scalar(%9, 0)
+%11 : b8[4] = aten.ge.Scalar(%6, 1)
+%12 : b8[4] = aten.bitwise_and.Tensor(%10, %11)
+%13 : b8[1, 4] = aten.unsqueeze.default(%12, 0)
+%14 : b8[1, 1, 4] = aten.unsqueeze.default(%13, 1)
+%15 : b8[1, 1, 1, 4] = aten.unsqueeze.default(%14, 2)
+%16 : f32[] = aten.scalar_tensor.default(-3.40282e+38, dtype=f32, layout=torch.strided, device=cpu)
+%17 : f32[] = aten.scalar_tensor.default(0, dtype=f32, layout=torch.strided, device=cpu)
+%18 : f32[1, 2, 4, 4] = aten.permute.default(%1, [0, 2, 1, 3])
+%19 : f32[1, 2, 4, 2] = aten.permute.default(%2, [0, 2, 1, 3])
+%20 : f32[1, 1, 1, 4] = aten.where.self(%15, %17, %16)
+%21 : f32[2, 8, 6] = aten.view.default(%3, [2, 8, 6])
+%22 : f32[2, 4, 6] = aten.slice.Tensor(%21, 1, 0, 4)
+%23 : f32[2, 4, 6] = aten.slice.Tensor(%21, 1, 4, 8)
+%24 : f32[1, 2, 4, 4] = mla.prefill_attention.default(%18, %19, %4, %5, %22, %23, 0.408248, True, 'decompressed', 'auto', %20, False, None, -3.40282e+38)
+%25 : f32[2, 4, 4] = aten.reshape.default(%24, [2, 4, 4])
+%26 : f32[1, 2, 4, 4] = aten.view.default(%25, [1, 2, 4, 4])
+%27 : f32[1, 4, 2, 4] = aten.permute.default(%26, [0, 2, 1, 3])
+%28 : f32[1, 4, 2, 4] = aten.clone.default(%27, memory_format=torch.contiguous_format)
+%29 : f32[1, 4, 8] = aten.view.default(%28, [1, 4, 8])
+return (%29)
 """)
 
     def test_sdpa_padded_v(self):

@@ -1,7 +1,9 @@
 """A mask whose construction in the graph proves it causal (passes/causal_mask.py)
-becomes the op's causal=True (plus an additive key-padding mask), with logits equal to
-eager; look-alikes (k < q, a sliding window, an offset diagonal, k >= q, a finite fill
-with key padding, packed sequences read from an input) keep their mask."""
+becomes the op's causal=True (plus an additive key-padding mask; under a finite fill
+also the op's empty_row_fill, so left-pad rows attend all keys as in eager), with
+logits equal to eager; look-alikes (k < q, a sliding window, an offset diagonal,
+k >= q, a padding term along the queries, a fill above fp16's finfo.min, packed
+sequences read from an input) keep their mask."""
 import pytest
 import torch
 
@@ -80,19 +82,26 @@ def test_rules(rule, fill):
         assert p["mask"] == "additive" and p["mask_proof"].startswith("not causal"), p
 
 
-@pytest.mark.parametrize("fill", [float("-inf"), FMIN], ids=["ninf", "finfo_min"])
+EMPTY_ROWS = "additive+causal (key padding, finite fill: empty rows attend all keys"
+
+
+@pytest.mark.parametrize("fill", [float("-inf"), FMIN, -65504.0], ids=["ninf", "finfo_min", "fp16_min"])
 def test_key_padding(fill):
     # left padding through SDPA (safe softmax: the pad rows, with no visible key, are 0
-    # in eager and compiled alike); -inf: causal + key padding; finfo.min: left alone,
-    # because eager gives those rows a uniform softmax over ALL keys
+    # in eager and compiled alike under -inf); -inf: causal + key padding; a finite fill
+    # (finfo.min, SDPA's CUDA -65504): also empty_row_fill, because eager gives those
+    # rows a softmax over ALL keys
     x, pos, keep = inputs(padded=True)
     p = compile_and_compare(BuiltMask(RULES["causal"][0], fill, attn="sdpa"), x, pos, keep)
+    assert "key padding" in p["mask_proof"], p
     if fill == float("-inf"):
         assert p["mask"] == "additive+causal (safe softmax)", p
-        assert "key padding" in p["mask_proof"], p
     else:
-        assert p["mask"] == "additive (safe softmax)", p
-        assert p["mask_proof"].startswith("not causal: key padding with a finite fill"), p
+        assert p["mask"] == EMPTY_ROWS + ", safe softmax)", p
+        assert p["mask_proof"] == (
+            f"causal (k <= q from iota comparisons); finite fill {fill:g}: exact while |scores| < "
+            f"{(-fill - 104) / 2:g} + key padding (1 key-only term(s), additive, "
+            f"fill {fill:g}; rows with no visible unmasked key attend all keys, as eager)"), p
 
 
 def test_inverted_mask_with_key_padding():
@@ -110,10 +119,41 @@ def test_sdpa_cuda_fill_is_causal_with_its_bound():
     assert "finite fill -65504: exact while |scores| < 32700" in p["mask_proof"], p
 
 
-def test_eager_finfo_min_key_padding_left_alone():
-    x, pos, keep = inputs(padded=True)
+@pytest.mark.parametrize("pad", ["left", "holes", "all"])
+def test_eager_finfo_min_key_padding(pad):
+    # eager's finfo.min: the left-pad rows (a whole sequence padded, or rows before the
+    # first kept key) are eager's softmax over every key, the rest causal
+    x, pos, keep = inputs()
+    if pad == "left":
+        keep[0, :3], keep[1, :17] = False, False  # rows 0..16 of batch 1: a tile and more
+    elif pad == "holes":
+        keep[0, 2:6], keep[1, ::3] = False, False
+    else:
+        keep[1] = False
     p = compile_and_compare(BuiltMask(RULES["causal"][0], FMIN), x, pos, keep)
-    assert p["mask"] == "additive" and p["mask_proof"].startswith("not causal"), p
+    assert p["mask"] == EMPTY_ROWS + ")", p
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("query_padding", ("not causal: condition term ", " is not an index comparison or key-only")),
+    ("small_fill", ("not causal: mask is where(condition, 0.0, -10000.0), not (0, -inf or finfo.min)", "")),
+])
+def test_key_padding_look_alikes_left_alone(case, reason):
+    # a padding term along the queries is not constant along them (no key-only
+    # term); a fill above fp16's finfo.min does not mask like -inf: both keep the mask
+    x, pos, keep = inputs(padded=True)
+
+    class QueryPadding(BuiltMask):
+        def forward(self, x, pos, key_keep):
+            i = torch.arange(x.shape[1])
+            cond = (i[None, :] <= i[:, None])[None, None] & key_keep[:, None, :, None]
+            return self.mla(x, pos, torch.where(cond, torch.tensor(0.0), torch.tensor(self.fill)))
+
+    model = QueryPadding(RULES["causal"][0], FMIN) if case == "query_padding" else \
+        BuiltMask(RULES["causal"][0], -1e4)
+    p = compile_and_compare(model, x, pos, keep)
+    assert p["mask"] == "additive" and p["mask_proof"].startswith(reason[0]), p
+    assert p["mask_proof"].endswith(reason[1]), p
 
 
 def test_packed_sequences_from_an_input_are_not_causal():
@@ -155,7 +195,11 @@ IDX = {  # name -> (mask builder over (keep [2, S] bool), proven, key terms)
     "pad_ninf": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
                                      & keep[:, None, None, :], float("-inf")), True, 1),
     "pad_fmin": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
-                                     & keep[:, None, None, :], FMIN), False, 0),
+                                     & keep[:, None, None, :], FMIN), True, 1),
+    "pad_small_fill": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
+                                           & keep[:, None, None, :], -1e4), False, 0),
+    "query_term_fmin": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
+                                            & keep[:, None, :, None], FMIN), False, 0),
     "lt": (lambda keep: _where((torch.arange(S)[None] < torch.arange(S)[:, None])[None], FMIN), False, 0),
     "plus_one": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None] + 1)[None], FMIN), False, 0),
     "anti": (lambda keep: _where((torch.arange(S)[None] >= torch.arange(S)[:, None])[None], FMIN), False, 0),
@@ -182,7 +226,7 @@ IDX = {  # name -> (mask builder over (keep [2, S] bool), proven, key terms)
                                                torch.tensor(0.0, dtype=torch.bfloat16),
                                                torch.tensor(-65504.0, dtype=torch.bfloat16)), True, 0),
     "fp16_min_pad": (lambda keep: _where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None, None]
-                                         & keep[:, None, None, :], -65504.0), False, 0),
+                                         & keep[:, None, None, :], -65504.0), True, 1),
     "nonzero_keep": (lambda keep: torch.where((torch.arange(S)[None] <= torch.arange(S)[:, None])[None],
                                               torch.tensor(1.0), torch.tensor(FMIN)), False, 0),
 }

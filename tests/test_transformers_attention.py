@@ -68,7 +68,8 @@ def test_padding_mask_and_yarn_mscale(impl):
     (5.17: iota comparisons; >= 5.18: positions compared through an in-graph position
     table; packed-sequence ids from the positions, key padding) is causal where exact,
     and the logits equal at every position, the pad rows included (19 tokens, 6 padded,
-    as there; YaRN changes the RoPE tables only, not the mask)."""
+    as there; YaRN changes the RoPE tables only, not the mask); with eager's finite
+    fill the six left-pad rows attend every key (the op's empty_row_fill)."""
     model = build("v3", impl, rope_scaling=YARN)
     ids = torch.randint(0, 128, (2, 19), generator=torch.Generator().manual_seed(4))
     mask = torch.ones(2, 19, dtype=torch.long)
@@ -80,10 +81,12 @@ def test_padding_mask_and_yarn_mscale(impl):
     for p in attention(report):
         assert math.isclose(p["scale"], QK ** -0.5 * mscale ** 2, rel_tol=1e-6), p
         assert p["scale_decomposition"] == f"(16+8)^-0.5 * {mscale ** 2:.6g}"
-        assert p["mask"].startswith("additive")
-        # eager's finite fill with key padding is not provably causal; sdpa's mask is
-        assert p["mask"] == {"eager": "additive", "sdpa": "additive+causal (safe softmax)"}[impl], p
-        assert p["mask_proof"].startswith({"eager": "not causal", "sdpa": "causal"}[impl]), p
+        # both causal + key padding: sdpa's (CPU) -inf fill as it is; eager's finfo.min
+        # with the op's rule for the left-pad rows (eager's softmax over every key)
+        assert p["mask"] == {"eager": "additive+causal (key padding, finite fill: empty rows attend all keys)",
+                             "sdpa": "additive+causal (safe softmax)"}[impl], p
+        assert p["mask_proof"].startswith("causal"), p
+        assert ("rows with no visible unmasked key attend all keys" in p["mask_proof"]) == (impl == "eager"), p
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
