@@ -199,8 +199,11 @@ def test_launcher_traces_on_fake_tensors(monkeypatch):
     not run) it returns a fake output, one launch with one split, two with partials."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
+    from mla_compile.custom_ops import decode_combine
+
     calls = []
-    monkeypatch.setattr(triton_decode_wide, "launch", lambda kernel, grid, *a, **k: calls.append((kernel, grid)))
+    for module in (triton_decode_wide, decode_combine):
+        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, **k: calls.append((kernel, grid)))
     with FakeTensorMode():
         B, H, L = 2, 128, 4096
         q = torch.empty(B, H, 1, 576, dtype=torch.bfloat16)
@@ -243,8 +246,11 @@ def test_gluon_route_traces_to_one_op_call(monkeypatch, gen):
     want = latent_attention_reference(q_lat, q_pe, c, kr, 0.3, False, mask)
     torch.testing.assert_close(gm(q_lat, q_pe, c, kr, mask), want, rtol=1e-4, atol=1e-4)
 
+    from mla_compile.custom_ops import decode_combine
+
     launched = []
-    monkeypatch.setattr(triton_decode_wide, "launch", lambda kernel, grid, *a, **k: launched.append(kernel))
+    for module in (triton_decode_wide, decode_combine):
+        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, **k: launched.append(kernel))
     with FakeTensorMode() as mode, torch._inductor.config.patch({"triton.cudagraphs": False}):
         out = run(*(mode.from_tensor(t) for t in (q_lat, q_pe, c, kr, mask)))
     assert out.shape == want.shape and triton_decode_wide._wide_split in launched, launched
