@@ -125,7 +125,7 @@ if gluon is not None:
         if BALANCED:
             direct = n_items == 1
         else:
-            direct = DIRECT
+            direct: gl.constexpr = DIRECT  # static: the old schedule compiles one store
         if direct:  # one split: the final output, in out's dtype
             if ZERO_EMPTY:
                 inv = gl.where(l_a > 0, inv, 0.0)

@@ -187,7 +187,7 @@ if triton is not None:
         if BALANCED:  # a request's only item writes out; the others partials
             direct = n_items == 1
         else:
-            direct = DIRECT
+            direct: tl.constexpr = DIRECT  # static: the old schedule compiles one store
         if direct:  # one split: the final output, in out's dtype
             if ZERO_EMPTY:
                 inv = tl.where(l_i > 0, inv, 0.0)
