@@ -27,7 +27,8 @@ batch it beat request order by up to 1.5x on a greedy-dispatch simulation).
 A request with one item writes `out` directly; the others write fp32 partials at row
 ((item * H + h) * Sq + q), merged in item order by the combine. Only a request's first
 item (lo == 0) starts from the sink. `work_item` / `gluon_work_item` read the table
-(or, in the old schedule, the program ids) for every program: one helper per dialect.
+(or, in the old schedule, the program ids) for every program, and `partial_slot` /
+`gluon_partial_slot` where its output goes: one pair of helpers per dialect.
 """
 from __future__ import annotations
 
@@ -188,21 +189,29 @@ if triton is not None:
 
     @triton.jit
     def work_item(SCHED, SEQ, Sk, keys_per_split, PAGED: tl.constexpr, BALANCED: tl.constexpr):
-        """This program's work -> (b, lo, hi, first, pb, pn, ps, n): request b (-1: none),
-        its keys [lo, hi), whether it is b's first (the sink's), the partial row
-        ((pb * H + h) * Sq + q) * pn + ps, and b's item count (balanced only)."""
+        """This program's work -> (b, lo, hi, slot): request b (-1: none) and its keys
+        [lo, hi) (lo == 0: b's first, the sink's), slot = the item (balanced) or split."""
         if BALANCED:  # grid (groups, items): the table's item
             item = tl.program_id(1)
             e = SCHED + _HEADER + _ITEM * item
-            lo = tl.load(e + 1)
-            return tl.load(e).to(tl.int64), lo, tl.load(e + 2), lo == 0, item.to(tl.int64), 1, 0, tl.load(e + 3)
+            return tl.load(e).to(tl.int64), tl.load(e + 1), tl.load(e + 2), item
         else:  # grid (groups, splits, B): split of request b, keys_per_split each
             split = tl.program_id(1)
             b = tl.program_id(2).to(tl.int64)
             if PAGED:  # ragged: each sequence its own length
                 Sk = tl.load(SEQ + b)
             lo = split * keys_per_split
-            return b, lo, tl.minimum(lo + keys_per_split, Sk), split == 0, b, tl.num_programs(1), split, 0
+            return b, lo, tl.minimum(lo + keys_per_split, Sk), split
+
+    @triton.jit
+    def partial_slot(SCHED, b, slot, BALANCED: tl.constexpr):
+        """Where a program's output goes, read at the store (nothing stays live in the
+        loop) -> (pb, pn, ps, n): its partial row ((pb * H + h) * Sq + q) * pn + ps, and
+        (balanced) its request's item count (1: the program writes out directly)."""
+        if BALANCED:
+            return slot.to(tl.int64), 1, 0, tl.load(SCHED + _HEADER + _ITEM * slot + 3)
+        else:
+            return b, tl.num_programs(1), slot, 0
 
 if gluon is not None:
 
@@ -212,15 +221,22 @@ if gluon is not None:
         if BALANCED:
             item = gl.program_id(1)
             e = SCHED + _HEADER + _ITEM * item
-            lo = gl.load(e + 1)
-            return gl.load(e).to(gl.int64), lo, gl.load(e + 2), lo == 0, item.to(gl.int64), 1, 0, gl.load(e + 3)
+            return gl.load(e).to(gl.int64), gl.load(e + 1), gl.load(e + 2), item
         else:
             split = gl.program_id(1)
             b = gl.program_id(2).to(gl.int64)
             if PAGED:
                 Sk = gl.load(SEQ + b)
             lo = split * keys_per_split
-            return b, lo, gl.minimum(lo + keys_per_split, Sk), split == 0, b, gl.num_programs(1), split, 0
+            return b, lo, gl.minimum(lo + keys_per_split, Sk), split
+
+    @gluon.jit
+    def gluon_partial_slot(SCHED, b, slot, BALANCED: gl.constexpr):
+        """`partial_slot` for the Gluon programs."""
+        if BALANCED:
+            return slot.to(gl.int64), 1, 0, gl.load(SCHED + _HEADER + _ITEM * slot + 3)
+        else:
+            return b, gl.num_programs(1), slot, 0
 
 
 def balanced_schedule(seq_lens: torch.Tensor, batch, groups: int, slots: int, block_n: int,
@@ -236,4 +252,4 @@ def balanced_schedule(seq_lens: torch.Tensor, batch, groups: int, slots: int, bl
 
 
 __all__ = ["balanced_schedule", "item_slots", "model_cost", "reference_schedule", "work_item",
-           "gluon_work_item", "HEADER_INTS", "ITEM_INTS", "FINE", "OVERHEAD_TILES", "SIZE_CLASSES"]
+           "partial_slot", "gluon_work_item", "gluon_partial_slot", "HEADER_INTS", "ITEM_INTS", "FINE", "OVERHEAD_TILES", "SIZE_CLASSES"]

@@ -21,7 +21,7 @@ import torch
 
 from ..compat import GLUON_CTA_BARRIER as cta_barrier
 from .checks import known_true
-from .decode_schedule import gluon_work_item
+from .decode_schedule import gluon_partial_slot, gluon_work_item
 from .launch import is_traced
 
 try:
@@ -107,12 +107,12 @@ if gluon is not None:
         return q_lat, q_pe
 
     @gluon.jit
-    def _write_out(acc, m_i, l_i, O, OP, ST, b, pid, pb, pn, ps, n_items, H, Sq, so_b, so_h, so_q, so_r,
+    def _write_out(acc, m_i, l_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
                    R: gl.constexpr, AL: gl.constexpr, SL: gl.constexpr,
                    DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr, BALANCED: gl.constexpr):
         """acc / l: the output (one split, or a request's only item) or the normalised
-        partial with its max and sum at row ((pb * H + h) * Sq + q) * pn + ps
-        (`_wide_split`'s layout, merged by its combine)."""
+        partial with its max and sum where `gluon_partial_slot` says (`_wide_split`'s
+        layout, merged by its combine)."""
         rows = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, SL))
         row_ok = rows < Sq * H
         qi = rows // H
@@ -122,6 +122,7 @@ if gluon is not None:
         ra_ok = ra < Sq * H
         l_a = gl.convert_layout(l_i, gl.SliceLayout(1, AL))
         inv = 1.0 / gl.where(l_a > 0, l_a, 1.0)
+        pb, pn, ps, n_items = gluon_partial_slot(SCHED, b, slot, BALANCED)
         if BALANCED:
             direct = n_items == 1
         else:
@@ -161,7 +162,7 @@ if gluon is not None:
         dt: gl.constexpr = QL.dtype.element_ty
         scale = gl.cast(scale, gl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         pid = gl.program_id(0)
-        b, lo, hi_key, first, pb, pn, ps, n_items = gluon_work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
+        b, lo, hi_key, slot = gluon_work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
         if BALANCED:
             if b < 0:  # an unused item
                 return
@@ -182,8 +183,8 @@ if gluon is not None:
         l_i = gl.zeros([64], gl.float32, layout=gl.SliceLayout(1, SL))
         if SINK:  # a request's first split starts from the head's sink logit (a key with no value)
             sink = gl.load(SINKS + hi, mask=row_ok, other=0.0).to(gl.float32)
-            m_i = gl.where(first, sink, m_i)
-            l_i = gl.where(first, 1.0, l_i)
+            m_i = gl.where(lo == 0, sink, m_i)
+            l_i = gl.where(lo == 0, 1.0, l_i)
         acc = gl.zeros([64, R], gl.float32, layout=AL)
         n_tiles = gl.cdiv(hi_key - lo, 64)
         _issue_tile(C, KR, TABLE, c_smem.index(0), kr_smem.index(0), b, lo, hi_key, st_b, sc_b, sc_t, sc_r,
@@ -230,7 +231,7 @@ if gluon is not None:
             cta_barrier()  # both warpgroups are done with this stage and p_smem
         async_copy.wait_group(0)
 
-        _write_out(acc, m_i, l_i, O, OP, ST, b, pid, pb, pn, ps, n_items, H, Sq, so_b, so_h, so_q, so_r,
+        _write_out(acc, m_i, l_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
                    R, AL, SL, DIRECT, ZERO_EMPTY, BALANCED)
 
 __all__ = ["applies", "gluon_split", "ROWS", "KEYS", "WARPS"]

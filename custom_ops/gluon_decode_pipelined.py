@@ -104,7 +104,7 @@ if gluon is not None:
         dt: gl.constexpr = QL.dtype.element_ty
         scale = gl.cast(scale, gl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         pid = gl.program_id(0)
-        b, lo, hi_key, first, pb, pn, ps, n_items = gluon_work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
+        b, lo, hi_key, slot = gluon_work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
         if BALANCED:
             if b < 0:  # an unused item
                 return
@@ -124,9 +124,9 @@ if gluon is not None:
         l_k = gl.zeros([64, 64], gl.float32, layout=SL)  # running sums per key column
         if SINK:  # a request's first split starts from the head's sink logit (a key with no value)
             sink = gl.load(SINKS + hi, mask=row_ok, other=0.0).to(gl.float32)
-            m_i = gl.where(first, sink, m_i)
+            m_i = gl.where(lo == 0, sink, m_i)
             c0 = gl.arange(0, 64, layout=gl.SliceLayout(0, SL))
-            l_k = gl.where(first & (c0 == 0)[None, :], 1.0, l_k)
+            l_k = gl.where((lo == 0) & (c0 == 0)[None, :], 1.0, l_k)
         acc = gl.zeros([64, R], gl.float32, layout=AL)
         n_tiles = gl.cdiv(hi_key - lo, 64)
 
@@ -177,7 +177,7 @@ if gluon is not None:
         async_copy.wait_group(0)  # no copy outlives the program
 
         l_i = gl.sum(l_k, 1)
-        _write_out(acc, m_i, l_i, O, OP, ST, b, pid, pb, pn, ps, n_items, H, Sq, so_b, so_h, so_q, so_r,
+        _write_out(acc, m_i, l_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
                    R, AL, SL, DIRECT, ZERO_EMPTY, BALANCED)
 
 __all__ = ["gluon_split_pipelined"]

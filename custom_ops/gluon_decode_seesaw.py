@@ -113,7 +113,7 @@ if gluon is not None:
         async_copy, fence_async_shared, mbarrier, warpgroup_mma, warpgroup_mma_wait)
 
     from ..compat import GLUON_CTA_BARRIER as cta_barrier
-    from .decode_schedule import gluon_work_item
+    from .decode_schedule import gluon_partial_slot, gluon_work_item
 
     WORKER_REGS = gl.constexpr(256)  # setmaxnreg of the worker partition (warpgroup 1)
     # mbarriers (each completes once per key-tile pair, so pair i waits phase i & 1)
@@ -215,7 +215,7 @@ if gluon is not None:
         fence_async_shared()
 
     @gluon.jit
-    def _store_out(acc, l_i, m_i, O, OP, ST, b, pid, pb, pn, ps, n_items, H, Sq, so_b, so_h, so_q, so_r,
+    def _store_out(acc, l_i, m_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
                    COL0: gl.constexpr, WRITE_STATS: gl.constexpr, SL: gl.constexpr, AL: gl.constexpr,
                    R: gl.constexpr, DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr, BALANCED: gl.constexpr):
         """gluon_split's epilogue for output columns [COL0, COL0 + R/2)."""
@@ -224,6 +224,7 @@ if gluon is not None:
         ra_ok = ra < Sq * H
         l_a = gl.convert_layout(l_i, gl.SliceLayout(1, AL))
         inv = 1.0 / gl.where(l_a > 0, l_a, 1.0)
+        pb, pn, ps, n_items = gluon_partial_slot(SCHED, b, slot, BALANCED)
         if BALANCED:
             direct = n_items == 1
         else:
@@ -249,9 +250,9 @@ if gluon is not None:
 
     @gluon.jit
     def _wg0(q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,
-             C, KR, MK, O, OP, ST, TABLE, SINKS, sc_b, sc_t, skr_b, skr_t,
+             C, KR, MK, O, OP, ST, TABLE, SINKS, SCHED, sc_b, sc_t, skr_b, skr_t,
              smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
-             H, Sq, lo, hi_key, n_tiles, scale, pid, first, pb, pn, ps, n_items, b,
+             H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b,
              R: gl.constexpr, DR: gl.constexpr, CAUSAL: gl.constexpr, MASK: gl.constexpr,
              DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr, PAGED: gl.constexpr, PAGE: gl.constexpr,
              SINK: gl.constexpr, BALANCED: gl.constexpr):
@@ -265,8 +266,8 @@ if gluon is not None:
         l_i = gl.zeros([64], gl.float32, layout=gl.SliceLayout(1, SL))
         if SINK:  # a request's first split starts from the head's sink logit (a key with no value)
             sink = gl.load(SINKS + rows % H, mask=rows < Sq * H, other=0.0).to(gl.float32)
-            m_i = gl.where(first != 0, sink, m_i)
-            l_i = gl.where(first != 0, 1.0, l_i)
+            m_i = gl.where(lo == 0, sink, m_i)
+            l_i = gl.where(lo == 0, 1.0, l_i)
         acc = gl.zeros([64, HALF], gl.float32, layout=AL)
         n_pairs = (n_tiles + 1) // 2
         for i in range(n_pairs):
@@ -316,14 +317,14 @@ if gluon is not None:
         _signal(bars, L0_READY)
         mbarrier.wait(bars.index(L1_READY), 0)
         l_i = l_i + xch.slice(XL1 * 64, 64).load(gl.SliceLayout(1, SL))
-        _store_out(acc, l_i, m_i, O, OP, ST, b, pid, pb, pn, ps, n_items, H, Sq, so_b, so_h, so_q, so_r,
+        _store_out(acc, l_i, m_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
                    0, True, SL, AL, R, DIRECT, ZERO_EMPTY, BALANCED)
 
     @gluon.jit
     def _wg1(q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,
-             C, KR, MK, O, OP, ST, TABLE, SINKS, sc_b, sc_t, skr_b, skr_t,
+             C, KR, MK, O, OP, ST, TABLE, SINKS, SCHED, sc_b, sc_t, skr_b, skr_t,
              smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
-             H, Sq, lo, hi_key, n_tiles, scale, pid, first, pb, pn, ps, n_items, b,
+             H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b,
              R: gl.constexpr, DR: gl.constexpr, CAUSAL: gl.constexpr, MASK: gl.constexpr,
              DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr, PAGED: gl.constexpr, PAGE: gl.constexpr,
              SINK: gl.constexpr, BALANCED: gl.constexpr):
@@ -387,7 +388,7 @@ if gluon is not None:
         _signal(bars, L1_READY)
         mbarrier.wait(bars.index(L0_READY), 0)
         l_i = l_i + xch.slice(XL0 * 64, 64).load(gl.SliceLayout(1, SL))
-        _store_out(acc, l_i, l_i, O, OP, ST, b, pid, pb, pn, ps, n_items, H, Sq, so_b, so_h, so_q, so_r,
+        _store_out(acc, l_i, l_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
                    HALF, False, SL, AL, R, DIRECT, ZERO_EMPTY, BALANCED)
 
     @gluon.jit
@@ -409,11 +410,10 @@ if gluon is not None:
         HALF: gl.constexpr = R // 2
         scale = gl.cast(scale, gl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         pid = gl.program_id(0)
-        b, lo, hi_key, first, pb, pn, ps, n_items = gluon_work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
+        b, lo, hi_key, slot = gluon_work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
         if BALANCED:
             if b < 0:  # an unused item
                 return
-        first = first.to(gl.int32)  # a flag into the partitions
 
         q_smem = gl.allocate_shared_memory(dt, [1, 64, R], SH)  # [1, ...]: indexed by _opaque_zero
         qr_smem = gl.allocate_shared_memory(dt, [64, DR], SH)
@@ -463,14 +463,14 @@ if gluon is not None:
 
         # the tuples are written out in the call: assigned to a name, constexprs become tensors
         gl.warp_specialize([(_wg0, (q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,
-                C, KR, MK, O, OP, ST, TABLE, SINKS, sc_b, sc_t, skr_b, skr_t,
+                C, KR, MK, O, OP, ST, TABLE, SINKS, SCHED, sc_b, sc_t, skr_b, skr_t,
                 smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
-                H, Sq, lo, hi_key, n_tiles, scale, pid, first, pb, pn, ps, n_items, b,
+                H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b,
                 R, DR, CAUSAL, MASK, DIRECT, ZERO_EMPTY, PAGED, PAGE, SINK, BALANCED)),
                             (_wg1, (q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,
-                C, KR, MK, O, OP, ST, TABLE, SINKS, sc_b, sc_t, skr_b, skr_t,
+                C, KR, MK, O, OP, ST, TABLE, SINKS, SCHED, sc_b, sc_t, skr_b, skr_t,
                 smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
-                H, Sq, lo, hi_key, n_tiles, scale, pid, first, pb, pn, ps, n_items, b,
+                H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b,
                 R, DR, CAUSAL, MASK, DIRECT, ZERO_EMPTY, PAGED, PAGE, SINK, BALANCED))], [4], [WORKER_REGS])
 
 

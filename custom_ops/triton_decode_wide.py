@@ -47,7 +47,7 @@ from . import gluon_decode
 from .gluon_programs import choose_program
 from .checks import known_true
 from .decode_combine import launch_combine
-from .decode_schedule import HEADER_INTS, ITEM_INTS, balanced_schedule, work_item
+from .decode_schedule import HEADER_INTS, ITEM_INTS, balanced_schedule, partial_slot, work_item
 from .gluon_op import call_wide_decode_gluon
 from .launch import is_traced, launch
 from .triton_decode import key_source
@@ -100,7 +100,7 @@ if triton is not None:
         # schedule: the row groups of one key range are neighbours in launch order, so
         # the second group's tiles come from L2
         scale = tl.cast(scale, tl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
-        b, lo, hi_key, first, pb, pn, ps, n_items = work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
+        b, lo, hi_key, slot = work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
         if BALANCED:
             if b < 0:  # an unused item
                 return
@@ -124,8 +124,8 @@ if triton is not None:
         l_i = tl.zeros([BLOCK_H], tl.float32)
         if SINK:  # a request's first split starts from the head's sink logit (a key with no value)
             sink = tl.load(SINKS + hi, mask=row_ok, other=0.0).to(tl.float32)
-            m_i = tl.where(first, sink, m_i)
-            l_i = tl.where(first, 1.0, l_i)
+            m_i = tl.where(lo == 0, sink, m_i)
+            l_i = tl.where(lo == 0, 1.0, l_i)
         acc0 = tl.zeros([BLOCK_H, BC], tl.float32)
         if NSPLIT == 2:
             acc1 = tl.zeros([BLOCK_H, BC], tl.float32)
@@ -184,6 +184,7 @@ if triton is not None:
                 acc1 = _wdot(pc, c1, acc1 * alpha[:, None], PREC, UPCAST)
             m_i = m_new
         inv = 1.0 / tl.where(l_i > 0, l_i, 1.0)
+        pb, pn, ps, n_items = partial_slot(SCHED, b, slot, BALANCED)
         if BALANCED:  # a request's only item writes out; the others partials
             direct = n_items == 1
         else:
