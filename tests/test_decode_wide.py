@@ -280,6 +280,39 @@ def test_launcher_traces_on_fake_tensors(monkeypatch):
             assert [g for _, g in calls] == grids
 
 
+def test_paged_balanced_launches_on_fake_tensors(monkeypatch):
+    """The balanced launcher needs no data on the host (no sync: capturable): under
+    FakeTensorMode it launches the metadata program (one program), the split program
+    over (row groups, item slots from size hints) and the combine; the old schedule
+    launches (row groups, splits, B)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mla_compile.custom_ops import decode_combine, decode_schedule
+    from mla_compile.custom_ops.decode_schedule import item_slots
+
+    calls = []
+    for module in (triton_decode_wide, decode_combine, decode_schedule):
+        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, **k: calls.append((kernel.__name__, grid)))
+    with FakeTensorMode():
+        B, H, page, nblk = 32, 128, 64, 64
+        q = torch.empty(B, H, 1, 576, dtype=torch.bfloat16)
+        cache = torch.empty(B * nblk, page * 576, dtype=torch.bfloat16)
+        table = torch.empty(B, nblk, dtype=torch.int32)
+        seq = torch.empty(B, dtype=torch.int32)
+        paged = (cache, table, seq, page, (1, 576))
+        for schedule in ("balanced", "split"):
+            calls.clear()
+            out = mla_decode_attention_wide(q[..., :512], q[..., 512:], None, None, 0.1, False, paged=paged,
+                                            block_h=64, block_n=64, sms=132, schedule=schedule)
+            assert out.shape == (B, H, 1, 512)
+            splits = choose_wide_splits(B, 2, nblk * page, 64, 132)
+            if schedule == "balanced":
+                assert calls[:2] == [("_schedule", (1,)), ("_wide_split", (2, item_slots(B, 2, 132, splits)))]
+                assert calls[2][0] == "_wide_combine" and len(calls) == 3
+            else:
+                assert calls[0] == ("_wide_split", (2, splits, B)) and len(calls) == 1 + (splits > 1)
+
+
 def test_gluon_route_traces_to_one_op_call(monkeypatch, gen):
     """Where the Gluon program applies and the graph runs under CUDA graphs, the traced
     launcher (a compiled graph's) calls mla.wide_decode_gluon instead of launching
