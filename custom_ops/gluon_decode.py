@@ -12,7 +12,9 @@ heads (benchmarks/RESULTS.md, issue 12):
   unwritten slots are never read) are issued before this tile's scores, so they
   overlap the whole tile's work, not only `p @ c`.
 
-Math, masks, sinks, splits and outputs are `_wide_split`'s: the launcher in
+Math, masks, sinks, splits and outputs are `_wide_split`'s, and so is the work of a
+program (a split, or a work item of the balanced schedule: `decode_schedule.gluon_work_item`
+and `gluon_partial_slot`, shared by the three Gluon programs): the launcher in
 triton_decode_wide.py chooses this program when `applies` says so.
 """
 from __future__ import annotations
