@@ -94,7 +94,9 @@ Both partitions run at 256 registers (setmaxnreg; 2 x 128 threads x 256 = the wh
 load or store inside either pair loop for every constexpr combination compiled
 (MASK x DIRECT x PAGED, CAUSAL, SINK, ZERO_EMPTY, all on); with a mask, sinks or pages
 some combinations spill 8-32 bytes once, before or after the loops. 44 wgmma per pair in
-each partition (S: 36 k-steps of 16, PV: 2 x 4). Shared memory 231,676-231,724 bytes.
+each partition (S: 36 k-steps of 16, PV: 2 x 4). Shared memory 231,676-231,740 bytes.
+The balanced schedule (BALANCED, decode_schedule.py) compiles the same way: no spill with
+no flags, 36 bytes with all of them (as the old schedule), none inside the loops.
 
 Measured on the H200 (2026-12-01, benchmarks/RESULTS.md): the GPU tests pass (masks,
 causal, sinks, empty rows, ragged pages with poisoned free slots, 31 and 64 tiles against
