@@ -23,7 +23,8 @@ Environment: OUT (write $OUT/decode_wide.md, .json and the roofline decode_wide_
 BENCH_CASES "BxLxH,..." (default: H in 16, 32, 64, 128 x (B, L) in (1, 32768), (32, 4096),
 (64, 8192), (128, 4096)), BENCH_VARIANTS (comma list, default all), BENCH_RAGGED=1 (each
 sequence's length uniform in [1, L]: the paged variants and FlashMLA, which read lengths;
-floors count the keys read).
+floors count the keys read). Paged variants run the balanced schedule (decode_schedule.py,
+the default) and, as `<name>-oldsched`, the old one (schedule="split"), in the same run.
 `python benchmarks/bench_decode_wide.py --plot results.json out.png` redraws the roofline
 from a saved results file (no GPU needed).
 """
@@ -141,20 +142,24 @@ def main():
                 q[..., :R], q[..., R:], None, None, SCALE, False, out=outs[i], block_h=old_rows_per_program(H, B),
                 paged=(cache.view(B * L // PAGE, PAGE * (R + DR)), table, seq, PAGE, (1, R + DR)))
 
+        # "-paged": the balanced schedule (the paged default); "-paged-oldsched": the same
+        # program on the old one (splits per request from the longest length)
         if ragged:
-            variants = {"old-paged": old_paged, "wide-paged": paged(False)}
+            variants = {"old-paged": old_paged}
         else:
             variants = {
                 "old": ours(triton_decode.mla_decode_attention, block_h=old_rows_per_program(H, B)),
                 "wide": ours(triton_decode_wide.mla_decode_attention_wide, gluon=False),
-                "wide-paged": paged(False),
             }
+        variants["wide-paged"] = paged(False)
+        variants["wide-paged-oldsched"] = paged(False, schedule="split")
         if H >= 64:  # the Gluon programs are 64-row ones; gluon2 / gluon3 = pipelined / seesaw
             for name, prog in (("gluon", "split"), ("gluon2", "pipelined"), ("gluon3", "seesaw")):
                 if not ragged:
                     variants[name] = ours(triton_decode_wide.mla_decode_attention_wide, gluon=True,
                                           gluon_program=prog)
                 variants[f"{name}-paged"] = paged(True, gluon_program=prog)
+                variants[f"{name}-paged-oldsched"] = paged(True, gluon_program=prog, schedule="split")
         if fm is not None:
             fwd, meta_fn = fm
             metas = [meta_fn()[0] for _ in sets]
@@ -199,12 +204,13 @@ def main():
         results.append(row)
         del sets, outs, ref
         torch.cuda.empty_cache()
-    names = ["old", "old-paged", "wide", "wide-paged", "gluon", "gluon-paged", "gluon2", "gluon2-paged",
-             "gluon3", "gluon3-paged", "flashmla"]
+    names = ["old", "old-paged", "wide", "wide-paged", "wide-paged-oldsched", "gluon", "gluon-paged",
+             "gluon-paged-oldsched", "gluon2", "gluon2-paged", "gluon2-paged-oldsched", "gluon3", "gluon3-paged",
+             "gluon3-paged-oldsched", "flashmla"]
     names = [n for n in names if any(n in r["t"] for r in results)]
     lines = ["| B | L | H | floor us | compute floor us | " + " | ".join(f"{n} us (% max)" for n in names)
-             + " | best wide / old | best gluon / best wide | best ours / flashmla |",
-             "|---" * (5 + len(names) + 3) + "|"]
+             + " | best wide / old | best gluon / best wide | best ours / flashmla | old sched / balanced |",
+             "|---" * (5 + len(names) + 4) + "|"]
     for r in results:
         m = max(r["floor_us"], r["compute_floor_us"])
         cells = [f"{r['t'][n]:.1f} ({m / r['t'][n]:.0%})" if n in r["t"] else "-" for n in names]
@@ -216,15 +222,19 @@ def main():
         best = min(t for t in (bw_, gl_) if t) if (bw_ or gl_) else None
         vs_wide = f"{bw_ / gl_:.2f}x" if bw_ and gl_ else "-"
         vs_fm = f"{r['t']['flashmla'] / best:.2f}x" if best and "flashmla" in r["t"] else "-"
+        bal = [t for n, t in r["t"].items() if n.endswith("-paged") and n != "old-paged"]
+        olds_ = [t for n, t in r["t"].items() if n.endswith("-oldsched")]
+        vs_sched = f"{min(olds_) / min(bal):.2f}x" if bal and olds_ else "-"
         lines.append(f"| {r['B']} | {length(r)} | {r['H']} | {r['floor_us']:.1f} | {r['compute_floor_us']:.1f} | "
-                     + " | ".join(cells) + f" | {vs_old} | {vs_wide} | {vs_fm} |")
+                     + " | ".join(cells) + f" | {vs_old} | {vs_wide} | {vs_fm} | {vs_sched} |")
     errs = ["| B | L | H | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
     for r in results:
         errs.append(f"| {r['B']} | {length(r)} | {r['H']} | " + " | ".join(
             (f"{r['err'][n]:.1e}" if isinstance(r["err"].get(n), float) else str(r["err"].get(n, "-"))[:40])
             for n in names) + " |")
     table = "\n".join(lines)
-    text = f"{head}\n\nspeed-ups: time of old / fastest wide, fastest wide / fastest gluon, flashmla / fastest of ours\n\n{table}\n\n" \
+    text = f"{head}\n\nspeed-ups: time of old / fastest wide, fastest wide / fastest gluon, flashmla / fastest of ours, " \
+           f"fastest paged on the old schedule / fastest paged on the balanced one\n\n{table}\n\n" \
            f"rel. error vs fp32\n\n" + "\n".join(errs) + "\n"
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "decode_wide.md"), "w") as f:

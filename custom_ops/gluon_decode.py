@@ -12,7 +12,9 @@ heads (benchmarks/RESULTS.md, issue 12):
   unwritten slots are never read) are issued before this tile's scores, so they
   overlap the whole tile's work, not only `p @ c`.
 
-Math, masks, sinks, splits and outputs are `_wide_split`'s: the launcher in
+Math, masks, sinks, splits and outputs are `_wide_split`'s, and so is the work of a
+program (a split, or a work item of the balanced schedule: `decode_schedule.gluon_work_item`
+and `gluon_partial_slot`, shared by the three Gluon programs): the launcher in
 triton_decode_wide.py chooses this program when `applies` says so.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from ..compat import GLUON_CTA_BARRIER as cta_barrier
 from .checks import known_true
+from .decode_schedule import gluon_partial_slot, gluon_work_item
 from .launch import is_traced
 
 try:
@@ -106,11 +109,12 @@ if gluon is not None:
         return q_lat, q_pe
 
     @gluon.jit
-    def _write_out(acc, m_i, l_i, O, OP, ST, b, pid, split, H, Sq, so_b, so_h, so_q, so_r,
+    def _write_out(acc, m_i, l_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
                    R: gl.constexpr, AL: gl.constexpr, SL: gl.constexpr,
-                   DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr):
-        """acc / l: the output (one split) or the normalised partial with its max and sum
-        (`_wide_split`'s layout, merged by its combine)."""
+                   DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr, BALANCED: gl.constexpr):
+        """acc / l: the output (one split, or a request's only item) or the normalised
+        partial with its max and sum where `gluon_partial_slot` says (`_wide_split`'s
+        layout, merged by its combine)."""
         rows = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, SL))
         row_ok = rows < Sq * H
         qi = rows // H
@@ -120,7 +124,12 @@ if gluon is not None:
         ra_ok = ra < Sq * H
         l_a = gl.convert_layout(l_i, gl.SliceLayout(1, AL))
         inv = 1.0 / gl.where(l_a > 0, l_a, 1.0)
-        if DIRECT:  # one split: the final output, in out's dtype
+        pb, pn, ps, n_items = gluon_partial_slot(SCHED, b, slot, BALANCED)
+        if BALANCED:
+            direct = n_items == 1
+        else:
+            direct: gl.constexpr = DIRECT  # static: the old schedule compiles one store
+        if direct:  # one split: the final output, in out's dtype
             if ZERO_EMPTY:
                 inv = gl.where(l_a > 0, inv, 0.0)
             else:  # eager softmax over no visible key: 0 / 0
@@ -129,23 +138,23 @@ if gluon is not None:
             gl.store(O + o_rows + ca[None, :] * so_r, (acc * inv[:, None]).to(O.dtype.element_ty),
                      mask=ra_ok[:, None] & (ca < R)[None, :])
         else:  # normalised partial, its running max and sum kept apart (as _wide_split)
-            base = ((b * H + ra % H) * Sq + ra // H) * gl.num_programs(1) + split
+            base = ((pb * H + ra % H) * Sq + ra // H) * pn + ps
             gl.store(OP + base.to(gl.int64)[:, None] * R + ca[None, :], acc * inv[:, None],
                      mask=ra_ok[:, None] & (ca < R)[None, :])
-            sbase = ((b * H + hi) * Sq + qi) * gl.num_programs(1) + split
+            sbase = ((pb * H + hi) * Sq + qi) * pn + ps
             gl.store(ST + 2 * sbase, m_i, mask=row_ok)
             gl.store(ST + 2 * sbase + 1, l_i, mask=row_ok)
 
     @gluon.jit
     def gluon_split(
-        QL, QR, C, KR, MK, O, OP, ST, TABLE, SEQ, SINKS,
+        QL, QR, C, KR, MK, O, OP, ST, TABLE, SEQ, SINKS, SCHED,
         sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d,
         sc_b, sc_t, sc_r, skr_b, skr_t, skr_d,
         smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
         H, Sq, Sk, keys_per_split, scale,
         R: gl.constexpr, DR: gl.constexpr,
         CAUSAL: gl.constexpr, MASK: gl.constexpr, DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr,
-        PAGED: gl.constexpr, PAGE: gl.constexpr, SINK: gl.constexpr,
+        PAGED: gl.constexpr, PAGE: gl.constexpr, SINK: gl.constexpr, BALANCED: gl.constexpr,
     ):
         # scores [64, 64]: warpgroup w owns keys [32 w, 32 w + 32); output [64, 512]:
         # warpgroup w owns columns [256 w, 256 w + 256)
@@ -155,8 +164,10 @@ if gluon is not None:
         dt: gl.constexpr = QL.dtype.element_ty
         scale = gl.cast(scale, gl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         pid = gl.program_id(0)
-        split = gl.program_id(1)
-        b = gl.program_id(2).to(gl.int64)
+        b, lo, hi_key, slot = gluon_work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
+        if BALANCED:
+            if b < 0:  # an unused item
+                return
 
         # q in shared memory (the A operand of both score dots)
         q_lat, q_pe = _load_q(QL, QR, b, pid, H, Sq, sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d, R, DR)
@@ -172,15 +183,11 @@ if gluon is not None:
         hi = rows % H
         m_i = gl.full([64], float("-inf"), gl.float32, layout=gl.SliceLayout(1, SL))
         l_i = gl.zeros([64], gl.float32, layout=gl.SliceLayout(1, SL))
-        if SINK:  # split 0 starts from the head's sink logit (a key with no value)
+        if SINK:  # a request's first split starts from the head's sink logit (a key with no value)
             sink = gl.load(SINKS + hi, mask=row_ok, other=0.0).to(gl.float32)
-            m_i = gl.where(split == 0, sink, m_i)
-            l_i = gl.where(split == 0, 1.0, l_i)
+            m_i = gl.where(lo == 0, sink, m_i)
+            l_i = gl.where(lo == 0, 1.0, l_i)
         acc = gl.zeros([64, R], gl.float32, layout=AL)
-        if PAGED:  # ragged: each sequence its own length
-            Sk = gl.load(SEQ + b)
-        lo = split * keys_per_split
-        hi_key = gl.minimum(lo + keys_per_split, Sk)
         n_tiles = gl.cdiv(hi_key - lo, 64)
         _issue_tile(C, KR, TABLE, c_smem.index(0), kr_smem.index(0), b, lo, hi_key, st_b, sc_b, sc_t, sc_r,
                     skr_b, skr_t, skr_d, R, DR, PAGED, PAGE)
@@ -226,7 +233,7 @@ if gluon is not None:
             cta_barrier()  # both warpgroups are done with this stage and p_smem
         async_copy.wait_group(0)
 
-        _write_out(acc, m_i, l_i, O, OP, ST, b, pid, split, H, Sq, so_b, so_h, so_q, so_r, R, AL, SL,
-                   DIRECT, ZERO_EMPTY)
+        _write_out(acc, m_i, l_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
+                   R, AL, SL, DIRECT, ZERO_EMPTY, BALANCED)
 
 __all__ = ["applies", "gluon_split", "ROWS", "KEYS", "WARPS"]

@@ -52,6 +52,7 @@ if gluon is not None:
         async_copy, fence_async_shared, warpgroup_mma, warpgroup_mma_wait)
 
     from ..compat import GLUON_CTA_BARRIER as cta_barrier
+    from .decode_schedule import gluon_work_item
     from .gluon_decode import _issue_tile, _load_q, _write_out
 
     @gluon.jit
@@ -87,14 +88,14 @@ if gluon is not None:
 
     @gluon.jit
     def gluon_split_pipelined(
-        QL, QR, C, KR, MK, O, OP, ST, TABLE, SEQ, SINKS,
+        QL, QR, C, KR, MK, O, OP, ST, TABLE, SEQ, SINKS, SCHED,
         sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d,
         sc_b, sc_t, sc_r, skr_b, skr_t, skr_d,
         smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
         H, Sq, Sk, keys_per_split, scale,
         R: gl.constexpr, DR: gl.constexpr,
         CAUSAL: gl.constexpr, MASK: gl.constexpr, DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr,
-        PAGED: gl.constexpr, PAGE: gl.constexpr, SINK: gl.constexpr,
+        PAGED: gl.constexpr, PAGE: gl.constexpr, SINK: gl.constexpr, BALANCED: gl.constexpr,
     ):
         # layouts as gluon_split: scores split by keys, output by columns over warps [4, 2]
         SL: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 32, 16])
@@ -103,8 +104,10 @@ if gluon is not None:
         dt: gl.constexpr = QL.dtype.element_ty
         scale = gl.cast(scale, gl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         pid = gl.program_id(0)
-        split = gl.program_id(1)
-        b = gl.program_id(2).to(gl.int64)
+        b, lo, hi_key, slot = gluon_work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
+        if BALANCED:
+            if b < 0:  # an unused item
+                return
 
         q_lat, q_pe = _load_q(QL, QR, b, pid, H, Sq, sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d, R, DR)
         q_smem = gl.allocate_shared_memory(dt, [64, R], SH, q_lat)
@@ -119,16 +122,12 @@ if gluon is not None:
         hi = rows % H
         m_i = gl.full([64], float("-inf"), gl.float32, layout=gl.SliceLayout(1, SL))
         l_k = gl.zeros([64, 64], gl.float32, layout=SL)  # running sums per key column
-        if SINK:  # split 0 starts from the head's sink logit (a key with no value)
+        if SINK:  # a request's first split starts from the head's sink logit (a key with no value)
             sink = gl.load(SINKS + hi, mask=row_ok, other=0.0).to(gl.float32)
-            m_i = gl.where(split == 0, sink, m_i)
+            m_i = gl.where(lo == 0, sink, m_i)
             c0 = gl.arange(0, 64, layout=gl.SliceLayout(0, SL))
-            l_k = gl.where((split == 0) & (c0 == 0)[None, :], 1.0, l_k)
+            l_k = gl.where((lo == 0) & (c0 == 0)[None, :], 1.0, l_k)
         acc = gl.zeros([64, R], gl.float32, layout=AL)
-        if PAGED:  # ragged: each sequence its own length
-            Sk = gl.load(SEQ + b)
-        lo = split * keys_per_split
-        hi_key = gl.minimum(lo + keys_per_split, Sk)
         n_tiles = gl.cdiv(hi_key - lo, 64)
 
         # prologue: tiles 0 and 1 in flight, S(0) issued once tile 0 (and q) is visible
@@ -178,7 +177,7 @@ if gluon is not None:
         async_copy.wait_group(0)  # no copy outlives the program
 
         l_i = gl.sum(l_k, 1)
-        _write_out(acc, m_i, l_i, O, OP, ST, b, pid, split, H, Sq, so_b, so_h, so_q, so_r, R, AL, SL,
-                   DIRECT, ZERO_EMPTY)
+        _write_out(acc, m_i, l_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
+                   R, AL, SL, DIRECT, ZERO_EMPTY, BALANCED)
 
 __all__ = ["gluon_split_pipelined"]

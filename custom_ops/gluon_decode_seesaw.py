@@ -94,7 +94,9 @@ Both partitions run at 256 registers (setmaxnreg; 2 x 128 threads x 256 = the wh
 load or store inside either pair loop for every constexpr combination compiled
 (MASK x DIRECT x PAGED, CAUSAL, SINK, ZERO_EMPTY, all on); with a mask, sinks or pages
 some combinations spill 8-32 bytes once, before or after the loops. 44 wgmma per pair in
-each partition (S: 36 k-steps of 16, PV: 2 x 4). Shared memory 231,676-231,724 bytes.
+each partition (S: 36 k-steps of 16, PV: 2 x 4). Shared memory 231,676-231,740 bytes.
+The balanced schedule (BALANCED, decode_schedule.py) compiles the same way: no spill with
+no flags, 36 bytes with all of them (as the old schedule), none inside the loops.
 
 Measured on the H200 (2026-12-01, benchmarks/RESULTS.md): the GPU tests pass (masks,
 causal, sinks, empty rows, ragged pages with poisoned free slots, 31 and 64 tiles against
@@ -113,6 +115,7 @@ if gluon is not None:
         async_copy, fence_async_shared, mbarrier, warpgroup_mma, warpgroup_mma_wait)
 
     from ..compat import GLUON_CTA_BARRIER as cta_barrier
+    from .decode_schedule import gluon_partial_slot, gluon_work_item
 
     WORKER_REGS = gl.constexpr(256)  # setmaxnreg of the worker partition (warpgroup 1)
     # mbarriers (each completes once per key-tile pair, so pair i waits phase i & 1)
@@ -214,16 +217,21 @@ if gluon is not None:
         fence_async_shared()
 
     @gluon.jit
-    def _store_out(acc, l_i, m_i, O, OP, ST, b, pid, split, H, Sq, so_b, so_h, so_q, so_r,
+    def _store_out(acc, l_i, m_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
                    COL0: gl.constexpr, WRITE_STATS: gl.constexpr, SL: gl.constexpr, AL: gl.constexpr,
-                   R: gl.constexpr, DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr):
+                   R: gl.constexpr, DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr, BALANCED: gl.constexpr):
         """gluon_split's epilogue for output columns [COL0, COL0 + R/2)."""
         ra = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, AL))
         ca = COL0 + gl.arange(0, R // 2, layout=gl.SliceLayout(0, AL))
         ra_ok = ra < Sq * H
         l_a = gl.convert_layout(l_i, gl.SliceLayout(1, AL))
         inv = 1.0 / gl.where(l_a > 0, l_a, 1.0)
-        if DIRECT:  # one split: the final output, in out's dtype
+        pb, pn, ps, n_items = gluon_partial_slot(SCHED, b, slot, BALANCED)
+        if BALANCED:
+            direct = n_items == 1
+        else:
+            direct: gl.constexpr = DIRECT  # static: the old schedule compiles one store
+        if direct:  # one split (a request's only item): the final output, in out's dtype
             if ZERO_EMPTY:
                 inv = gl.where(l_a > 0, inv, 0.0)
             else:  # eager softmax over no visible key: 0 / 0
@@ -232,24 +240,24 @@ if gluon is not None:
             gl.store(O + o_rows + ca[None, :] * so_r, (acc * inv[:, None]).to(O.dtype.element_ty),
                      mask=ra_ok[:, None] & (ca < R)[None, :])
         else:  # normalised partial, its running max and sum kept apart (as gluon_split)
-            base = ((b * H + ra % H) * Sq + ra // H) * gl.num_programs(1) + split
+            base = ((pb * H + ra % H) * Sq + ra // H) * pn + ps
             gl.store(OP + base.to(gl.int64)[:, None] * R + ca[None, :], acc * inv[:, None],
                      mask=ra_ok[:, None] & (ca < R)[None, :])
             if WRITE_STATS:
                 rows = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, SL))
                 row_ok = rows < Sq * H
-                sbase = ((b * H + rows % H) * Sq + rows // H) * gl.num_programs(1) + split
+                sbase = ((pb * H + rows % H) * Sq + rows // H) * pn + ps
                 gl.store(ST + 2 * sbase, m_i, mask=row_ok)
                 gl.store(ST + 2 * sbase + 1, l_i, mask=row_ok)
 
     @gluon.jit
     def _wg0(q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,
-             C, KR, MK, O, OP, ST, TABLE, SINKS, sc_b, sc_t, skr_b, skr_t,
+             C, KR, MK, O, OP, ST, TABLE, SINKS, SCHED, sc_b, sc_t, skr_b, skr_t,
              smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
-             H, Sq, lo, hi_key, n_tiles, scale, pid, split, b,
+             H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b,
              R: gl.constexpr, DR: gl.constexpr, CAUSAL: gl.constexpr, MASK: gl.constexpr,
              DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr, PAGED: gl.constexpr, PAGE: gl.constexpr,
-             SINK: gl.constexpr):
+             SINK: gl.constexpr, BALANCED: gl.constexpr):
         """Warpgroup 0: scores and softmax of the even tiles, output columns [0, R/2)."""
         SL: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
         AL: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 256, 16])
@@ -258,10 +266,10 @@ if gluon is not None:
         rows = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, SL))
         m_i = gl.full([64], float("-inf"), gl.float32, layout=gl.SliceLayout(1, SL))
         l_i = gl.zeros([64], gl.float32, layout=gl.SliceLayout(1, SL))
-        if SINK:  # split 0 starts from the head's sink logit (a key with no value)
+        if SINK:  # a request's first split starts from the head's sink logit (a key with no value)
             sink = gl.load(SINKS + rows % H, mask=rows < Sq * H, other=0.0).to(gl.float32)
-            m_i = gl.where(split == 0, sink, m_i)
-            l_i = gl.where(split == 0, 1.0, l_i)
+            m_i = gl.where(lo == 0, sink, m_i)
+            l_i = gl.where(lo == 0, 1.0, l_i)
         acc = gl.zeros([64, HALF], gl.float32, layout=AL)
         n_pairs = (n_tiles + 1) // 2
         for i in range(n_pairs):
@@ -311,17 +319,17 @@ if gluon is not None:
         _signal(bars, L0_READY)
         mbarrier.wait(bars.index(L1_READY), 0)
         l_i = l_i + xch.slice(XL1 * 64, 64).load(gl.SliceLayout(1, SL))
-        _store_out(acc, l_i, m_i, O, OP, ST, b, pid, split, H, Sq, so_b, so_h, so_q, so_r,
-                   0, True, SL, AL, R, DIRECT, ZERO_EMPTY)
+        _store_out(acc, l_i, m_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
+                   0, True, SL, AL, R, DIRECT, ZERO_EMPTY, BALANCED)
 
     @gluon.jit
     def _wg1(q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,
-             C, KR, MK, O, OP, ST, TABLE, SINKS, sc_b, sc_t, skr_b, skr_t,
+             C, KR, MK, O, OP, ST, TABLE, SINKS, SCHED, sc_b, sc_t, skr_b, skr_t,
              smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
-             H, Sq, lo, hi_key, n_tiles, scale, pid, split, b,
+             H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b,
              R: gl.constexpr, DR: gl.constexpr, CAUSAL: gl.constexpr, MASK: gl.constexpr,
              DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr, PAGED: gl.constexpr, PAGE: gl.constexpr,
-             SINK: gl.constexpr):
+             SINK: gl.constexpr, BALANCED: gl.constexpr):
         """Warpgroup 1: scores and softmax of the odd tiles, output columns [R/2, R)."""
         SL: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
         AL: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 256, 16])
@@ -382,19 +390,19 @@ if gluon is not None:
         _signal(bars, L1_READY)
         mbarrier.wait(bars.index(L0_READY), 0)
         l_i = l_i + xch.slice(XL0 * 64, 64).load(gl.SliceLayout(1, SL))
-        _store_out(acc, l_i, l_i, O, OP, ST, b, pid, split, H, Sq, so_b, so_h, so_q, so_r,
-                   HALF, False, SL, AL, R, DIRECT, ZERO_EMPTY)
+        _store_out(acc, l_i, l_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
+                   HALF, False, SL, AL, R, DIRECT, ZERO_EMPTY, BALANCED)
 
     @gluon.jit
     def gluon_split_seesaw(
-        QL, QR, C, KR, MK, O, OP, ST, TABLE, SEQ, SINKS,
+        QL, QR, C, KR, MK, O, OP, ST, TABLE, SEQ, SINKS, SCHED,
         sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d,
         sc_b, sc_t, sc_r, skr_b, skr_t, skr_d,
         smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
         H, Sq, Sk, keys_per_split, scale,
         R: gl.constexpr, DR: gl.constexpr,
         CAUSAL: gl.constexpr, MASK: gl.constexpr, DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr,
-        PAGED: gl.constexpr, PAGE: gl.constexpr, SINK: gl.constexpr,
+        PAGED: gl.constexpr, PAGE: gl.constexpr, SINK: gl.constexpr, BALANCED: gl.constexpr,
     ):
         LQ: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
         LR: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
@@ -404,8 +412,10 @@ if gluon is not None:
         HALF: gl.constexpr = R // 2
         scale = gl.cast(scale, gl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         pid = gl.program_id(0)
-        split = gl.program_id(1)
-        b = gl.program_id(2).to(gl.int64)
+        b, lo, hi_key, slot = gluon_work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
+        if BALANCED:
+            if b < 0:  # an unused item
+                return
 
         q_smem = gl.allocate_shared_memory(dt, [1, 64, R], SH)  # [1, ...]: indexed by _opaque_zero
         qr_smem = gl.allocate_shared_memory(dt, [64, DR], SH)
@@ -439,10 +449,6 @@ if gluon is not None:
         fence_async_shared()
         cta_barrier()
 
-        if PAGED:  # ragged: each sequence its own length
-            Sk = gl.load(SEQ + b)
-        lo = split * keys_per_split
-        hi_key = gl.minimum(lo + keys_per_split, Sk)
         n_tiles = gl.cdiv(hi_key - lo, 64)
         if n_tiles > 0:  # pair 0: tile 0 whole, tile 1 in its two parts
             _copy_part(C, KR, TABLE, c_smem.index(0).slice(0, HALF, dim=1), kr_smem.index(0), b, lo, hi_key,
@@ -459,15 +465,15 @@ if gluon is not None:
 
         # the tuples are written out in the call: assigned to a name, constexprs become tensors
         gl.warp_specialize([(_wg0, (q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,
-                C, KR, MK, O, OP, ST, TABLE, SINKS, sc_b, sc_t, skr_b, skr_t,
+                C, KR, MK, O, OP, ST, TABLE, SINKS, SCHED, sc_b, sc_t, skr_b, skr_t,
                 smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
-                H, Sq, lo, hi_key, n_tiles, scale, pid, split, b,
-                R, DR, CAUSAL, MASK, DIRECT, ZERO_EMPTY, PAGED, PAGE, SINK)),
+                H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b,
+                R, DR, CAUSAL, MASK, DIRECT, ZERO_EMPTY, PAGED, PAGE, SINK, BALANCED)),
                             (_wg1, (q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,
-                C, KR, MK, O, OP, ST, TABLE, SINKS, sc_b, sc_t, skr_b, skr_t,
+                C, KR, MK, O, OP, ST, TABLE, SINKS, SCHED, sc_b, sc_t, skr_b, skr_t,
                 smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
-                H, Sq, lo, hi_key, n_tiles, scale, pid, split, b,
-                R, DR, CAUSAL, MASK, DIRECT, ZERO_EMPTY, PAGED, PAGE, SINK))], [4], [WORKER_REGS])
+                H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b,
+                R, DR, CAUSAL, MASK, DIRECT, ZERO_EMPTY, PAGED, PAGE, SINK, BALANCED))], [4], [WORKER_REGS])
 
 
 __all__ = ["gluon_split_seesaw", "WARPS"]

@@ -22,9 +22,12 @@ Program shape (H200 measurements in benchmarks/RESULTS.md, issue 12):
   of program slots, one per SM for 64-row programs and two for smaller ones, each
   split >= 4 key blocks); with one split the program normalises and writes `out`
   directly (no fp32 partials, no combine launch). Partials keep each split's running
-  max and sum apart (not m + log l), so a finfo.min mask stays exact.
-- The combine: 4 rows x all columns per program, split by split, from 512 rows; else
-  one row x 64 columns, 32 splits at a time (B = 1).
+  max and sum apart (not m + log l), so a finfo.min mask stays exact. That is the
+  contiguous form's schedule; a paged (ragged) batch runs the balanced one by default
+  (decode_schedule.py: work items of about equal key counts, whatever the request, read
+  from a table a metadata program writes on the device; a request with one item writes
+  `out` directly).
+- The combine (decode_combine.py) merges the partials.
 
 Supported: everything `mla_decode_attention` takes (causal, additive mask, zero_empty_rows, sinks,
 any strides, `out`, the paged cache in NORMAL and SHUFFLE layouts; NORMAL pages holding
@@ -43,6 +46,8 @@ from ..compat import inductor_cuda_graphs, size_hint
 from . import gluon_decode
 from .gluon_programs import choose_program
 from .checks import known_true
+from .decode_combine import launch_combine
+from .decode_schedule import HEADER_INTS, ITEM_INTS, balanced_schedule, partial_slot, work_item
 from .gluon_op import call_wide_decode_gluon
 from .launch import is_traced, launch
 from .triton_decode import key_source
@@ -79,7 +84,7 @@ if triton is not None:
 
     @triton.jit
     def _wide_split(
-        QL, QR, C, KR, MK, O, OP, ST, TABLE, SEQ, SINKS,
+        QL, QR, C, KR, MK, O, OP, ST, TABLE, SEQ, SINKS, SCHED,
         sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d,
         sc_b, sc_t, sc_r, skr_b, skr_t, skr_d,
         smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
@@ -89,14 +94,17 @@ if triton is not None:
         CAUSAL: tl.constexpr, MASK: tl.constexpr, DIRECT: tl.constexpr, ZERO_EMPTY: tl.constexpr,
         PREC: tl.constexpr, UPCAST: tl.constexpr,
         PAGED: tl.constexpr, PAGE: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr,
-        PAGE_TILE: tl.constexpr, SINK: tl.constexpr,
+        PAGE_TILE: tl.constexpr, SINK: tl.constexpr, BALANCED: tl.constexpr,
     ):
-        # program (row group, split, sequence): the row groups of one key range are
-        # neighbours in launch order, so the second group's tiles come from L2
+        # program (row group, split, sequence), or (row group, work item) of the balanced
+        # schedule: the row groups of one key range are neighbours in launch order, so
+        # the second group's tiles come from L2
         scale = tl.cast(scale, tl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
+        b, lo, hi_key, slot = work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
+        if BALANCED:
+            if b < 0:  # an unused item
+                return
         rows = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)  # (query, head) pairs
-        split = tl.program_id(1)
-        b = tl.program_id(2).to(tl.int64)
         row_ok = rows < Sq * H
         qi = rows // H
         hi = rows % H
@@ -114,17 +122,13 @@ if triton is not None:
                      mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_H], tl.float32)
-        if SINK:  # split 0 starts from the head's sink logit (a key with no value)
+        if SINK:  # a request's first split starts from the head's sink logit (a key with no value)
             sink = tl.load(SINKS + hi, mask=row_ok, other=0.0).to(tl.float32)
-            m_i = tl.where(split == 0, sink, m_i)
-            l_i = tl.where(split == 0, 1.0, l_i)
+            m_i = tl.where(lo == 0, sink, m_i)
+            l_i = tl.where(lo == 0, 1.0, l_i)
         acc0 = tl.zeros([BLOCK_H, BC], tl.float32)
         if NSPLIT == 2:
             acc1 = tl.zeros([BLOCK_H, BC], tl.float32)
-        if PAGED:  # ragged: each sequence its own length
-            Sk = tl.load(SEQ + b)
-        lo = split * keys_per_split
-        hi_key = tl.minimum(lo + keys_per_split, Sk)
         for n0 in tl.range(lo, hi_key, BLOCK_N):
             t = n0 + tl.arange(0, BLOCK_N)
             t_ok = t < hi_key
@@ -180,7 +184,12 @@ if triton is not None:
                 acc1 = _wdot(pc, c1, acc1 * alpha[:, None], PREC, UPCAST)
             m_i = m_new
         inv = 1.0 / tl.where(l_i > 0, l_i, 1.0)
-        if DIRECT:  # one split: the final output, in out's dtype
+        pb, pn, ps, n_items = partial_slot(SCHED, b, slot, BALANCED)
+        if BALANCED:  # a request's only item writes out; the others partials
+            direct = n_items == 1
+        else:
+            direct: tl.constexpr = DIRECT  # static: the old schedule compiles one store
+        if direct:  # one split: the final output, in out's dtype
             if ZERO_EMPTY:
                 inv = tl.where(l_i > 0, inv, 0.0)
             else:  # eager softmax over no visible key: 0 / 0
@@ -193,7 +202,7 @@ if triton is not None:
                          mask=row_ok[:, None] & (BC + offs_c < R)[None, :])
         else:  # normalised partial, its running max and sum (kept apart, not as a
             # log-sum-exp: m + log(l) rounds away l next to a finfo.min mask)
-            base = ((b * H + hi) * Sq + qi) * tl.num_programs(1) + split  # [B, H, Sq, splits]
+            base = ((pb * H + hi) * Sq + qi) * pn + ps  # [B, H, Sq, splits] or [items, H, Sq]
             p_rows = base[:, None].to(tl.int64) * R
             tl.store(OP + p_rows + offs_c[None, :], acc0 * inv[:, None],
                      mask=row_ok[:, None] & (offs_c < R)[None, :])
@@ -202,57 +211,6 @@ if triton is not None:
                          mask=row_ok[:, None] & (BC + offs_c < R)[None, :])
             tl.store(ST + 2 * base, m_i, mask=row_ok)
             tl.store(ST + 2 * base + 1, l_i, mask=row_ok)
-
-    @triton.jit
-    def _wide_combine(OP, ST, O, so_b, so_h, so_q, so_r, H, Sq, NROWS, SPLITS,
-                      R: tl.constexpr, BRC: tl.constexpr, ROWS: tl.constexpr, SCHUNK: tl.constexpr,
-                      ZERO_EMPTY: tl.constexpr):
-        # ROWS (b, h, q) rows x BRC latent columns per program, SCHUNK splits at a time
-        # (ROWS == 1 or SCHUNK == 1: many rows, few splits, or the other way round); ST
-        # holds each split's (running max, sum of exponentials), OP its normalised output
-        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        row_ok = row < NROWS
-        qi = row % Sq
-        hi = (row // Sq) % H
-        b = (row // (Sq * H)).to(tl.int64)
-        offs_r = tl.program_id(1) * BRC + tl.arange(0, BRC)
-        r_ok = offs_r < R
-        offs_k = tl.arange(0, SCHUNK)
-        m = tl.full([ROWS], float("-inf"), tl.float32)
-        for s0 in range(0, SPLITS, SCHUNK):
-            sp = s0 + offs_k
-            m_s = tl.load(ST + 2 * (row[:, None] * SPLITS + sp[None, :]),
-                          mask=row_ok[:, None] & (sp < SPLITS)[None, :], other=float("-inf"))
-            m = tl.maximum(m, tl.max(m_s, 1))
-        m = tl.where(m == float("-inf"), 0.0, m)
-        acc = tl.zeros([ROWS, BRC], tl.float32)
-        total = tl.zeros([ROWS], tl.float32)
-        for s0 in range(0, SPLITS, SCHUNK):
-            sp = s0 + offs_k
-            base = row[:, None] * SPLITS + sp[None, :]  # [ROWS, SCHUNK]
-            ok = row_ok[:, None] & (sp < SPLITS)[None, :]
-            m_s = tl.load(ST + 2 * base, mask=ok, other=float("-inf"))
-            l_s = tl.load(ST + 2 * base + 1, mask=ok, other=0.0)
-            w = tl.where(l_s > 0, l_s * tl.exp(m_s - m[:, None]), 0.0)  # each split's share of the sum
-            total += tl.sum(w, 1)
-            if ROWS == 1:  # [SCHUNK, BRC] partial rows of the one output row
-                w1 = tl.reshape(w, [SCHUNK])
-                b1 = tl.reshape(base, [SCHUNK])
-                part = tl.load(OP + b1[:, None].to(tl.int64) * R + offs_r[None, :],
-                               mask=(w1 > 0)[:, None] & r_ok[None, :], other=0.0)
-                acc += tl.reshape(tl.sum(part * w1[:, None], 0), [1, BRC])
-            else:  # SCHUNK == 1: [ROWS, BRC], one split
-                w1 = tl.reshape(w, [ROWS])
-                b1 = tl.reshape(base, [ROWS])
-                part = tl.load(OP + b1[:, None].to(tl.int64) * R + offs_r[None, :],
-                               mask=(w1 > 0)[:, None] & r_ok[None, :], other=0.0)
-                acc += part * w1[:, None]
-        if ZERO_EMPTY:
-            out = tl.where(total[:, None] > 0, acc / tl.where(total > 0, total, 1.0)[:, None], 0.0)
-        else:  # eager softmax over no visible key: 0/0
-            out = acc / total[:, None]
-        tl.store(O + (b * so_b + hi * so_h + qi * so_q)[:, None] + offs_r[None, :] * so_r,
-                 out.to(O.dtype.element_ty), mask=row_ok[:, None] & r_ok[None, :])
 
 
 def _interpreting() -> bool:
@@ -276,15 +234,21 @@ def choose_wide_splits(batch: int, row_groups: int, kv_len: int, block_n: int, s
     split has at least 4 key blocks. One split (no partials) whenever the batch alone
     fills whole waves about as well."""
     blocks = max(1, -(-kv_len // block_n))
-    units = max(1, batch * row_groups)
     best, best_cost = 1, None
     for s in range(1, max(1, min(max_splits, blocks // 4)) + 1):
-        waves = -(-units * s // slots)
-        per = -(-blocks // s)
-        cost = waves * (per + overhead_blocks) + (overhead_blocks if s > 1 else 0.0)
+        cost = wide_split_cost(batch, row_groups, kv_len, block_n, slots, s, overhead_blocks)
         if best_cost is None or cost < best_cost - 1e-9:
             best, best_cost = s, cost
     return best
+
+
+def wide_split_cost(batch: int, row_groups: int, kv_len: int, block_n: int, slots: int, splits: int,
+                    overhead_blocks: float = 3.0) -> float:
+    """`choose_wide_splits`'s cost of `splits` (in key blocks): waves x (blocks per split +
+    a fixed cost), + the fixed cost once for the combine."""
+    blocks = max(1, -(-kv_len // block_n))
+    waves = -(-max(1, batch * row_groups) * splits // slots)
+    return waves * (-(-blocks // splits) + overhead_blocks) + (overhead_blocks if splits > 1 else 0.0)
 
 
 def supports(q_lat: torch.Tensor, q_pe: torch.Tensor) -> bool:
@@ -302,7 +266,7 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
                               num_warps: int | None = None, num_stages: int | None = None,
                               nsplit: int | None = None, sms: int | None = None,
                               sinks: torch.Tensor | None = None, gluon: bool | None = None,
-                              gluon_program: str | None = None) -> torch.Tensor:
+                              gluon_program: str | None = None, schedule: str | None = None) -> torch.Tensor:
     """softmax((q_lat c^T + q_pe k_pe^T) * scale + mask) @ c per (query, head) row: the
     contract of `triton_decode.mla_decode_attention` (q_lat [B, H, Sq, R], q_pe
     [B, H, Sq, Dr], c_kv [B, Sk, R], k_pe [B, Sk, Dr], mask broadcasting to
@@ -315,7 +279,12 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     forces the Triton program, `gluon=True` the Gluon one (tests and benchmarks). The Gluon
     program is `gluon_program` ("split": `gluon_split`, "pipelined": `gluon_split_pipelined`,
     "seesaw": `gluon_split_seesaw`), by default `gluon_programs.choose_program`'s
-    choice by rows (the op in compiled graphs chooses the same)."""
+    choice by rows (the op in compiled graphs chooses the same).
+
+    `schedule`: "balanced" (the default for a paged cache: decode_schedule.py, work items
+    of about equal key counts whatever their request's length) or "split" (the default
+    for contiguous keys, where all lengths are equal: `splits` per request, sized from
+    the longest; for a paged cache the old schedule, kept for before / after benchmarks)."""
     if not supports(q_lat, q_pe):
         raise NotImplementedError("mla_decode_attention_wide: R <= 512, Dr <= 64, float dtypes")
     B, H, Sq, R = q_lat.shape
@@ -348,54 +317,59 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
                                           k_pe if paged is None else None, mask, paged, sinks, out, scale,
                                           causal, zero_empty_rows, bh)
         use_gluon = False
+    schedule = schedule or ("balanced" if paged is not None else "split")
+    if schedule not in ("split", "balanced") or (schedule == "balanced" and paged is None):
+        raise ValueError(f"mla_decode_attention_wide(schedule={schedule!r}): 'split', or 'balanced' with paged=")
+    balanced = schedule == "balanced"
     groups = triton.cdiv(Sq * H, bh)
+    n_sm = sms or (torch.cuda.get_device_properties(q_lat.device).multi_processor_count if on_gpu else 4)
+    # a 64-row program holds ~216 KB of shared memory and all registers: one per SM;
+    # 16 / 32-row programs (4 warps) fit two
+    slots = n_sm * (1 if bh >= 64 else 2)
     if splits is None:
-        n_sm = sms or (torch.cuda.get_device_properties(q_lat.device).multi_processor_count if on_gpu else 4)
-        # a 64-row program holds ~216 KB of shared memory and all registers: one per SM;
-        # 16 / 32-row programs (4 warps) fit two
-        splits = choose_wide_splits(size_hint(B), size_hint(groups), size_hint(Sk), bn,
-                                    n_sm * (1 if bh >= 64 else 2))
+        splits = choose_wide_splits(size_hint(B), size_hint(groups), size_hint(Sk), bn, slots)
     keys_per_split = triton.cdiv(triton.cdiv(Sk, splits), bn) * bn
     if isinstance(Sk, int):  # symbolic: the hint's count; a split past the keys is empty
         splits = triton.cdiv(Sk, keys_per_split)
-    direct = splits == 1
+    direct = splits == 1 and not balanced
+    sched = q_lat  # unused pointer in the old schedule
+    if balanced:  # the item table, from seq_lens on the device (decode_schedule.py)
+        sched, items = balanced_schedule(seq_arg, B, size_hint(groups), slots, bn, keys_per_split, splits)
+        parts, grid = items, (groups, items)
+    else:
+        parts, grid = B * splits, (groups, splits, B)
     if direct:  # unused pointers
         partial = stats = out
-    else:
-        partial = torch.empty(B * H * Sq * splits, R, device=q_lat.device, dtype=torch.float32)
-        stats = torch.empty(B * H * Sq * splits * 2, device=q_lat.device, dtype=torch.float32)  # (max, sum)
+    else:  # partial rows: [B, H, Sq, splits] or [items, H, Sq]
+        partial = torch.empty(parts * H * Sq, R, device=q_lat.device, dtype=torch.float32)
+        stats = torch.empty(parts * H * Sq * 2, device=q_lat.device, dtype=torch.float32)  # (max, sum)
     mk = mask.expand(B, H, Sq, Sk) if mask is not None else None
     mk_strides = mk.stride() if mk is not None else (0, 0, 0, 0)
     # one argument list for both programs (same kernel signature up to the constexprs)
     args = (q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, out, partial, stats, table_arg, seq_arg,
-            q_lat if sinks is None else sinks, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides,
+            q_lat if sinks is None else sinks, sched, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides,
             *mk_strides, *out.stride(), st_b, H, Sq, Sk, keys_per_split, float(scale))
     common = dict(R=R, DR=Dr, CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct,
-                  ZERO_EMPTY=bool(zero_empty_rows), PAGED=paged is not None, PAGE=page, SINK=sinks is not None)
+                  ZERO_EMPTY=bool(zero_empty_rows), PAGED=paged is not None, PAGE=page, SINK=sinks is not None,
+                  BALANCED=balanced)
     if use_gluon:
         program, warps = choose_program(gluon_program, B * Sq * H, Sq * H)
-        launch(program, (groups, splits, B), *args, **common, num_warps=warps)
+        launch(program, grid, *args, **common, num_warps=warps)
     else:
         launch(
-            _wide_split, (groups, splits, B), *args, **common,
+            _wide_split, grid, *args, **common,
             BR=br, BDR=bdr, NSPLIT=ns, BLOCK_H=bh, BLOCK_N=bn,
             PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
             UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16,
             TT=tt, VEC=vec, PAGE_TILE=page_tile,
             num_warps=num_warps or (8 if bh >= 64 else 4), num_stages=num_stages or 2,
         )
-    if not direct:
-        nrows = B * H * Sq
-        if size_hint(nrows) >= 512:  # many rows (large batch, few splits): 4 rows x all columns, split by split
-            rows_c, brc, chunk = 4, br, 1
-        else:  # few rows (B = 1, many splits): one row x 64 columns, 32 splits at a time
-            rows_c, brc, chunk = 1, min(br, 64), min(32, max(2, triton.next_power_of_2(splits)))
-        launch(
-            _wide_combine, (triton.cdiv(nrows, rows_c), triton.cdiv(R, brc)),
-            partial, stats, out, *out.stride(), H, Sq, nrows, splits,
-            R=R, BRC=brc, ROWS=rows_c, SCHUNK=chunk, ZERO_EMPTY=bool(zero_empty_rows), num_warps=4,
-        )
+    if balanced:  # requests with one item wrote out directly: the combine skips them
+        launch_combine(partial, stats, out, sched, size_hint(items) - size_hint(B) + 1,
+                       HEADER_INTS + ITEM_INTS * items, zero_empty_rows, True)
+    elif not direct:
+        launch_combine(partial, stats, out, q_lat, splits, 0, zero_empty_rows, False)
     return out
 
 
-__all__ = ["mla_decode_attention_wide", "choose_wide_splits", "wide_rows_per_program", "supports"]
+__all__ = ["mla_decode_attention_wide", "choose_wide_splits", "wide_split_cost", "wide_rows_per_program", "supports"]

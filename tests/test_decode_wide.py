@@ -124,29 +124,93 @@ def test_finfo_min_mask_everywhere_is_uniform_not_empty(gen):
         torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("layout", ["normal", "shuffle"])
-def test_paged_cache_ragged(layout, gen):
-    """Keys from a paged cache (pages in a shuffled order, ragged lengths), against the
-    dense reference per sequence."""
+def paged_inputs(lens, H, Sq, page, layout, gen):
+    """A paged cache (pages in a shuffled order) holding B ragged sequences; the dense
+    keys for the reference."""
     from mla_compile.custom_ops import PagedLatentCache
     from mla_compile.lowering.cache_layout import CacheLayout
 
-    B, H, page, nblk = 3, 4, 16, 3
-    lens = [40, 17, 48]
-    q_lat, q_pe, c, kr = inputs(B, H, 1, page * nblk, gen)
+    B, nblk = len(lens), max(1, -(-max(lens) // page))
+    q_lat, q_pe, c, kr = inputs(B, H, Sq, page * nblk, gen)
     cache = PagedLatentCache.allocate(B * nblk, page, R, DR, torch.float32, DEVICE, layout=CacheLayout(layout))
     table = torch.randperm(B * nblk, generator=gen).view(B, nblk).int().to(DEVICE)
     t = torch.arange(page * nblk, device=DEVICE)
     for b in range(B):
         cache.write(c[b], kr[b], table[b, t // page].long() * page + t % page)
     seq = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    for splits in (1, 2):
-        out = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.3, False, splits=splits, block_n=16,
-                                        paged=(cache.data, table, seq, page, cache.params))
+    return q_lat, q_pe, c, kr, (cache.data, table, seq, page, cache.params)
+
+
+def items_per_request(lens, H, Sq, page, sms, schedule="balanced"):
+    """The launcher's balanced table for these sizes (its Python statement): the item
+    count of each request, so a test can check what it covers."""
+    from mla_compile.custom_ops.decode_schedule import item_slots, reference_schedule
+
+    Sk, slots, groups = max(1, -(-max(lens) // page)) * page, 2 * sms, -(-H * Sq // 16)
+    splits = choose_wide_splits(len(lens), groups, Sk, 16, slots)
+    kps = -(-(-(-Sk // splits)) // 16) * 16
+    got = reference_schedule(lens, groups, slots, 16, kps // 16, item_slots(len(lens), groups, slots, -(-Sk // kps)))
+    return [n for _, n in got["reqs"]]
+
+
+@pytest.mark.parametrize("page, layout", [(1, "normal"), (16, "normal"), (16, "shuffle"), (64, "normal"),
+                                          (64, "shuffle")])
+def test_paged_cache_ragged(page, layout, gen):
+    """Keys from a paged cache, ragged lengths around the 64-key tile (1, 63, 64, 65),
+    both schedules: the balanced one (the default: some requests one item, written
+    directly, others several, merged) and the old one, each against the dense reference
+    per sequence and against each other."""
+    lens, H, sms = [150, 1, 63, 64, 65, 17], 4, 8
+    n_items = items_per_request(lens, H, 1, page, sms)
+    assert min(n_items) == 1 and max(n_items) >= 3, n_items  # both kinds of request
+    q_lat, q_pe, c, kr, paged = paged_inputs(lens, H, 1, page, layout, gen)
+    outs = {}
+    for schedule in ("balanced", "split"):
+        outs[schedule] = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.3, False, block_n=16, sms=sms,
+                                                   paged=paged, schedule=schedule)
         for b, n in enumerate(lens):
             want = latent_attention_reference(q_lat[b:b + 1], q_pe[b:b + 1], c[b:b + 1, :n], kr[b:b + 1, :n],
                                               0.3, False)
-            torch.testing.assert_close(out[b:b + 1], want, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(outs[schedule][b:b + 1], want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outs["balanced"], outs["split"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("zero", [False, True], ids=["nan-empty", "zero-empty"])
+def test_paged_balanced_sinks_mask_causal_and_empty_requests(zero, gen):
+    """Today's semantics on the balanced schedule: an additive mask (finfo.min padding, a
+    row that sees nothing), causal rows of a two-query chunk, sinks (only a request's
+    first item starts from its sink), and a length-0 request (no keys: NaN, or 0 with
+    zero_empty_rows; the sink alone gives 0; the old schedule's answers), in one request
+    of one item and in requests of several."""
+    lens, H, Sq, page, sms = [0, 90, 1, 33], 3, 2, 16, 8
+    n_items = items_per_request(lens, H, Sq, page, sms)
+    assert n_items[0] == 1 and max(n_items) >= 3, n_items
+    q_lat, q_pe, c, kr, paged = paged_inputs(lens, H, Sq, page, "normal", gen)
+    Sk = paged[1].shape[1] * page
+    mask = torch.zeros(len(lens), 1, Sq, Sk, device=DEVICE)
+    mask[1, :, :, 70:] = torch.finfo(torch.float32).min
+    mask[3, :, 1] = float("-inf")
+    sinks = torch.randn(H, generator=gen).to(DEVICE)
+    for causal in (False, True):
+        for sk in (None, sinks):
+            out = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.3, causal, mask=mask, zero_empty_rows=zero,
+                                            block_n=16, sms=sms, paged=paged, sinks=sk)
+            old = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.3, causal, mask=mask, zero_empty_rows=zero,
+                                            block_n=16, sms=sms, paged=paged, sinks=sk, schedule="split")
+            for b, n in enumerate(lens[1:], 1):
+                want = latent_attention_reference(q_lat[b:b + 1], q_pe[b:b + 1], c[b:b + 1, :n], kr[b:b + 1, :n],
+                                                  0.3, causal, mask[b:b + 1, ..., :n], zero, sk)
+                torch.testing.assert_close(out[b:b + 1], want, rtol=1e-4, atol=1e-4, equal_nan=True)
+            torch.testing.assert_close(out, old, rtol=1e-5, atol=1e-5, equal_nan=True)
+            # no key: the kernels' empty row (0 / 0, or 0), as the old schedule (the
+            # reference's matmul over an empty key axis gives 0 either way)
+            assert out[0].isnan().all() if sk is None and not zero else (out[0] == 0).all()
+
+
+def test_balanced_needs_pages():
+    q_lat, q_pe, c, kr = inputs(1, 2, 1, 8, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="schedule='balanced'"):
+        mla_decode_attention_wide(q_lat, q_pe, c, kr, 0.3, False, schedule="balanced")
 
 
 def test_split_choice():
@@ -201,8 +265,11 @@ def test_launcher_traces_on_fake_tensors(monkeypatch):
     not run) it returns a fake output, one launch with one split, two with partials."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
+    from mla_compile.custom_ops import decode_combine
+
     calls = []
-    monkeypatch.setattr(triton_decode_wide, "launch", lambda kernel, grid, *a, **k: calls.append((kernel, grid)))
+    for module in (triton_decode_wide, decode_combine):
+        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, **k: calls.append((kernel, grid)))
     with FakeTensorMode():
         B, H, L = 2, 128, 4096
         q = torch.empty(B, H, 1, 576, dtype=torch.bfloat16)
@@ -213,6 +280,39 @@ def test_launcher_traces_on_fake_tensors(monkeypatch):
                                             splits=splits)
             assert isinstance(out, FakeTensor) and out.shape == (B, H, 1, 512)
             assert [g for _, g in calls] == grids
+
+
+def test_paged_balanced_launches_on_fake_tensors(monkeypatch):
+    """The balanced launcher needs no data on the host (no sync: capturable): under
+    FakeTensorMode it launches the metadata program (one program), the split program
+    over (row groups, item slots from size hints) and the combine; the old schedule
+    launches (row groups, splits, B)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mla_compile.custom_ops import decode_combine, decode_schedule
+    from mla_compile.custom_ops.decode_schedule import item_slots
+
+    calls = []
+    for module in (triton_decode_wide, decode_combine, decode_schedule):
+        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, **k: calls.append((kernel.__name__, grid)))
+    with FakeTensorMode():
+        B, H, page, nblk = 32, 128, 64, 64
+        q = torch.empty(B, H, 1, 576, dtype=torch.bfloat16)
+        cache = torch.empty(B * nblk, page * 576, dtype=torch.bfloat16)
+        table = torch.empty(B, nblk, dtype=torch.int32)
+        seq = torch.empty(B, dtype=torch.int32)
+        paged = (cache, table, seq, page, (1, 576))
+        for schedule in ("balanced", "split"):
+            calls.clear()
+            out = mla_decode_attention_wide(q[..., :512], q[..., 512:], None, None, 0.1, False, paged=paged,
+                                            block_h=64, block_n=64, sms=132, schedule=schedule)
+            assert out.shape == (B, H, 1, 512)
+            splits = choose_wide_splits(B, 2, nblk * page, 64, 132)
+            if schedule == "balanced":
+                assert calls[:2] == [("_schedule", (1,)), ("_wide_split", (2, item_slots(B, 2, 132, splits)))]
+                assert calls[2][0] == "_wide_combine" and len(calls) == 3
+            else:
+                assert calls[0] == ("_wide_split", (2, splits, B)) and len(calls) == 1 + (splits > 1)
 
 
 def test_gluon_route_traces_to_one_op_call(monkeypatch, gen):
@@ -245,8 +345,11 @@ def test_gluon_route_traces_to_one_op_call(monkeypatch, gen):
     want = latent_attention_reference(q_lat, q_pe, c, kr, 0.3, False, mask)
     torch.testing.assert_close(gm(q_lat, q_pe, c, kr, mask), want, rtol=1e-4, atol=1e-4)
 
+    from mla_compile.custom_ops import decode_combine
+
     launched = []
-    monkeypatch.setattr(triton_decode_wide, "launch", lambda kernel, grid, *a, **k: launched.append(kernel))
+    for module in (triton_decode_wide, decode_combine):
+        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, **k: launched.append(kernel))
     with FakeTensorMode() as mode, torch._inductor.config.patch({"triton.cudagraphs": False}):
         out = run(*(mode.from_tensor(t) for t in (q_lat, q_pe, c, kr, mask)))
     assert out.shape == want.shape and triton_decode_wide._wide_split in launched, launched

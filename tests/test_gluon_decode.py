@@ -99,13 +99,117 @@ def test_paged_ragged_with_poisoned_free_slots(gen, program):
         t = torch.arange(n, device="cuda")
         cache[table[b, t // page].long(), t % page] = kv[b, :n]
     seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
-    for splits in (1, 2):
+    for splits, schedule in ((1, "split"), (2, "split"), (None, "balanced")):
         got = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.15, False, splits=splits, gluon=True,
-                                        gluon_program=program,
+                                        gluon_program=program, schedule=schedule,
                                         paged=(cache.view(B * nblk, -1), table, seq, page, (1, R + DR)))
         for b, n in enumerate(lens):
             close(got[b:b + 1], latent_attention_reference(q_lat[b:b + 1], q_pe[b:b + 1], kv[b:b + 1, :n, :R],
                                                            kv[b:b + 1, :n, R:], 0.15, False))
+
+
+def ragged_pages(lens, H, Sq, gen):
+    """q, the dense keys, and NORMAL 64-token pages in a shuffled order holding them, every
+    slot past a sequence's length NaN (the copies must zero-fill, never read them)."""
+    B, page = len(lens), 64
+    nblk = max(1, -(-max(lens) // page))
+    q_lat, q_pe = rand(B, H, Sq, R, gen=gen, scale=0.1), rand(B, H, Sq, DR, gen=gen, scale=0.1)
+    kv = rand(B, page * nblk, R + DR, gen=gen)
+    table = torch.randperm(B * nblk, device="cuda", generator=gen).view(B, nblk).int()
+    cache = torch.full((B * nblk, page, R + DR), float("nan"), device="cuda", dtype=BF16)
+    for b, n in enumerate(lens):
+        t = torch.arange(n, device="cuda")
+        cache[table[b, t // page].long(), t % page] = kv[b, :n]
+    seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    return q_lat, q_pe, kv, (cache.view(B * nblk, -1), table, seq, page, (1, R + DR))
+
+
+def balanced_items(paged, H, Sq):
+    """Items per request of the launcher's balanced table on this GPU (decode_schedule)."""
+    from mla_compile.custom_ops.decode_schedule import HEADER_INTS, ITEM_INTS, balanced_schedule
+    from mla_compile.custom_ops.triton_decode_wide import choose_wide_splits
+
+    _, table, seq, page, _ = paged
+    B, Sk, groups = seq.numel(), table.shape[1] * page, -(-H * Sq // 64)
+    slots = torch.cuda.get_device_properties(0).multi_processor_count
+    splits = choose_wide_splits(B, groups, Sk, 64, slots)
+    kps = -(-(-(-Sk // splits)) // 64) * 64
+    sched, items = balanced_schedule(seq, B, groups, slots, 64, kps, -(-Sk // kps))
+    reqs = sched[HEADER_INTS + ITEM_INTS * items:].view(B, 2).tolist()
+    return [n for _, n in reqs]
+
+
+@pytest.mark.parametrize("H", [64, 128])
+def test_paged_ragged_balanced_schedule(H, gen, program):
+    """The balanced schedule (decode_schedule.py: items of about equal key counts from the
+    device's table; the paged default): ragged lengths around the tile (1, 63, 64, 65)
+    and long ones, some requests one item (written directly), others several (merged);
+    against the reference, the old schedule and the Triton program on the same table."""
+    g = torch.Generator().manual_seed(H)
+    lens = [1, 63, 64, 65, 3000, 1200] + torch.randint(1, 2500, (26,), generator=g).tolist()
+    q_lat, q_pe, kv, paged = ragged_pages(lens, H, 1, gen)
+    n_items = balanced_items(paged, H, 1)
+    assert min(n_items) == 1 and max(n_items) > 1, n_items
+    got = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.12, False, gluon=True, gluon_program=program,
+                                    paged=paged)
+    for b, n in enumerate(lens):
+        close(got[b:b + 1], latent_attention_reference(q_lat[b:b + 1], q_pe[b:b + 1], kv[b:b + 1, :n, :R],
+                                                       kv[b:b + 1, :n, R:], 0.12, False))
+    old = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.12, False, gluon=True, gluon_program=program,
+                                    paged=paged, schedule="split")
+    tri = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.12, False, gluon=False, paged=paged)
+    torch.testing.assert_close(got.float(), old.float(), rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(got.float(), tri.float(), rtol=2e-2, atol=2e-3)
+
+
+def test_paged_balanced_masks_causal_sinks_and_empty_requests(gen, program):
+    """Masks (finfo.min padding, a row that sees nothing), causal rows of a two-query
+    chunk, sinks (from a request's first item only) and a length-0 request on the
+    balanced schedule: the old schedule's answers (NaN or 0 for the empty request)."""
+    lens, H, Sq = [0, 2000, 1, 700, 64], 64, 2
+    q_lat, q_pe, kv, paged = ragged_pages(lens, H, Sq, gen)
+    assert max(balanced_items(paged, H, Sq)) > 1
+    Sk = paged[1].shape[1] * 64
+    mask = torch.zeros(len(lens), 1, Sq, Sk, device="cuda")
+    mask[1, :, :, 1500:] = torch.finfo(torch.float32).min
+    mask[3, :, 1] = float("-inf")
+    sinks = torch.randn(H, generator=gen, device="cuda")
+    for causal in (False, True):
+        for zero in (False, True):
+            for sk in (None, sinks):
+                kw = dict(mask=mask, zero_empty_rows=zero, sinks=sk, gluon=True, gluon_program=program, paged=paged)
+                got = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.2, causal, **kw)
+                old = mla_decode_attention_wide(q_lat, q_pe, None, None, 0.2, causal, schedule="split", **kw)
+                assert torch.equal(got.isnan(), old.isnan())
+                torch.testing.assert_close(got.float(), old.float(), rtol=2e-2, atol=2e-3, equal_nan=True)
+                for b, n in enumerate(lens[1:], 1):
+                    close(got[b:b + 1], latent_attention_reference(
+                        q_lat[b:b + 1], q_pe[b:b + 1], kv[b:b + 1, :n, :R], kv[b:b + 1, :n, R:], 0.2, causal,
+                        mask[b:b + 1, ..., :n], zero, sk))
+
+
+def test_balanced_schedule_under_a_cuda_graph():
+    """The balanced launch is captured once (its table is written on the device from
+    seq_lens: no host sync) and replayed after the lengths change in place: each replay
+    equals the reference on the new lengths."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    lens = [3000, 1, 900, 64, 2500, 65, 10, 1800]
+    q_lat, q_pe, kv, paged = ragged_pages([3000] * 8, 128, 1, gen)  # every key written: lengths may grow
+    seq = paged[2]
+    seq.copy_(torch.tensor(lens, dtype=torch.int32))
+    out = torch.empty(len(lens), 128, 1, R, device="cuda", dtype=BF16)
+    run = lambda: mla_decode_attention_wide(q_lat, q_pe, None, None, 0.1, False, paged=paged, out=out)  # noqa: E731
+    run()  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for new in (lens, [1, 3000, 64, 900, 65, 2500, 1800, 10], [3000] * 8):
+        seq.copy_(torch.tensor(new, dtype=torch.int32))
+        out.fill_(float("nan"))
+        graph.replay()
+        for b, n in enumerate(new):
+            close(out[b:b + 1], latent_attention_reference(q_lat[b:b + 1], q_pe[b:b + 1], kv[b:b + 1, :n, :R],
+                                                           kv[b:b + 1, :n, R:], 0.1, False))
 
 
 AGREE_CASES = [(2, 128, 1000, 1, False), (3, 64, 700, 3, False), (2, 128, 640, 2, True),
