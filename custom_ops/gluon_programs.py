@@ -14,11 +14,17 @@ SEESAW_FROM_ROWS = 4096
 SEESAW_WIDE_FROM_ROWS = 1024  # where a request has >= 128 rows
 
 
+def program_name(name: str | None, rows, rows_per_request=1) -> str:
+    """`name`, or the default program's for `rows` (batch x query rows) of which one
+    request has `rows_per_request`."""
+    n, wide = size_hint(rows), size_hint(rows_per_request) >= 128
+    return name or ("seesaw" if n >= SEESAW_FROM_ROWS or (wide and n >= SEESAW_WIDE_FROM_ROWS) else "pipelined")
+
+
 def choose_program(name: str | None, rows, rows_per_request=1):
     """The Gluon program and its launch's num_warps (the seesaw's 4 are its default
     partition; its worker partition adds 4 more)."""
-    n, wide = size_hint(rows), size_hint(rows_per_request) >= 128
-    name = name or ("seesaw" if n >= SEESAW_FROM_ROWS or (wide and n >= SEESAW_WIDE_FROM_ROWS) else "pipelined")
+    name = program_name(name, rows, rows_per_request)
     if name == "split":
         return gluon_decode.gluon_split, gluon_decode.WARPS
     if name == "pipelined":
@@ -28,4 +34,4 @@ def choose_program(name: str | None, rows, rows_per_request=1):
     raise ValueError(f"gluon_program={name!r}: one of 'split', 'pipelined', 'seesaw'")
 
 
-__all__ = ["choose_program", "SEESAW_FROM_ROWS", "SEESAW_WIDE_FROM_ROWS"]
+__all__ = ["choose_program", "program_name", "SEESAW_FROM_ROWS", "SEESAW_WIDE_FROM_ROWS"]

@@ -23,10 +23,10 @@ Program shape (H200 measurements in benchmarks/RESULTS.md, issue 12):
   split >= 4 key blocks); with one split the program normalises and writes `out`
   directly (no fp32 partials, no combine launch). Partials keep each split's running
   max and sum apart (not m + log l), so a finfo.min mask stays exact. That is the
-  contiguous form's schedule; a paged (ragged) batch runs the balanced one by default
-  (decode_schedule.py: work items of about equal key counts, whatever the request, read
-  from a table a metadata program writes on the device; a request with one item writes
-  `out` directly).
+  contiguous form's schedule; a paged (ragged) batch of 2 or more runs the balanced one
+  by default (decode_schedule.py: work items of about equal key counts, whatever the
+  request, read from a table a metadata program writes on the device; a request with
+  one item writes `out` directly), except under the seesaw program.
 - The combine (decode_combine.py) merges the partials.
 
 Supported: everything `mla_decode_attention` takes (causal, additive mask, zero_empty_rows, sinks,
@@ -44,7 +44,7 @@ import torch
 
 from ..compat import inductor_cuda_graphs, size_hint
 from . import gluon_decode
-from .gluon_programs import choose_program
+from .gluon_programs import choose_program, program_name
 from .checks import known_true
 from .decode_combine import launch_combine
 from .decode_schedule import HEADER_INTS, ITEM_INTS, balanced_schedule, partial_slot, work_item
@@ -281,10 +281,13 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     "seesaw": `gluon_split_seesaw`), by default `gluon_programs.choose_program`'s
     choice by rows (the op in compiled graphs chooses the same).
 
-    `schedule`: "balanced" (the default for a paged cache: decode_schedule.py, work items
-    of about equal key counts whatever their request's length) or "split" (the default
-    for contiguous keys, where all lengths are equal: `splits` per request, sized from
-    the longest; for a paged cache the old schedule, kept for before / after benchmarks)."""
+    `schedule`: "balanced" (decode_schedule.py, work items of about equal key counts
+    whatever their request's length) or "split" (`splits` per request, sized from the
+    longest). Default, from the H200 (RESULTS.md, session 9): balanced for a paged cache
+    with B >= 2 under the Triton and split / pipelined Gluon programs (1.07-1.29x on ragged
+    batches, 0.94-1.0x on equal lengths); split for contiguous keys (equal lengths), at
+    B = 1 (balanced: 0.86x, its metadata launch) and under the seesaw (balanced: 0.92-1.08x
+    ragged, 0.93-0.96x equal)."""
     if not supports(q_lat, q_pe):
         raise NotImplementedError("mla_decode_attention_wide: R <= 512, Dr <= 64, float dtypes")
     B, H, Sq, R = q_lat.shape
@@ -317,7 +320,10 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
                                           k_pe if paged is None else None, mask, paged, sinks, out, scale,
                                           causal, zero_empty_rows, bh)
         use_gluon = False
-    schedule = schedule or ("balanced" if paged is not None else "split")
+    gluon_program = program_name(gluon_program, B * Sq * H, Sq * H)
+    if schedule is None:  # measured on an H200 (RESULTS.md, session 9): see the docstring
+        seesaw = use_gluon and gluon_program == "seesaw"
+        schedule = "balanced" if paged is not None and size_hint(B) >= 2 and not seesaw else "split"
     if schedule not in ("split", "balanced") or (schedule == "balanced" and paged is None):
         raise ValueError(f"mla_decode_attention_wide(schedule={schedule!r}): 'split', or 'balanced' with paged=")
     balanced = schedule == "balanced"
@@ -353,7 +359,7 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
                   ZERO_EMPTY=bool(zero_empty_rows), PAGED=paged is not None, PAGE=page, SINK=sinks is not None,
                   BALANCED=balanced)
     if use_gluon:
-        program, warps = choose_program(gluon_program, B * Sq * H, Sq * H)
+        program, warps = choose_program(gluon_program, B * Sq * H)
         launch(program, grid, *args, **common, num_warps=warps)
     else:
         launch(

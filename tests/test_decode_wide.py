@@ -315,6 +315,39 @@ def test_paged_balanced_launches_on_fake_tensors(monkeypatch):
                 assert calls[0] == ("_wide_split", (2, splits, B)) and len(calls) == 1 + (splits > 1)
 
 
+
+def test_default_schedule_rule(monkeypatch):
+    """The schedule by default (H200, RESULTS.md): balanced for paged batches of 2 or
+    more, split at batch 1, for contiguous keys and under the seesaw program."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mla_compile.custom_ops import decode_combine, decode_schedule, gluon_decode, gluon_programs
+
+    kernels = []
+    for module in (triton_decode_wide, decode_combine, decode_schedule):
+        monkeypatch.setattr(module, "launch", lambda kernel, grid, *a, **k: kernels.append(kernel.__name__))
+
+    def balanced(B, paged=True, program=None):
+        kernels.clear()
+        with FakeTensorMode():
+            q = torch.empty(B, 128, 1, 576, dtype=torch.bfloat16)
+            cache = torch.empty(B * 64, 64 * 576, dtype=torch.bfloat16)
+            pages = (cache, torch.empty(B, 64, dtype=torch.int32), torch.empty(B, dtype=torch.int32), 64, (1, 576))
+            kv = torch.empty(B, 4096, 576, dtype=torch.bfloat16)
+            mla_decode_attention_wide(q[..., :512], q[..., 512:], None if paged else kv[..., :512],
+                                      None if paged else kv[..., 512:], 0.1, False, paged=pages if paged else None,
+                                      block_h=64, block_n=64, sms=132, gluon_program=program)
+        return "_schedule" in kernels
+
+    assert balanced(2) and balanced(32)
+    assert not balanced(1) and not balanced(32, paged=False)
+    if gluon_decode.gluon is not None:  # the Gluon programs' choice, on a pretend sm_90
+        monkeypatch.setattr(gluon_decode, "applies", lambda *a: True)
+        monkeypatch.setattr(triton_decode_wide, "is_traced", lambda t: False)  # as on real tensors
+        assert balanced(32, program="pipelined") and not balanced(32, program="seesaw")
+        assert gluon_programs.program_name(None, 32 * 128, 128) == "seesaw"
+        assert not balanced(32)
+
 def test_gluon_route_traces_to_one_op_call(monkeypatch, gen):
     """Where the Gluon program applies and the graph runs under CUDA graphs, the traced
     launcher (a compiled graph's) calls mla.wide_decode_gluon instead of launching
