@@ -59,9 +59,13 @@ tests passed and it ran 1.22-1.26x the Triton kernel's speed and 1.13-1.20x cuDN
 at 128-key tiles, 2 stages (benchmarks/RESULTS.md): the default since.
 
 Inside a compiled graph (traced tensors) Inductor cannot launch a Gluon kernel: the
-launcher calls `mla.prefill_gluon` (gluon_op.py) instead where `traced_route` says so:
+launcher can call `mla.prefill_gluon` (gluon_op.py) instead where `traced_route` says so:
 under CUDA graphs, or from TRACED_FROM_ROWS query rows, where the op call's host time
-(~0.2 ms on torch 2.11) hides behind a kernel of milliseconds.
+(~0.2 ms on torch 2.11) hides behind a kernel of milliseconds. That route is OFF
+(TRACED_ROUTE): its GPU test did not run to completion in session 9 (the test's model
+could not take 2048 positions; fixed since, not re-run), and a model-level run at
+S = 32768, H = 128 with it on ran out of GPU memory, cause not established. Compiled
+graphs keep launching the Triton kernel until both are checked on an H200.
 """
 from __future__ import annotations
 
@@ -81,7 +85,8 @@ except ImportError:  # no Gluon (or no Triton): the Triton kernel runs
     gluon = None
 
 DEFAULT_ON = True  # measured ahead of the Triton kernel on an H200 (see the docstring)
-TRACED_FROM_ROWS = 2048  # a compiled graph calls the op from this many query rows
+TRACED_ROUTE = False  # compiled graphs: see the docstring (unverified on a GPU)
+TRACED_FROM_ROWS = 2048  # with the route on, a compiled graph calls the op from this many query rows
 BLOCK_M = 128  # query rows per program (two consumer warpgroups of 64)
 BLOCK_N = 128  # keys per tile
 PINGPONG = True  # the consumers take turns at the tensor cores (FA3's inter-warpgroup schedule)
@@ -125,7 +130,7 @@ def traced_route(q_nope, q_pe, k_nope, k_pe, v, *, interpreting: bool, mask=None
     query rows (a size hint: speed only, no guard)."""
     from ..compat import inductor_cuda_graphs, size_hint
 
-    if interpreting or not DEFAULT_ON or not _sm90(q_nope):
+    if interpreting or not (DEFAULT_ON and TRACED_ROUTE) or not _sm90(q_nope):
         return False
     return (fits(q_nope, q_pe, k_nope, k_pe, v, mask, sinks)
             and (inductor_cuda_graphs() or size_hint(q_nope.shape[2]) >= TRACED_FROM_ROWS))

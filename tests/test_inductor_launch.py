@@ -74,17 +74,30 @@ def test_prefill_kernels_launched_by_inductor(shape):
 @cuda_only
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                     reason="the Gluon prefill program needs sm_90")
-def test_long_prefill_calls_the_gluon_op():
-    """From gluon_prefill.TRACED_FROM_ROWS query rows the compiled graph calls
-    mla.prefill_gluon (Inductor cannot launch a Gluon kernel) instead of the Triton
-    kernel: equal to eager."""
+def test_long_prefill_calls_the_gluon_op(monkeypatch):
+    """With the route on (gluon_prefill.TRACED_ROUTE), from TRACED_FROM_ROWS query rows a
+    compiled graph's mla.prefill_attention calls mla.prefill_gluon (Inductor cannot
+    launch a Gluon kernel) instead of the Triton kernel: equal to the eager op."""
     from mla_compile.custom_ops import gluon_prefill
 
-    size = AttnSize(B=1, S=gluon_prefill.TRACED_FROM_ROWS, H=4, nope=128, rope=64, v=128, latent=512)
-    model = SDPA_CAUSAL.build(size, torch.bfloat16).cuda()
-    inputs = tuple(t.cuda() if isinstance(t, torch.Tensor) else t for t in model.example_inputs(seed=5))
-    out, ref, code, reports = _compile_and_code(model, inputs)
-    assert _counts(reports).get("attention.mla") == 1, [r.format() for r in reports]
+    monkeypatch.setattr(gluon_prefill, "TRACED_ROUTE", True)
+    torch._dynamo.reset()
+    B, H, S, Dn, Dr, Dv, R = 1, 4, gluon_prefill.TRACED_FROM_ROWS, 128, 64, 128, 512
+    g = torch.Generator(device="cuda").manual_seed(5)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, device="cuda", generator=g) * scale).to(torch.bfloat16)
+
+    args = (rand(B, H, S, Dn), rand(B, H, S, Dr), rand(B, S, R), rand(B, S, Dr), rand(H, Dn, R, scale=R ** -0.5),
+            rand(H, Dv, R, scale=R ** -0.5))
+
+    def attend(*a):
+        return torch.ops.mla.prefill_attention(*a, 0.1352, True, "decompressed")
+
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(attend, backend="mla"), *args)
+        ref = attend(*args)
+    code = "\n".join(code)
     assert "torch.ops.mla.prefill_gluon" in code and "_mla_prefill_fwd" not in code, code
     _close(out, ref, 2e-2)
 
