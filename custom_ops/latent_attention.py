@@ -49,11 +49,11 @@ def new_latent_output(q_lat: torch.Tensor) -> torch.Tensor:
     return q_lat.new_empty(B, Sq, H, R).transpose(1, 2)
 
 
-def compute_latent_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, kernel="auto", mask=None,
+def compute_latent_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, impl="auto", mask=None,
                              zero_empty_rows=False, sinks=None) -> torch.Tensor:
     """The op's computation without its checks (traceable: see compute_prefill_attention)."""
     out = new_latent_output(q_lat)
-    select_backend(q_lat.device, kernel).latent_attention(
+    select_backend(q_lat.device, impl).latent_attention(
         q_lat, q_pe, c_kv, k_pe, scale, causal, mask, zero_empty_rows, out, sinks)
     return out
 
@@ -66,19 +66,19 @@ def latent_attention(
     k_pe: torch.Tensor,
     scale: float,
     causal: bool,
-    kernel: str = "auto",
+    impl: str = "auto",
     mask: torch.Tensor | None = None,
     zero_empty_rows: bool = False,
     sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of q = [q_lat, q_pe] over keys [c_kv, k_pe] and values c_kv."""
-    validate_latent_args(q_lat, q_pe, c_kv, k_pe, kernel, mask, sinks)
-    return compute_latent_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, kernel, mask,
+    validate_latent_args(q_lat, q_pe, c_kv, k_pe, impl, mask, sinks)
+    return compute_latent_attention(q_lat, q_pe, c_kv, k_pe, scale, causal, impl, mask,
                                     zero_empty_rows, sinks)
 
 
 @latent_attention.register_fake
-def _latent_attention_fake(q_lat, q_pe, c_kv, k_pe, scale, causal, kernel="auto", mask=None,
+def _latent_attention_fake(q_lat, q_pe, c_kv, k_pe, scale, causal, impl="auto", mask=None,
                            zero_empty_rows=False, sinks=None):
-    validate_latent_args(q_lat, q_pe, c_kv, k_pe, kernel, mask, sinks)
+    validate_latent_args(q_lat, q_pe, c_kv, k_pe, impl, mask, sinks)
     return new_latent_output(q_lat)

@@ -227,7 +227,7 @@ def gather(cache, block_table, seq_lens, block_size, tt, vec, latent_dim, rope_d
 @torch.library.custom_op("mla::paged_decode", mutates_args=())
 def paged_decode(q_nope: torch.Tensor, q_pe: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor,
                  seq_lens: torch.Tensor, w_uk: torch.Tensor, w_uv: torch.Tensor, scale: float,
-                 block_size: int, tt: int, vec: int, kernel: str = "auto") -> torch.Tensor:
+                 block_size: int, tt: int, vec: int, impl: str = "auto") -> torch.Tensor:
     """MLA attention of q ([B, H, Sq, Dn] / [B, H, Sq, Dr]) over each sequence's first
     seq_lens[b] cached tokens, absorbed form; -> [B, H, Sq, Dv] (no causal mask within
     the Sq queries: each sees the whole cached sequence). Raises ValueError naming the
@@ -235,19 +235,19 @@ def paged_decode(q_nope: torch.Tensor, q_pe: torch.Tensor, cache: torch.Tensor, 
     outside CUDA graph capture: one host sync) for seq_lens outside [0, capacity] or a
     used block_table entry outside [0, num_blocks)."""
     _check_decode("paged_decode", q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, block_size, tt, vec,
-                  kernel)
+                  impl)
     _check_table_values("paged_decode", cache, block_table, seq_lens, block_size)
     return compute_paged_decode(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, scale,
-                                block_size, tt, vec, kernel)
+                                block_size, tt, vec, impl)
 
 
 def compute_paged_decode(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, scale, block_size,
-                         tt, vec, kernel="auto") -> torch.Tensor:
+                         tt, vec, impl="auto") -> torch.Tensor:
     """mla.paged_decode's computation without its checks: torch ops and kernel launches
     only, so that lowering can trace it into the graph (passes/inline_launches.py)."""
     R, Dr = w_uk.shape[2], q_pe.shape[-1]
     q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
-    backend = select_backend(q_nope.device, kernel)
+    backend = select_backend(q_nope.device, impl)
     if backend.name == "triton":
         # the kernel steps through a table row and through seq_lens with unit stride
         table = block_table if block_table.stride(-1) == 1 else block_table.contiguous()
@@ -268,9 +268,9 @@ def compute_paged_decode(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv,
 
 
 @paged_decode.register_fake
-def _(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, scale, block_size, tt, vec, kernel="auto"):
+def _(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, scale, block_size, tt, vec, impl="auto"):
     _check_decode("paged_decode", q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, block_size, tt, vec,
-                  kernel)
+                  impl)
     B, H, Sq, _ = q_nope.shape
     return q_nope.new_empty(B, H, Sq, w_uv.shape[1])
 

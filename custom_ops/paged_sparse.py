@@ -77,10 +77,10 @@ def paged_sparse_reference(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_u
 
 
 def compute_paged_sparse_decode(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, indices, scale,
-                                block_size, tt, vec, kernel="auto", zero_empty_rows=False,
+                                block_size, tt, vec, impl="auto", zero_empty_rows=False,
                                 distinct=False) -> torch.Tensor:
     """The op's computation without its checks (torch ops and kernel launches only)."""
-    backend = select_backend(q_nope.device, kernel)
+    backend = select_backend(q_nope.device, impl)
     if backend.name != "triton":
         return paged_sparse_reference(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, indices, scale,
                                       block_size, tt, vec, zero_empty_rows)
@@ -97,21 +97,21 @@ def compute_paged_sparse_decode(q_nope, q_pe, cache, block_table, seq_lens, w_uk
 @torch.library.custom_op("mla::paged_sparse_decode", mutates_args=())
 def paged_sparse_decode(q_nope: torch.Tensor, q_pe: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor,
                         seq_lens: torch.Tensor, w_uk: torch.Tensor, w_uv: torch.Tensor, indices: torch.Tensor,
-                        scale: float, block_size: int, tt: int, vec: int, kernel: str = "auto",
+                        scale: float, block_size: int, tt: int, vec: int, impl: str = "auto",
                         zero_empty_rows: bool = False, distinct: bool = False) -> torch.Tensor:
     """MLA attention of q ([B, H, Sq, Dn] / [B, H, Sq, Dr]) over the cached tokens
     `indices` [B, Sq, K] chooses per query (see the module docstring); -> [B, H, Sq, Dv]."""
-    _check_args(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, indices, block_size, tt, vec, kernel)
+    _check_args(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, indices, block_size, tt, vec, impl)
     _check_values(cache, block_table, seq_lens, indices, block_size)
     if distinct:
         check_distinct(_OP, indices, padding=PADDING)
     return compute_paged_sparse_decode(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, indices, scale,
-                                       block_size, tt, vec, kernel, zero_empty_rows, distinct)
+                                       block_size, tt, vec, impl, zero_empty_rows, distinct)
 
 
 @paged_sparse_decode.register_fake
-def _(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, indices, scale, block_size, tt, vec, kernel="auto",
+def _(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, indices, scale, block_size, tt, vec, impl="auto",
       zero_empty_rows=False, distinct=False):
-    _check_args(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, indices, block_size, tt, vec, kernel)
+    _check_args(q_nope, q_pe, cache, block_table, seq_lens, w_uk, w_uv, indices, block_size, tt, vec, impl)
     B, H, Sq, _ = q_nope.shape
     return q_nope.new_empty(B, H, Sq, w_uv.shape[1])

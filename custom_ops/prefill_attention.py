@@ -83,13 +83,13 @@ def new_output(q_nope: torch.Tensor, w_uv: torch.Tensor) -> torch.Tensor:
 
 
 def compute_prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                              kernel="auto", mask=None, zero_empty_rows=False, sinks=None,
+                              impl="auto", mask=None, zero_empty_rows=False, sinks=None,
                               empty_row_fill=None) -> torch.Tensor:
     """The op's computation without its checks: torch ops and kernel launches only,
     so that lowering can trace it into the graph (passes/inline_launches.py)."""
     out = new_output(q_nope, w_uv)
     extra = {} if empty_row_fill is None else {"empty_row_fill": empty_row_fill}
-    select_backend(q_nope.device, kernel).prefill_attention(
+    select_backend(q_nope.device, impl).prefill_attention(
         q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows, out, sinks, **extra)
     return out
 
@@ -105,20 +105,20 @@ def prefill_attention(
     scale: float,
     causal: bool,
     form: str,
-    kernel: str = "auto",
+    impl: str = "auto",
     mask: torch.Tensor | None = None,
     zero_empty_rows: bool = False,
     sinks: torch.Tensor | None = None,
     empty_row_fill: float | None = None,
 ) -> torch.Tensor:
     """MLA attention of q over the latent c_kv (see `reference.prefill_attention_reference`)."""
-    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask, sinks, causal, empty_row_fill)
+    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, impl, mask, sinks, causal, empty_row_fill)
     return compute_prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                                     kernel, mask, zero_empty_rows, sinks, empty_row_fill)
+                                     impl, mask, zero_empty_rows, sinks, empty_row_fill)
 
 
 @prefill_attention.register_fake
 def _prefill_attention_fake(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form,
-                            kernel="auto", mask=None, zero_empty_rows=False, sinks=None, empty_row_fill=None):
-    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, kernel, mask, sinks, causal, empty_row_fill)
+                            impl="auto", mask=None, zero_empty_rows=False, sinks=None, empty_row_fill=None):
+    validate_prefill_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, form, impl, mask, sinks, causal, empty_row_fill)
     return new_output(q_nope, w_uv)

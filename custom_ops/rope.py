@@ -54,10 +54,10 @@ def new_output(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.preserve_format)
 
 
-def compute_rope(xs, cos, sin, interleaved_in, interleaved_out, kernel="auto") -> list[torch.Tensor]:
+def compute_rope(xs, cos, sin, interleaved_in, interleaved_out, impl="auto") -> list[torch.Tensor]:
     """The op's computation without its checks (traceable: see compute_prefill_attention)."""
     outs = [new_output(x) for x in xs]
-    select_backend(xs[0].device, kernel).rope(list(xs), cos, sin, interleaved_in, interleaved_out, outs)
+    select_backend(xs[0].device, impl).rope(list(xs), cos, sin, interleaved_in, interleaved_out, outs)
     return outs
 
 
@@ -68,14 +68,14 @@ def rope(
     sin: torch.Tensor,
     interleaved_in: bool,
     interleaved_out: bool,
-    kernel: str = "auto",
+    impl: str = "auto",
 ) -> list[torch.Tensor]:
     """Rotary embedding of each x in `xs` (see `reference.rope_reference`)."""
-    validate_rope_args(xs, cos, sin, kernel)
-    return compute_rope(xs, cos, sin, interleaved_in, interleaved_out, kernel)
+    validate_rope_args(xs, cos, sin, impl)
+    return compute_rope(xs, cos, sin, interleaved_in, interleaved_out, impl)
 
 
 @rope.register_fake
-def _rope_fake(xs, cos, sin, interleaved_in, interleaved_out, kernel="auto"):
-    validate_rope_args(xs, cos, sin, kernel)
+def _rope_fake(xs, cos, sin, interleaved_in, interleaved_out, impl="auto"):
+    validate_rope_args(xs, cos, sin, impl)
     return [new_output(x) for x in xs]

@@ -72,11 +72,11 @@ def check_index_values(indices: torch.Tensor, sk: int) -> None:
         raise op_error(_OP, f"indices{where} = {value} is outside [0, Sk = {sk})")
 
 
-def compute_sparse_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, kernel="auto",
+def compute_sparse_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, impl="auto",
                              mask=None, zero_empty_rows=False, distinct=False) -> torch.Tensor:
     """The op's computation without its checks (traceable: see compute_prefill_attention)."""
     out = new_output(q_nope, w_uv)
-    select_backend(q_nope.device, kernel).sparse_attention(
+    select_backend(q_nope.device, impl).sparse_attention(
         q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask, zero_empty_rows, out, distinct=distinct)
     return out
 
@@ -91,22 +91,22 @@ def sparse_attention(
     w_uv: torch.Tensor,
     indices: torch.Tensor,
     scale: float,
-    kernel: str = "auto",
+    impl: str = "auto",
     mask: torch.Tensor | None = None,
     zero_empty_rows: bool = False,
     distinct: bool = False,
 ) -> torch.Tensor:
     """MLA attention of q over the keys `indices` chooses (see the module docstring)."""
-    validate_sparse_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, kernel, mask)
+    validate_sparse_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, impl, mask)
     check_index_values(indices, c_kv.shape[1])
     if distinct:
         check_distinct(_OP, indices)
-    return compute_sparse_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, kernel, mask,
+    return compute_sparse_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, impl, mask,
                                     zero_empty_rows, distinct)
 
 
 @sparse_attention.register_fake
-def _sparse_attention_fake(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, kernel="auto", mask=None,
+def _sparse_attention_fake(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, impl="auto", mask=None,
                            zero_empty_rows=False, distinct=False):
-    validate_sparse_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, kernel, mask)
+    validate_sparse_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, impl, mask)
     return new_output(q_nope, w_uv)

@@ -161,9 +161,8 @@ def _splice(graph: fx.Graph, node: fx.Node, gm: fx.GraphModule, inputs: list, re
 
 
 def _positional(node: fx.Node) -> None:
-    """An op call that stays takes every argument by position: Inductor's fallback
-    kernel has a parameter named `kernel` of its own, which our ops' `kernel=`
-    keyword (as AOTAutograd passes defaults) would collide with."""
+    """An op call that stays takes every argument by position (our ops name their
+    kernel choice `impl`: Inductor's fallback kernel has a parameter named `kernel`)."""
     def positional(args, kwargs) -> tuple:
         found = normalize_function(node.target, args, kwargs, normalize_to_only_use_kwargs=True)
         return tuple(found.kwargs.values())
@@ -184,7 +183,7 @@ def inline_launches(graph: fx.Graph, options, record: PassRecord) -> None:
             continue
         kwargs = _arguments(node)
         first = next(a for a in pytree.tree_leaves(kwargs) if isinstance(a, fx.Node))
-        kernel = kwargs.get("kernel", "auto")
+        kernel = kwargs.get("impl", "auto")
         if not (options.launch == "inductor" and inductor_launches(first.meta["val"].device, kernel)):
             _positional(node)
             continue

@@ -194,7 +194,7 @@ def test_equal_ops_are_traced_once(monkeypatch):
 
     def attend(q_nope, q_pe, c, kr, w_uk, w_uv):
         return torch.ops.mla.prefill_attention(q_nope, q_pe, c, kr, w_uk, w_uv, 0.2, True, "decompressed",
-                                               kernel="reference")
+                                               impl="reference")
 
     def layers(x1, x2, x3, w1, w2, kv_b):
         a = attend(*x1, *w1)

@@ -154,13 +154,13 @@ def _bad(**change):
     q_nope, q_pe, c_kv, k_pe, kv_b = mla_inputs(2, 4, 3, 5, g)
     w_uk, w_uv = split_kv_b(kv_b, 4, 16, 24)
     args = dict(q_nope=q_nope, q_pe=q_pe, c_kv=c_kv, k_pe=k_pe, w_uk=w_uk, w_uv=w_uv,
-                scale=0.25, causal=False, form="decompressed", kernel="reference")
+                scale=0.25, causal=False, form="decompressed", impl="reference")
     args.update({k: v(args[k]) if callable(v) else v for k, v in change.items()})
     return args
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(kernel="cuda"), "kernel must be one of"),
+    (dict(impl="cuda"), "kernel must be one of"),
     (dict(form="latent"), "form must be one of"),
     (dict(q_nope=lambda t: t[0]), r"q_nope must be 4-D \[B, H, Sq, Dn\]"),
     (dict(q_pe=lambda t: t[0]), r"q_pe must be 4-D \[B, H, Sq, Dr\]"),
@@ -258,3 +258,28 @@ def test_zero_empty_rows_is_sdpa_safe_softmax(kernel, form, gen):
     plain = op(*args, False)
     assert plain[1, :, 2].isnan().all() and not plain[0].isnan().any()
     torch.testing.assert_close(plain[0], expected[0], rtol=1e-4, atol=1e-4)
+
+
+def test_ops_run_inside_plain_inductor(gen):
+    """Our ops called directly in a model compiled with plain `backend="inductor"` (a
+    fallback kernel each): they name their kernel choice `impl`, not `kernel`, which
+    Inductor's fallback takes as its own parameter name (a TypeError before)."""
+    B, H, S, Dn, Dr, Dv, R = 1, 2, 6, 8, 4, 8, 16
+    q_nope, q_pe = torch.randn(B, H, S, Dn, generator=gen), torch.randn(B, H, S, Dr, generator=gen)
+    c, kr = torch.randn(B, S, R, generator=gen), torch.randn(B, S, Dr, generator=gen)
+    w_uk, w_uv = torch.randn(H, Dn, R, generator=gen) * 0.3, torch.randn(H, Dv, R, generator=gen) * 0.3
+    cos, sin = torch.randn(S, Dr, generator=gen), torch.randn(S, Dr, generator=gen)
+    idx = torch.stack([torch.randperm(S, generator=gen)[:3] for _ in range(S)])[None]
+
+    def model(q_nope, q_pe, c, kr):
+        (q_rot,) = torch.ops.mla.rope([q_pe], cos, sin, False, False)
+        dense = torch.ops.mla.prefill_attention(q_nope, q_rot, c, kr, w_uk, w_uv, 0.3, True, "decompressed")
+        q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
+        latent = torch.ops.mla.latent_attention(q_lat, q_rot, c, kr, 0.3, True)
+        sparse = torch.ops.mla.sparse_attention(q_nope, q_rot, c, kr, w_uk, w_uv, idx, 0.3)
+        return dense, latent, sparse
+
+    torch._dynamo.reset()
+    got = torch.compile(model, backend="inductor", fullgraph=True)(q_nope, q_pe, c, kr)
+    for g, w in zip(got, model(q_nope, q_pe, c, kr)):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)

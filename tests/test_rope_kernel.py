@@ -63,7 +63,7 @@ def run_backend(xs, cos, sin, ii, io, outs=None):
 
 
 def run_op(xs, cos, sin, ii, io, kernel="triton"):
-    outs = torch.ops.mla.rope(xs, cos, sin, ii, io, kernel=kernel)
+    outs = torch.ops.mla.rope(xs, cos, sin, ii, io, impl=kernel)
     assert len(outs) == len(xs)
     for x, out in zip(xs, outs):
         assert_matches(out, x, cos, sin, ii, io)
@@ -334,4 +334,4 @@ def test_opcheck_triton(case, gen):
         xs = [rand(B, H, S, d, gen=gen)]
         cos, sin = rand(S, d, gen=gen), rand(S, d, gen=gen)
         ii, io = True, False
-    torch.library.opcheck(torch.ops.mla.rope.default, (xs, cos, sin, ii, io), {"kernel": "triton"})
+    torch.library.opcheck(torch.ops.mla.rope.default, (xs, cos, sin, ii, io), {"impl": "triton"})

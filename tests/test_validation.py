@@ -156,11 +156,11 @@ def decode_args(dtype=torch.float32):
     w = rand(H * (DN + DV), R, dtype=dtype).view(H, DN + DV, R)
     return dict(q_nope=rand(B, H, SQ, DN, dtype=dtype), q_pe=rand(B, H, SQ, DR, dtype=dtype), cache=cache,
                 block_table=index([[4, 1, 0], [2, 5, 3]], torch.int32), seq_lens=index([9, 12], torch.int32),
-                w_uk=w[:, :DN], w_uv=w[:, DN:], scale=0.3, block_size=BS, tt=1, vec=W, kernel="reference")
+                w_uk=w[:, :DN], w_uv=w[:, DN:], scale=0.3, block_size=BS, tt=1, vec=W, impl="reference")
 
 
 DECODE_CASES = {
-    "kernel": (dict(kernel="cuda"), "kernel must be one of"),
+    "kernel": (dict(impl="cuda"), "kernel must be one of"),
     "q_nope_rank": (dict(q_nope=lambda t: t[0]), r"q_nope must be 4-D \[B, H, Sq, Dn\]"),
     "q_pe_rank": (dict(q_pe=lambda t: t[0]), r"q_pe must be 4-D \[B, H, Sq, Dr\]"),
     "w_uk_rank": (dict(w_uk=lambda t: t[0]), r"w_uk must be 3-D \[H, Dn, R\]"),
@@ -218,11 +218,11 @@ def test_paged_decode_valid_bf16():
 def test_unused_table_entries_are_not_checked(kernel):
     """Entries past a sequence's blocks are never read: padding may be anything."""
     args = decode_args()
-    want = paged_decode(**{**args, "kernel": kernel})
+    want = paged_decode(**{**args, "impl": kernel})
     padded = index([[4, 1, 0, -1, 99], [2, 5, 3, 7, -1]], torch.int32)
     args.update(block_table=padded, seq_lens=index([9, 12], torch.int32))
-    torch.testing.assert_close(paged_decode(**{**args, "kernel": kernel}), want)
-    torch.testing.assert_close(paged_decode(**{**args, "kernel": "reference"}), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(paged_decode(**{**args, "impl": kernel}), want)
+    torch.testing.assert_close(paged_decode(**{**args, "impl": "reference"}), want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -230,11 +230,11 @@ def test_strided_table_and_lengths_are_made_contiguous(kernel):
     """The Triton kernel steps through a table row and through seq_lens with unit
     stride: a column-major table and a strided int32 seq_lens are copied, not misread."""
     args = decode_args()
-    want = paged_decode(**{**args, "kernel": "reference"})
+    want = paged_decode(**{**args, "impl": "reference"})
     args["block_table"] = non_contiguous(args["block_table"])
     args["seq_lens"] = index([9, 0, 12, 0], torch.int32)[::2]
     assert args["block_table"].stride(-1) != 1 and args["seq_lens"].stride(0) != 1
-    torch.testing.assert_close(paged_decode(**{**args, "kernel": kernel}), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(paged_decode(**{**args, "impl": kernel}), want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -391,7 +391,7 @@ def test_cache_methods_valid():
 
 def rope_args():
     return dict(xs=[rand(2, 4, 16), rand(2, 1, 16)], cos=rand(2, 1, 16), sin=rand(2, 1, 16),
-                interleaved_in=False, interleaved_out=False, kernel="reference")
+                interleaved_in=False, interleaved_out=False, impl="reference")
 
 
 ROPE_CASES = {
@@ -415,14 +415,14 @@ def test_rope_valid_any_strides(kernel):
     args = rope_args()
     args["xs"] = [args["xs"][0].transpose(0, 1), args["xs"][1].transpose(0, 1)]  # the kernel takes strides
     args["cos"], args["sin"] = args["cos"].transpose(0, 1), args["sin"].transpose(0, 1)
-    outs = rope(**{**args, "kernel": kernel})
-    torch.testing.assert_close(outs, rope(**{**args, "kernel": "reference"}), rtol=1e-5, atol=1e-5)
+    outs = rope(**{**args, "impl": kernel})
+    torch.testing.assert_close(outs, rope(**{**args, "impl": "reference"}), rtol=1e-5, atol=1e-5)
 
 
 def prefill_args():
     w = rand(H, DN + DV, R)
     return dict(q_nope=rand(B, H, 3, DN), q_pe=rand(B, H, 3, DR), c_kv=rand(B, 5, R), k_pe=rand(B, 5, DR),
-                w_uk=w[:, :DN], w_uv=w[:, DN:], scale=0.3, causal=True, form="absorbed", kernel="reference")
+                w_uk=w[:, :DN], w_uv=w[:, DN:], scale=0.3, causal=True, form="absorbed", impl="reference")
 
 
 @pytest.mark.parametrize("change, message", [
