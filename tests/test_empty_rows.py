@@ -138,7 +138,7 @@ def test_invalid_use_is_named(change, message):
     q_nope, q_pe, c_kv, k_pe, kv_b = mla_inputs(B, H, S, 5, torch.Generator().manual_seed(0))
     w_uk, w_uv = split_kv_b(kv_b, H, DIMS["Dn"], DIMS["Dv"])
     args = dict(q_nope=q_nope, q_pe=q_pe, c_kv=c_kv, k_pe=k_pe, w_uk=w_uk, w_uv=w_uv, scale=0.1, causal=True,
-                form="decompressed", kernel="reference", mask=torch.zeros(2, 1, 1, 5), empty_row_fill=FMIN)
+                form="decompressed", impl="reference", mask=torch.zeros(2, 1, 1, 5), empty_row_fill=FMIN)
     args.update({k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in change.items()})
     if args["mask"] is not None:
         args["mask"] = args["mask"].to(DEVICE)
