@@ -65,13 +65,13 @@ def test_compiled_forward_with_dynamic_cache(family, impl):
 
 @upstream_cpu_codegen_bug
 def test_new_batch_sizes_and_prompt_lengths_do_not_recompile_every_step():
-    """Three generate calls with other batch sizes and prompt lengths through one
+    """Two generate calls with other batch sizes and prompt lengths through one
     compiled forward: a handful of compiles in all (dynamic shapes after the first
     change), not one per step, and tokens equal eager every time."""
     from torch._dynamo.utils import counters
 
     model = build("v3", "eager")
-    shapes = [(2, 9), (3, 6), (1, 12)]
+    shapes = [(2, 9), (3, 6)]
     with torch.no_grad():
         expected = [model.generate(torch.randint(0, 128, s, generator=torch.Generator().manual_seed(i)),
                                    max_new_tokens=8, do_sample=False) for i, s in enumerate(shapes)]
@@ -81,9 +81,9 @@ def test_new_batch_sizes_and_prompt_lengths_do_not_recompile_every_step():
             ids = torch.randint(0, 128, s, generator=torch.Generator().manual_seed(i))
             assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False), expected[i])
     frames = counters["stats"]["unique_graphs"]
-    # measured 7 (torch 2.13): prefill and decode for the first shape, then dynamic
-    # versions; far from one per step (24 forward calls)
-    assert frames <= 2 * len(shapes) + 1, f"{frames} graphs compiled for {3 * 8} forward calls"
+    # prefill and decode for the first shape, then dynamic versions (torch 2.13: 7 with a
+    # third shape); far from one per step (16 forward calls)
+    assert frames <= 2 * len(shapes) + 1, f"{frames} graphs compiled for {len(shapes) * 8} forward calls"
 
 
 def test_third_family_generate():
