@@ -16,7 +16,9 @@ both finite fills, which the pass turns into causal + the key-padding vector + t
 empty_row_fill (mask "additive+causal (key padding, finite fill: empty rows attend all
 keys...)"): only the left-pad query tiles walk past the diagonal. mla's
 last-token logits are checked against eager's (bf16: max abs diff printed). Prints a
-markdown table (also $OUT/model_prefill_H{H}_{attns}.md).
+markdown table (also $OUT/model_prefill_H{H}_{attns}.md), with each backend's peak GPU
+memory over its compile and timed calls (session 9's mla row at H = 128, S = 32768 ran out
+of memory with the Gluon prefill route on: this column is there to find out why).
 """
 from __future__ import annotations
 
@@ -61,6 +63,8 @@ def run_case(H, attn, B, S, padded, models):
             fwd = torch.compile(model.forward, fullgraph=True)
         elif backend == "mla":
             fwd = torch.compile(model.forward, backend="mla", fullgraph=True, options={"report": reports.append})
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
         try:
             with torch.no_grad():
                 first, us = timed(lambda: fwd(ids, attention_mask=mask, use_cache=False).logits, warm=3, reps=10)
@@ -71,14 +75,15 @@ def run_case(H, attn, B, S, padded, models):
         ref = last if name == "eager" else ref
         err = f"{(last - ref).abs().max().item():.3f}" if ref is not None and name != "eager" else "-"
         times[name] = us
-        rows.append((name, us, first, mask_kinds(reports) if backend == "mla" else "-", err))
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        rows.append((name, us, first, mask_kinds(reports) if backend == "mla" else "-", err, peak))
     best = min((times[n] for n in ("eager", "inductor") if n in times), default=None)
     return rows, best
 
 
 def table(H: int, sizes, attns) -> list[str]:
     lines = [f"| H | attn | B, S | backend | forward ms | vs best of eager/Inductor | first call s | mask | "
-             f"last-token logits max diff vs eager |", "|---|---|---|---|---|---|---|---|---|"]
+             f"last-token logits max diff vs eager | peak GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     cases = [(attn, B, S, False) for attn in attns for B, S in sizes]
     cases += [(attn, 2, 4096, True) for attn in ("sdpa", "eager") if attn in attns]
     best_by_size: dict = {}
@@ -93,12 +98,12 @@ def table(H: int, sizes, attns) -> list[str]:
         shape = f"{B}, {S}" + (" left-padded" if padded else "")
         for row in rows:
             if isinstance(row[1], str):
-                lines.append(f"| {H} | {attn} | {shape} | {row[0]} | {row[1]} | | | | |")
+                lines.append(f"| {H} | {attn} | {shape} | {row[0]} | {row[1]} | | | | | |")
             else:
-                name, us, first, mask, err = row
+                name, us, first, mask, err, peak = row
                 ratio = f"{best / us:.2f}x" if best else "-"
                 lines.append(f"| {H} | {attn} | {shape} | {name} | {us / 1e3:.2f} | {ratio} | {first:.1f} | "
-                             f"{mask} | {err} |")
+                             f"{mask} | {err} | {peak:.1f} |")
             print(lines[-1], flush=True)
         torch.cuda.empty_cache()
     return lines
