@@ -252,4 +252,5 @@ def balanced_schedule(seq_lens: torch.Tensor, batch, groups: int, slots: int, bl
 
 
 __all__ = ["balanced_schedule", "item_slots", "model_cost", "reference_schedule", "work_item",
-           "partial_slot", "gluon_work_item", "gluon_partial_slot", "HEADER_INTS", "ITEM_INTS", "FINE", "OVERHEAD_TILES", "SIZE_CLASSES"]
+           "partial_slot", "gluon_work_item", "gluon_partial_slot", "HEADER_INTS", "ITEM_INTS", "FINE",
+           "OVERHEAD_TILES", "SIZE_CLASSES"]

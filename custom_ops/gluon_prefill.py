@@ -73,7 +73,7 @@ import torch
 
 from ..compat import GLUON_CTA_BARRIER as cta_barrier
 from .checks import known_true
-from .launch import is_traced
+from .launch import is_traced, tma_aligned
 
 try:
     from triton.experimental import gluon
@@ -98,14 +98,6 @@ CONSUMER_REGS = 240
 _LOG2E = 1.4426950408889634
 
 
-def _tma_ok(t: torch.Tensor) -> bool:
-    """TMA: unit last stride, 16-byte aligned base and other strides (bytes); a traced
-    tensor's base is checked when the op runs (mla.prefill_gluon decides again)."""
-    el = t.element_size()
-    return (known_true(t.stride(-1) == 1) and (is_traced(t) or t.data_ptr() % 16 == 0)
-            and all(known_true(s * el % 16 == 0) for s in t.stride()[:-1]))
-
-
 def fits(q_nope, q_pe, k_nope, k_pe, v, mask=None, sinks=None) -> bool:
     """What the program computes, device aside: fp16 / bf16, Dn / Dr / Dv = 128 / 64 / 128,
     Sk >= Sq >= 128 (short prefills stay on the Triton kernel, and no TMA box is taller
@@ -117,7 +109,7 @@ def fits(q_nope, q_pe, k_nope, k_pe, v, mask=None, sinks=None) -> bool:
     if not (q_nope.shape[-1] == DN and q_pe.shape[-1] == DR and v.shape[-1] == DV
             and known_true(Sk >= Sq) and known_true(Sq >= BLOCK_M)):
         return False
-    return all(_tma_ok(t) for t in (q_nope, q_pe, k_nope, k_pe, v))
+    return all(tma_aligned(t) for t in (q_nope, q_pe, k_nope, k_pe, v))
 
 
 def _sm90(t: torch.Tensor) -> bool:

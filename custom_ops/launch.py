@@ -26,6 +26,16 @@ def is_traced(t) -> bool:
     return is_fake(t)
 
 
+def tma_aligned(t) -> bool:
+    """Whether a TMA descriptor can read `t`: unit last stride, 16-byte aligned base and
+    other strides (in bytes); a traced tensor's base is checked when the real call runs."""
+    from .checks import known_true
+
+    el = t.element_size()
+    return (known_true(t.stride(-1) == 1) and (is_traced(t) or t.data_ptr() % 16 == 0)
+            and all(known_true(s * el % 16 == 0) for s in t.stride()[:-1]))
+
+
 def launch(kernel, grid, first, *args, **kwargs) -> None:
     """kernel[grid](first, *args, **kwargs); traced when `first` (a tensor) is."""
     if isinstance(kernel, JITFunction) and is_traced(first):

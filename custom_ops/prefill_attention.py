@@ -88,9 +88,9 @@ def compute_prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causa
     """The op's computation without its checks: torch ops and kernel launches only,
     so that lowering can trace it into the graph (passes/inline_launches.py)."""
     out = new_output(q_nope, w_uv)
-    extra = {} if empty_row_fill is None else {"empty_row_fill": empty_row_fill}
     select_backend(q_nope.device, impl).prefill_attention(
-        q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows, out, sinks, **extra)
+        q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, causal, form, mask, zero_empty_rows, out, sinks,
+        empty_row_fill)
     return out
 
 

@@ -43,8 +43,8 @@ import os
 import torch
 
 from ..compat import size_hint
-from .checks import known_true
-from .launch import is_traced, launch
+from .checks import check_empty_row_fill, known_true
+from .launch import is_traced, launch, tma_aligned
 
 try:
     import triton
@@ -137,13 +137,7 @@ def default_config(dn: int, dr: int, dv: int, dtype: torch.dtype, sq: int,
 def _tma_ok(ts, dims) -> bool:
     """Whether K/V tiles can come through TMA descriptors: unit last stride, 16-byte
     aligned base and other strides, box dims <= 256."""
-    if TensorDescriptor is None or max(dims) > 256:
-        return False
-    for t in ts:
-        el = t.element_size()
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s * el % 16 for s in t.stride()[:-1]):
-            return False
-    return True
+    return TensorDescriptor is not None and max(dims) <= 256 and all(tma_aligned(t) for t in ts)
 
 
 def _use_tma(ts, dims, on_gpu: bool) -> bool:
@@ -227,10 +221,8 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
             raise ValueError(f"mla_prefill_attention: mask {tuple(mask.shape)} does not "
                              f"broadcast to [B, H, Sq, Sk] = {(B, H, Sq, Sk)}")
         mask_strides = mask.expand(B, H, Sq, Sk).stride()  # 0 over broadcast dims
+    check_empty_row_fill("prefill_attention", empty_row_fill, causal, mask)
     pad_rows = empty_row_fill is not None
-    if pad_rows and (not causal or mask is None or (mask.dim() >= 2 and not known_true(mask.shape[-2] == 1))):
-        raise ValueError("mla_prefill_attention: empty_row_fill needs causal=True and a key-only "
-                         "mask (size 1 on the query axis)")
     if out is None:
         out = torch.empty(B, H, Sq, Dv, device=q_nope.device, dtype=q_nope.dtype)
     elif out.shape != (B, H, Sq, Dv) or out.dtype != q_nope.dtype:
