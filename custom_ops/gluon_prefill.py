@@ -61,11 +61,12 @@ at 128-key tiles, 2 stages (benchmarks/RESULTS.md): the default since.
 Inside a compiled graph (traced tensors) Inductor cannot launch a Gluon kernel: the
 launcher can call `mla.prefill_gluon` (gluon_op.py) instead where `traced_route` says so:
 under CUDA graphs, or from TRACED_FROM_ROWS query rows, where the op call's host time
-(~0.2 ms on torch 2.11) hides behind a kernel of milliseconds. That route is OFF
-(TRACED_ROUTE): its GPU test did not run to completion in session 9 (the test's model
-could not take 2048 positions; fixed since, not re-run), and a model-level run at
-S = 32768, H = 128 with it on ran out of GPU memory, cause not established. Compiled
-graphs keep launching the Triton kernel until both are checked on an H200.
+(~0.2 ms on torch 2.11) hides behind a kernel of milliseconds. Session 9 left the route
+off: a model run at S = 32768 ran out of GPU memory. The cause was a recursion (the op's
+own eager call asked `traced_route` again and called itself, allocating a 1 GiB output
+per level); `traced_route` now holds only for traced tensors. On the H200 (session 10)
+the compiled DeepSeek-V3-attention model at H = 128 then ran 1.20-1.47x the faster of
+eager and Inductor at S = 4096-32768 (benchmarks/RESULTS.md, issue 16).
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ except ImportError:  # no Gluon (or no Triton): the Triton kernel runs
     gluon = None
 
 DEFAULT_ON = True  # measured ahead of the Triton kernel on an H200 (see the docstring)
-TRACED_ROUTE = False  # compiled graphs: see the docstring (unverified on a GPU)
+TRACED_ROUTE = True  # compiled graphs: see the docstring (measured on an H200)
 TRACED_FROM_ROWS = 2048  # with the route on, a compiled graph calls the op from this many query rows
 BLOCK_M = 128  # query rows per program (two consumer warpgroups of 64)
 BLOCK_N = 128  # keys per tile
@@ -118,12 +119,14 @@ def _sm90(t: torch.Tensor) -> bool:
 
 def traced_route(q_nope, q_pe, k_nope, k_pe, v, *, interpreting: bool, mask=None, sinks=None) -> bool:
     """Whether a compiled graph's (traced) launch calls mla.prefill_gluon: the program
-    fits, an sm_90 device, and the graph runs under CUDA graphs or has TRACED_FROM_ROWS
-    query rows (a size hint: speed only, no guard)."""
+    fits, an sm_90 device, traced tensors, and the graph runs under CUDA graphs or has
+    TRACED_FROM_ROWS query rows (a size hint: speed only, no guard)."""
     from ..compat import inductor_cuda_graphs, size_hint
 
     if interpreting or not (DEFAULT_ON and TRACED_ROUTE) or not _sm90(q_nope):
         return False
+    if not any(is_traced(t) for t in (q_nope, q_pe, k_nope, k_pe, v)):
+        return False  # the op's own eager call: `applies` decides (else it would call itself)
     return (fits(q_nope, q_pe, k_nope, k_pe, v, mask, sinks)
             and (inductor_cuda_graphs() or size_hint(q_nope.shape[2]) >= TRACED_FROM_ROWS))
 

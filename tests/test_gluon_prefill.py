@@ -192,3 +192,15 @@ def test_traced_route_needs_rows_or_cuda_graphs():
     """No sm_90 here: never. (On the GPU: test_inductor_launch's prefill test.)"""
     ins = make_inputs(1, 2, 256, 256, torch.bfloat16, "cpu", seed=8)
     assert not gluon_prefill.traced_route(*ins, interpreting=False)
+
+
+def test_traced_route_never_holds_for_real_tensors(monkeypatch):
+    """The op's own eager call (real tensors) must launch, not call the op again: session 9's
+    GPU run recursed here (a 1 GiB output per level at S=32768: out of memory)."""
+    monkeypatch.setattr(gluon_prefill, "TRACED_ROUTE", True)
+    monkeypatch.setattr(gluon_prefill, "DEFAULT_ON", True)
+    monkeypatch.setattr(gluon_prefill, "_sm90", lambda t: True)
+    monkeypatch.setattr(gluon_prefill, "TRACED_FROM_ROWS", 1)
+    ins = make_inputs(1, 2, 256, 256, torch.bfloat16, "cpu", seed=8)
+    assert gluon_prefill.fits(*ins)
+    assert not gluon_prefill.traced_route(*ins, interpreting=False)
