@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 from .launch import launch
 from .triton_rope import _bcast_strides, _config, _segment, fits_int32
 
