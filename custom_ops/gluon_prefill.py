@@ -53,9 +53,7 @@ Compiled offline for sm_90a (benchmarks/compile_gluon_prefill.py; Triton 3.6 and
 causal and not, BLOCK_N 128 / 2 stages and 64 / 3, PINGPONG on and off): no spill (ptxas
 -v: 0 bytes; no STL / LDL in the SASS), consumers at 240 registers (setmaxnreg; the SASS
 names up to R236), producer at 24; 213,344 bytes of shared memory at 128 / 2 (172,416 at
-64 / 3). Not yet run on a GPU: DEFAULT_ON stays off until the tests pass on an H200 and
-the benchmark shows it ahead of the Triton kernel. On the H200 (session 9) the 61 GPU
-tests passed and it ran 1.22-1.26x the Triton kernel's speed and 1.13-1.20x cuDNN's SDPA
+64 / 3). On the H200 (session 9) the 61 GPU tests passed and it ran 1.22-1.26x the Triton kernel's speed and 1.13-1.20x cuDNN's SDPA
 at 128-key tiles, 2 stages (benchmarks/RESULTS.md): the default since.
 
 Inside a compiled graph (traced tensors) Inductor cannot launch a Gluon kernel: the
