@@ -74,15 +74,18 @@ def test_prefill_kernels_launched_by_inductor(shape):
 @cuda_only
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                     reason="the Gluon prefill program needs sm_90")
-def test_long_prefill_calls_the_gluon_op(monkeypatch):
-    """With the route on (gluon_prefill.TRACED_ROUTE), from TRACED_FROM_ROWS query rows a
-    compiled graph's mla.prefill_attention calls mla.prefill_gluon (Inductor cannot
-    launch a Gluon kernel) instead of the Triton kernel: equal to the eager op."""
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_long_prefill_calls_the_gluon_op(monkeypatch, mode):
+    """With the route on (gluon_prefill.TRACED_ROUTE), a compiled graph's
+    mla.prefill_attention calls mla.prefill_gluon (Inductor cannot launch a Gluon kernel)
+    instead of the Triton kernel from TRACED_FROM_ROWS query rows, and under CUDA graphs
+    from the program's 128: equal to the eager op (replayed, under CUDA graphs)."""
     from mla_compile.custom_ops import gluon_prefill
 
     monkeypatch.setattr(gluon_prefill, "TRACED_ROUTE", True)
     torch._dynamo.reset()
-    B, H, S, Dn, Dr, Dv, R = 1, 4, gluon_prefill.TRACED_FROM_ROWS, 128, 64, 128, 512
+    S = gluon_prefill.TRACED_FROM_ROWS if mode == "default" else 256
+    B, H, Dn, Dr, Dv, R = 1, 4, 128, 64, 128, 512
     g = torch.Generator(device="cuda").manual_seed(5)
 
     def rand(*shape, scale=1.0):
@@ -94,12 +97,18 @@ def test_long_prefill_calls_the_gluon_op(monkeypatch):
     def attend(*a):
         return torch.ops.mla.prefill_attention(*a, 0.1352, True, "decompressed")
 
+    compiled = torch.compile(attend, backend="mla", options={"mode": mode})
     with torch.no_grad():
-        out, code = run_and_get_code(torch.compile(attend, backend="mla"), *args)
+        first, code = run_and_get_code(compiled, *args)
+        first = first.clone()
+        for _ in range(2):  # CUDA graphs: recorded, then replayed
+            out = compiled(*args).clone()
         ref = attend(*args)
     code = "\n".join(code)
     assert "torch.ops.mla.prefill_gluon" in code and "_mla_prefill_fwd" not in code, code
+    _close(first, ref, 2e-2)
     _close(out, ref, 2e-2)
+
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
