@@ -13,7 +13,9 @@ contiguous, and a literal True. What is read here:
 
   - an order comparison of two index vectors `k + ck <= q + cq` (le/lt/ge/gt in
     either operand order; a vector is an iota of step 1, shifted by int constants,
-    reshaped only by unsqueeze/size-1 views/expand/slices) bounds k - q (`bound`);
+    reshaped only by unsqueeze/size-1 views/expand/slices), or of their difference
+    with an int, `(k - q) <= c` (torch's tril / triu, as SDPA's math path builds
+    is_causal), bounds k - q (`bound`);
   - `T[i, k] <= T[i, q]` (transformers >= 5.18 compares positions so) reads as
     `k <= q` when T, computed concretely (no graph input, small), is an integer table
     whose rows strictly increase (one T, one i on both sides);
@@ -116,6 +118,36 @@ def _vec(node) -> Optional[_Vec]:
 # comparisons as (op, swap): swap reads `a op b` as `b op' a`; le/lt bound the left side
 _ORDER = {aten.le.Tensor: ("le", False), aten.lt.Tensor: ("lt", False),
           aten.ge.Tensor: ("le", True), aten.gt.Tensor: ("lt", True)}
+_SCALAR_ORDER = {aten.le.Scalar: ("le", False), aten.lt.Scalar: ("lt", False),
+                 aten.ge.Scalar: ("le", True), aten.gt.Scalar: ("lt", True)}
+
+
+def _pair_bound(node) -> Optional[tuple[_Vec, _Vec, int]]:
+    """(a, b, d) with a_idx - b_idx <= d for `x op y` of two index vectors (or of two
+    lookups in a table with increasing rows), or for `(x - y) op c` with c an int
+    (torch's tril / triu decompose to `(k - q) <= diagonal`, `>=`); None otherwise."""
+    if node.target in _ORDER:
+        op, swap = _ORDER[node.target]
+        lo, hi = (node.args[1], node.args[0]) if swap else (node.args[0], node.args[1])
+        a, b = _vec(lo), _vec(hi)  # a (op) b
+        if a is None and b is None:  # T[i, a] (op) T[i, b] with T's rows increasing
+            a, b = _increasing_rows_pair(lo, hi)
+        if a is None or b is None:
+            return None
+        return a, b, b.offset - a.offset - (1 if op == "lt" else 0)
+    if node.target in _SCALAR_ORDER:
+        op, swap = _SCALAR_ORDER[node.target]
+        diff, c = node.args[0], _int(node.args[1])
+        if (c is None or not isinstance(diff, fx.Node) or diff.target is not aten.sub.Tensor
+                or diff.kwargs.get("alpha", 1) != 1):
+            return None
+        x, y = _vec(diff.args[0]), _vec(diff.args[1])
+        if x is None or y is None:
+            return None
+        e = c - x.offset + y.offset  # x_idx - y_idx (op) e
+        strict = 1 if op == "lt" else 0
+        return (y, x, -e - strict) if swap else (x, y, e - strict)  # ge / gt: y - x <= -e (- 1)
+    return None
 
 
 def bound(node, sizes) -> Optional[tuple[str, int]]:
@@ -123,18 +155,12 @@ def bound(node, sizes) -> Optional[tuple[str, int]]:
     k - q <= d or k - q >= d; None if the node is no such comparison. Each vector
     must span its whole axis (sizes = (Sq, Sk)): one of size 1 would broadcast one
     value over the axis, not idx + offset."""
-    if node.target not in _ORDER:
+    pair = _pair_bound(node)
+    if pair is None:
         return None
-    op, swap = _ORDER[node.target]
-    lo, hi = (node.args[1], node.args[0]) if swap else (node.args[0], node.args[1])
-    a, b = _vec(lo), _vec(hi)  # a (op) b
-    if a is None and b is None:  # T[i, a] (op) T[i, b] with T's rows increasing
-        a, b = _increasing_rows_pair(lo, hi)
-    if a is None or b is None or {a.pos, b.pos} != {-2, -1}:
+    a, b, d = pair  # a_idx - b_idx <= d
+    if {a.pos, b.pos} != {-2, -1} or not all(known_equal(v.size, sizes[v.pos]) for v in (a, b)):
         return None
-    if not all(known_equal(v.size, sizes[v.pos]) for v in (a, b)):
-        return None
-    d = b.offset - a.offset - (1 if op == "lt" else 0)  # a_idx - b_idx <= d
     if a.pos == -1:  # k - q <= d
         return "upper", d
     return "lower", -d  # q - k <= d  <=>  k - q >= -d

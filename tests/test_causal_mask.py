@@ -2,8 +2,9 @@
 becomes the op's causal=True (plus an additive key-padding mask; under a finite fill
 also the op's empty_row_fill, so left-pad rows attend all keys as in eager), with
 logits equal to eager; look-alikes (k < q, a sliding window, an offset diagonal,
-k >= q, a padding term along the queries, a fill above fp16's finfo.min, packed
-sequences read from an input) keep their mask."""
+k >= q, the differences `(q - k) > 0` and `(k - q) <= 1`, a padding term along the
+queries, a fill above fp16's finfo.min, packed sequences read from an input) keep
+their mask."""
 import pytest
 import torch
 
@@ -21,6 +22,11 @@ RULES = {  # (rule(q, k) -> visible, proven causal)
     "window": (lambda q, k: (k <= q) & (k > q - 4), False),
     "offset": (lambda q, k: k <= q + 1, False),
     "anti": (lambda q, k: k >= q, False),
+    # differences against an int, as torch's tril / triu decompose (SDPA's is_causal on CPU)
+    "tril": (lambda q, k: (k - q) <= 0, True),
+    "triu_ge": (lambda q, k: (q - k) >= 0, True),
+    "tril_strict": (lambda q, k: (q - k) > 0, False),
+    "tril_offset": (lambda q, k: (k - q) <= 1, False),
 }
 
 
