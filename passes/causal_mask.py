@@ -2,7 +2,9 @@
 and what then replaces it.
 
 transformers' mask is where(AND of terms, 0, fill) (or where(NOT (AND of terms), fill,
-0): SDPA's boolean mask made additive on CUDA); passes/mask_terms.py reads its terms by
+0): SDPA's boolean mask made additive on CUDA; or where(c, fill, 0) with c one
+comparison marking the masked keys: DeepSeek's `full(-inf).triu(1)` decomposes so, and
+only c = (k - q >= 1) is causal); passes/mask_terms.py reads its terms by
 structure: order comparisons of index vectors bound k - q, key-only terms (size 1 on
 the query axis: the key padding), packed-sequence equalities that are all True, and
 True itself. Anything else (a lower bound on k - q, i.e. a sliding window; an offset
@@ -43,7 +45,7 @@ import torch.fx as fx
 
 from ..compat import known_equal
 from .graph_edit import call_with_meta
-from .mask_terms import ALIASES, bound, conjuncts, same_rows_eq, scalar
+from .mask_terms import ALIASES, bound, conjuncts, leading_dims_only, same_rows_eq, scalar
 from .match_utils import NoMatch, aten, val
 
 FINITE_FILL_MAX = -65504.0  # a finite fill at most this masks like -inf for bounded scores (see above)
@@ -73,7 +75,7 @@ class CausalMask:
 def analyse(mask: fx.Node, sizes: tuple) -> CausalMask:
     """The proof for scores of (Sq, Sk) = `sizes`; raises NotProven with the reason."""
     where = mask
-    while where.target in ALIASES:
+    while where.target in ALIASES or leading_dims_only(where):  # mask[None, None] and the like
         where = where.args[0]
     if where.target is not aten.where.self or val(where).dtype == torch.bool:
         raise NotBuilt("mask is not where(condition, 0, fill)")
@@ -83,10 +85,15 @@ def analyse(mask: fx.Node, sizes: tuple) -> CausalMask:
         # where(not c, fill, 0): SDPA's boolean mask as it becomes additive on CUDA
         cond, zero, fill = cond.args[0], fill, zero
     z, f = scalar(zero, val(where).dtype), scalar(fill, val(where).dtype)
+    masked_where_true = f == 0.0 and z is not None and z != 0.0
+    if masked_where_true:  # where(c, fill, 0): c marks the masked keys (full(-inf).triu(1))
+        zero, fill, z, f = fill, zero, f, z
     if z != 0.0 or f is None or not (f == -math.inf or f <= FINITE_FILL_MAX):
         raise NotProven(f"mask is where(condition, {z}, {f}), not (0, -inf or finfo.min)")
     if not isinstance(cond, fx.Node) or val(cond).dtype != torch.bool:
         raise NotProven("mask condition is not boolean")
+    if masked_where_true:
+        return CausalMask((), (zero, fill), f) if _masks_above_diagonal(cond, sizes) else _not_causal(cond, sizes)
     upper, keys = [], []
     for term in conjuncts(cond):
         if not isinstance(term, fx.Node):
@@ -104,6 +111,20 @@ def analyse(mask: fx.Node, sizes: tuple) -> CausalMask:
     if not upper or min(upper) != 0:
         raise NotProven(f"k - q <= {min(upper) if upper else 'inf'}: not top-left causal")
     return CausalMask(tuple(keys), (zero, fill), f)
+
+
+def _masks_above_diagonal(cond: fx.Node, sizes) -> bool:
+    """`cond` (True: masked) is exactly k - q >= 1: its negation, the visible keys, is
+    k - q <= 0. One comparison only: the negation of an AND is no AND of terms."""
+    b = bound(cond, sizes) if cond.op == "call_function" else None
+    return b == ("lower", 1)
+
+
+def _not_causal(cond: fx.Node, sizes):
+    b = bound(cond, sizes) if cond.op == "call_function" else None
+    if b is None:
+        raise NotProven("mask is where(condition, fill, 0) with a condition that is not one index comparison")
+    raise NotProven(f"masked where k - q {'<=' if b[0] == 'upper' else '>='} {b[1]}: not top-left causal")
 
 
 def rewrite(graph: fx.Graph, call, proof: CausalMask):

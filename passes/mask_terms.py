@@ -263,10 +263,13 @@ def same_rows_eq(node) -> bool:
 
 
 def scalar(x, dtype) -> Optional[float]:
-    """The value of a where() branch that is one number, as the where's output dtype
-    holds it (a fill rounds, e.g. fp32's finfo.min is -inf in bf16), or None."""
+    """The value of a where() branch that is one number (a scalar, or a `full` of any
+    shape), as the where's output dtype holds it (a fill rounds, e.g. fp32's finfo.min
+    is -inf in bf16), or None."""
     if isinstance(x, fx.Node) and x.target is aten.scalar_tensor.default:
         x = torch.tensor(x.args[0], dtype=x.kwargs.get("dtype") or torch.float32)
+    elif isinstance(x, fx.Node) and x.target is aten.full.default and isinstance(x.args[1], (int, float)):
+        x = torch.tensor(x.args[1], dtype=x.kwargs.get("dtype") or torch.float32)  # one value, any shape
     elif isinstance(x, fx.Node):
         x = _concrete(x) if val(x).numel() == 1 else None
     elif isinstance(x, bool) or not isinstance(x, (int, float)):
@@ -277,9 +280,11 @@ def scalar(x, dtype) -> Optional[float]:
         return float(torch.as_tensor(x).reshape(()).to(dtype))
 
 
-def _leading_dims_only(n: fx.Node) -> bool:
+def leading_dims_only(n: fx.Node) -> bool:
     """n only adds leading dims to its input (values aligned from the right kept):
     unsqueeze before the last two dims, or a view that prepends ones."""
+    if n.target not in (aten.unsqueeze.default, aten.view.default, aten.reshape.default):
+        return False
     src = n.args[0]
     if not isinstance(src, fx.Node) or val(src).dim() < 2:
         return False
@@ -303,7 +308,7 @@ def conjuncts(cond) -> list:
         elif isinstance(n, fx.Node) and n.target is aten.expand.default:
             todo.append(n.args[0])
         elif isinstance(n, fx.Node) and n.target in (aten.unsqueeze.default, aten.view.default,
-                                                     aten.reshape.default) and _leading_dims_only(n):
+                                                     aten.reshape.default) and leading_dims_only(n):
             todo.append(n.args[0])
         elif isinstance(n, fx.Node) and n.target is aten.full.default and n.args[1] is True:
             continue
@@ -312,4 +317,4 @@ def conjuncts(cond) -> list:
     return out
 
 
-__all__ = ["ALIASES", "bound", "conjuncts", "same_rows_eq", "scalar"]
+__all__ = ["ALIASES", "bound", "conjuncts", "leading_dims_only", "same_rows_eq", "scalar"]

@@ -88,6 +88,33 @@ def test_rules(rule, fill):
         assert p["mask"] == "additive" and p["mask_proof"].startswith("not causal"), p
 
 
+class TriuMask(torch.nn.Module):
+    """DeepSeek's inference code: mask = full((S, S), fill).triu(diagonal), added to the
+    scores (where(k - q >= diagonal, fill, 0) once decomposed)."""
+
+    def __init__(self, diagonal, fill):
+        super().__init__()
+        self.diagonal, self.fill = diagonal, fill
+        self.mla = HFMLA(SIZE, torch.float32, attn="eager", mask="padded")
+
+    def forward(self, x, pos):
+        S = x.shape[1]
+        return self.mla(x, pos, torch.full((S, S), self.fill, device=x.device).triu(self.diagonal)[None, None])
+
+
+@pytest.mark.parametrize("diagonal, fill, causal", [(1, float("-inf"), True), (1, FMIN, True), (2, FMIN, False),
+                                                     (0, FMIN, False)], ids=["ninf", "finfo_min", "diag2", "diag0"])
+def test_triu_fill_mask(diagonal, fill, causal):
+    """Only triu(1) masks exactly the keys above the diagonal (triu(0) also the diagonal,
+    triu(2) leaves one more key visible)."""
+    x, pos, _ = inputs()
+    p = compile_and_compare(TriuMask(diagonal, fill), x, pos)
+    if causal:
+        assert p["mask"] == "causal" and p["mask_proof"].startswith("causal"), p
+    else:
+        assert p["mask"] == "additive" and p["mask_proof"].startswith("not causal"), p
+
+
 EMPTY_ROWS = "additive+causal (key padding, finite fill: empty rows attend all keys"
 
 
