@@ -52,6 +52,15 @@ Why each wait / signal is there (a missing one is a silent wrong answer):
   each followed by cp.async.mbarrier.arrive.noinc (the arrival fires when all of that
   thread's earlier copies landed; count 128). The waiter's proxy fence orders the landed
   bytes before its wgmma (a cp.async has no writer thread left to fence it).
+  With TMA (the TMA constexpr, off by default: SEESAW_TMA; gluon_seesaw_copy.py) the
+  three barriers count ONE arrival per phase, whichever way the tile was filled: a full
+  tile (n0 + 64 <= hi_key) is one mbarrier.expect(bytes) + TMA boxes completing those
+  bytes (async proxy, as wgmma: no fence needed, the waiter's is harmless); the tail tile
+  (rows past the length may be NaN garbage: TMA must never load them) is masked cp.async,
+  then cp.async.wait_group 0, fence.proxy.async, partition barrier, one arrive (`_signal`).
+  Mixing the two per phase would break the count (128 vs 1): `fill` does one or the other.
+  A stage refilled by TMA after p0 was stored over its rope columns (generic proxy): wg0
+  fenced those stores in `_signal(M0_READY)` before the refill, in program order.
   wg1 reads stage 0's columns [256, 512) and p0 without awaiting FULL0: M0_READY is
   signalled after wg0 awaited FULL0 and wrote p0, and acquire / release is transitive.
   wg0 reads stage 1's columns [0, 256) (PV(2i+1)) behind S1_READY, signalled after wg1
@@ -79,7 +88,7 @@ The mbarrier arrive of `_signal` is one thread's (Triton predicates it on the fi
 thread), hence the partition barrier before it; the waits are every thread's.
 
 Pairs, not tiles: an odd tile count leaves tile 2i+1 of the last pair past the keys; it
-is zero-filled (the copies' masks), wg1 skips its score wgmma (scores all masked: -inf),
+is zero-filled (the masked cp.async copies, with TMA too: it is no full tile), wg1 skips its score wgmma (scores all masked: -inf),
 so p1 = 0, m1 = m0 and a1 = 1 (or a1 = 0 while nothing is visible, when O and l are 0):
 the results of gluon_split, at the price of two idle 64 x 256 x 64 wgmma (PV on p1 = 0).
 Its copies are still awaited, so the barriers' phases and wg0's PV read landed zeros.
@@ -97,6 +106,16 @@ some combinations spill 8-32 bytes once, before or after the loops. 44 wgmma per
 each partition (S: 36 k-steps of 16, PV: 2 x 4). Shared memory 231,676-231,740 bytes.
 The balanced schedule (BALANCED, decode_schedule.py) compiles the same way: no spill with
 no flags, 36 bytes with all of them (as the old schedule), none inside the loops.
+TMA variant (benchmarks/compile_gluon_seesaw.py; Triton 3.6 and 3.8, bf16, R = 512, 64-token
+pages, paged and contiguous; no flags, CAUSAL + MASK + SINK, BALANCED with and without them
+and ZERO_EMPTY, DIRECT with and without them): 255 registers; Triton 3.8 spills nothing;
+Triton 3.6 spills 16-40 bytes in the flag combinations where the cp.async variant spills
+16-36, outside the pair loops (none in the others). Tile 1 of the prologue is copied by
+cp.async (`fill`'s LANDED): with TMA there too, 3.6 and 3.8 spilled 300-480 bytes in the
+epilogue of the BALANCED and DIRECT-with-flags builds. Shared memory 231,692-231,756
+bytes (cp.async: 231,676-231,740); 9 TMA copy sites: Triton splits each [64, 256] box into four
+[64, 64] messages, one per warp of the issuing partition. The cp.async variant's SASS is
+unchanged by the split into gluon_seesaw_copy.py (diffed, Triton 3.6 and 3.8).
 
 Measured on the H200 (2026-12-01, benchmarks/RESULTS.md): the GPU tests pass (masks,
 causal, sinks, empty rows, ragged pages with poisoned free slots, 31 and 64 tiles against
@@ -367,10 +386,10 @@ if gluon is not None:
     ):
         LQ: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
         LR: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+        # the TMA boxes are written in this layout too (gluon_seesaw_copy.smem_layout: equal)
         SH: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         XS: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
         dt: gl.constexpr = QL.dtype.element_ty
-        HALF: gl.constexpr = R // 2
         scale = gl.cast(scale, gl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         pid = gl.program_id(0)
         b, lo, hi_key, slot = gluon_work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
@@ -415,13 +434,13 @@ if gluon is not None:
         cta_barrier()
 
         n_tiles = gl.cdiv(hi_key - lo, 64)
-        if n_tiles > 0:  # pair 0: tile 0 whole, tile 1 in its two parts
+        if n_tiles > 0:  # pair 0: tile 0 whole, tile 1 in its two parts (with TMA: landed by cp.async)
             fill(C, KR, CD, KRD, TABLE, c_smem.index(0), kr_smem.index(0), bars, FULL0, b, lo, hi_key, st_b,
                  sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, True, True, R, DR, PAGED, PAGE, TMA)
             fill(C, KR, CD, KRD, TABLE, c_smem.index(1), kr_smem.index(1), bars, FULL1R, b, lo + 64, hi_key, st_b,
-                 sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, False, True, R, DR, PAGED, PAGE, TMA)
+                 sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, False, True, R, DR, PAGED, PAGE, TMA, True)
             fill(C, KR, CD, KRD, TABLE, c_smem.index(1), kr_smem.index(1), bars, FULL1L, b, lo + 64, hi_key, st_b,
-                 sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, True, False, R, DR, PAGED, PAGE, TMA)
+                 sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, True, False, R, DR, PAGED, PAGE, TMA, True)
 
         # the tuples are written out in the call: assigned to a name, constexprs become tensors
         gl.warp_specialize([(_wg0, (q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,

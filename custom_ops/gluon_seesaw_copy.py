@@ -22,6 +22,9 @@ one copy barrier (FULL0, FULL1L or FULL1R), whichever way it copied:
       cp.async.wait_group 0 (this thread's copies landed), fence.proxy.async (they reach
       the async proxy), a partition barrier (every thread's copies precede) and one
       mbarrier.arrive: the phase's single arrival, no transaction bytes (`_signal`).
+    the prologue's tile 1 (LANDED): the tail's path even when full (with TMA there too,
+      ptxas spilled 300-480 bytes in the epilogue of some flag combinations; tile 0 by TMA
+      is still in flight while these copies land).
   Either way a phase completes exactly once per fill, so the waiters' parities are the
   cp.async variant's. A TMA fill may overwrite a stage last written through the generic
   proxy (p0 over the rope columns): the writers fenced it in `_signal` before the signal
@@ -58,7 +61,7 @@ def _rows_view(t: torch.Tensor, batch: int, keys: int):
     rpb = stride(0) / stride(1) (0 at B = 1) -> (view, rpb), or None where the batch stride
     is not a whole number of rows."""
     sb, st = t.stride(0), t.stride(1)
-    if st <= 0 or (batch > 1 and sb % st != 0):
+    if st <= 0 or sb < 0 or (batch > 1 and sb % st != 0):
         return None
     rpb = sb // st if batch > 1 else 0
     rows = (batch - 1) * rpb + keys
@@ -67,14 +70,15 @@ def _rows_view(t: torch.Tensor, batch: int, keys: int):
     return torch.as_strided(t, (rows, t.shape[-1]), (st, t.stride(-1)), t.storage_offset()), rpb
 
 
-def tma_plan(c_kv, k_pe, paged, R: int, Dr: int):
+def tma_plan(c_kv, k_pe, paged, R: int, Dr: int, dtype=None):
     """Whether TMA can load the seesaw's full key tiles, and from what: -> (latent view
     [rows, R], rope view [rows, Dr], latent rows per request, rope rows per request), or
     None (the launcher then runs the cp.async copies: same numbers). The rows of a tile are
     consecutive: for NORMAL pages of a multiple of 64 tokens (a tile never straddles a
     page) the row of key t is block * page + t % page (per request 0 rows), for contiguous
-    keys b * rpb + t. Needs 16-bit keys, R = 512, Dr = 64 (the boxes), and what TMA reads:
-    unit last stride, 16-byte aligned base and row strides (`launch.tma_aligned`)."""
+    keys b * rpb + t. Needs 16-bit keys (of `dtype`, q's, where given: the boxes land in
+    shared memory of q's type), R = 512, Dr = 64 (the boxes), and what TMA reads: unit last
+    stride, 16-byte aligned base and row strides (`launch.tma_aligned`)."""
     if R != 512 or Dr != 64:
         return None
     if paged is not None:
@@ -94,7 +98,9 @@ def tma_plan(c_kv, k_pe, paged, R: int, Dr: int):
             return None
         views = (cv[0], kv[0], cv[1], kv[1])
     c, kr = views[0], views[1]
-    if c.dtype not in (torch.float16, torch.bfloat16) or is_traced(c) or is_traced(kr):
+    if c.dtype not in (torch.float16, torch.bfloat16) or kr.dtype != c.dtype or dtype not in (None, c.dtype):
+        return None
+    if is_traced(c) or is_traced(kr):
         return None
     return views if tma_aligned(c) and tma_aligned(kr) else None
 
@@ -160,15 +166,29 @@ if gluon is not None:
                        sc_b, sc_t, skr_b, skr_t, HALF, True, R, DR, PAGED, PAGE)
 
     @gluon.jit
+    def _fill_landed(C, KR, TABLE, c_st, kr_st, bars, k: gl.constexpr, b, n0, hi_key, st_b,
+                     sc_b, sc_t, skr_b, skr_t, LEFT: gl.constexpr, RIGHT: gl.constexpr, R: gl.constexpr,
+                     DR: gl.constexpr, PAGED: gl.constexpr, PAGE: gl.constexpr):
+        """The TMA protocol's cp.async fill: masked copies, landed (wait_group 0), fenced, then
+        the phase's one arrive after a partition barrier (`_signal`)."""
+        _copy_parts(C, KR, TABLE, c_st, kr_st, b, n0, hi_key, st_b, sc_b, sc_t, skr_b, skr_t,
+                    LEFT, RIGHT, R, DR, PAGED, PAGE)
+        async_copy.commit_group()
+        async_copy.wait_group(0)
+        _signal(bars, k)
+
+    @gluon.jit
     def fill(C, KR, CD, KRD, TABLE, c_st, kr_st, bars, k: gl.constexpr, b, n0, hi_key, st_b,
              sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb,
              LEFT: gl.constexpr, RIGHT: gl.constexpr, R: gl.constexpr, DR: gl.constexpr,
-             PAGED: gl.constexpr, PAGE: gl.constexpr, TMA: gl.constexpr):
+             PAGED: gl.constexpr, PAGE: gl.constexpr, TMA: gl.constexpr, LANDED: gl.constexpr = False):
         """Keys [n0, n0 + 64) into stage (c_st, kr_st): latent columns [0, R/2) with LEFT,
-        [R/2, R) and the rope with RIGHT; completes one phase of barrier k (module docstring)."""
+        [R/2, R) and the rope with RIGHT; completes one phase of barrier k (module docstring).
+        LANDED (TMA protocol only): cp.async even for a full tile (the prologue's tile 1:
+        with TMA there too, the program spilled 300-480 bytes in its epilogue)."""
         HALF: gl.constexpr = R // 2
         bar = bars.index(k)
-        if TMA:
+        if TMA and not LANDED:
             if n0 + 64 <= hi_key:  # a full tile: every row lies below the request's length
                 nbytes: gl.constexpr = 64 * (HALF * (LEFT + RIGHT) + DR * RIGHT) * (c_st.dtype.primitive_bitwidth // 8)
                 if PAGED:  # a tile never straddles a page (PAGE % 64 == 0)
@@ -184,12 +204,12 @@ if gluon is not None:
                 if RIGHT:
                     tma.async_copy_global_to_shared(CD, [row_c, HALF], bar, c_st.slice(HALF, HALF, dim=1))
                     tma.async_copy_global_to_shared(KRD, [row_r, 0], bar, kr_st)
-            else:  # the tail: masked cp.async, landed, fenced, then the phase's one arrive
-                _copy_parts(C, KR, TABLE, c_st, kr_st, b, n0, hi_key, st_b, sc_b, sc_t, skr_b, skr_t,
-                            LEFT, RIGHT, R, DR, PAGED, PAGE)
-                async_copy.commit_group()
-                async_copy.wait_group(0)
-                _signal(bars, k)
+            else:  # the tail: rows past the length may be garbage, TMA must not load them
+                _fill_landed(C, KR, TABLE, c_st, kr_st, bars, k, b, n0, hi_key, st_b, sc_b, sc_t, skr_b, skr_t,
+                             LEFT, RIGHT, R, DR, PAGED, PAGE)
+        elif TMA:
+            _fill_landed(C, KR, TABLE, c_st, kr_st, bars, k, b, n0, hi_key, st_b, sc_b, sc_t, skr_b, skr_t,
+                         LEFT, RIGHT, R, DR, PAGED, PAGE)
         else:
             _copy_parts(C, KR, TABLE, c_st, kr_st, b, n0, hi_key, st_b, sc_b, sc_t, skr_b, skr_t,
                         LEFT, RIGHT, R, DR, PAGED, PAGE)

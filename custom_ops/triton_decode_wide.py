@@ -368,7 +368,7 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
         program, warps = choose_program(gluon_program, B * Sq * H)
         tma = {}
         if gluon_program == "seesaw" and (gluon_decode_seesaw.SEESAW_TMA if seesaw_tma is None else seesaw_tma):
-            plan = tma_plan(c_kv, k_pe, paged, R, Dr)
+            plan = tma_plan(c_kv, k_pe, paged, R, Dr, q_lat.dtype)
             if plan is not None:  # else the cp.async copies (the kernel's defaults)
                 cd, krd = tma_descriptors(plan)
                 tma = dict(CD=cd, KRD=krd, c_rpb=plan[2], kr_rpb=plan[3], TMA=True)

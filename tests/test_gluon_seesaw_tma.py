@@ -74,6 +74,9 @@ def test_plan_contiguous_does_not_apply():
     assert tma_plan(c, kr, None, R, DR) is None
     c = torch.as_strided(buf, (B, Sk, R), (Sk * 580, 580, 1))  # rows of 1160 bytes: not 16-byte strides
     assert tma_plan(c, kr, None, R, DR) is None
+    c = torch.as_strided(buf, (B, Sk, R), (Sk * W, W, 1))
+    assert tma_plan(c, kr, None, R, DR, BF16) is not None
+    assert tma_plan(c, kr, None, R, DR, torch.float16) is None  # keys of another type than q's
 
 
 # ---- GPU: the TMA variant against the reference and against the cp.async variant ----
