@@ -1,7 +1,8 @@
 """Absorbed MLA decode at 16-128 heads: the wide kernel's Triton program and its Gluon
 program for 64 rows (custom_ops/triton_decode_wide.py, custom_ops/gluon_decode.py; `gluon2` =
 its pipelined form, custom_ops/gluon_decode_pipelined.py; `gluon3` = the seesaw form,
-custom_ops/gluon_decode_seesaw.py)
+custom_ops/gluon_decode_seesaw.py, its key tiles copied by cp.async; `gluon3-tma` = the
+seesaw with TMA key copies, gluon_seesaw_copy.py)
 against the split kernel (custom_ops/triton_decode.py) and FlashMLA's SM90 dense decode,
 on the same latent, in one run (issue 12). `python benchmarks/bench_decode_wide.py`
 with the package installed.
@@ -25,6 +26,12 @@ BENCH_CASES "BxLxH,..." (default: H in 16, 32, 64, 128 x (B, L) in (1, 32768), (
 sequence's length uniform in [1, L]: the paged variants and FlashMLA, which read lengths;
 floors count the keys read). Paged variants run the balanced schedule (decode_schedule.py,
 the default) and, as `<name>-oldsched`, the old one (schedule="split"), in the same run.
+The seesaw with cp.async vs with TMA vs FlashMLA on the same pages (issue 12):
+    BENCH_VARIANTS=gluon3,gluon3-tma,gluon3-paged,gluon3-tma-paged,flashmla
+    BENCH_CASES=32x4096x64,64x4096x64,128x4096x64,32x8192x64,64x8192x64,128x8192x64,\
+32x4096x128,64x4096x128,128x4096x128,32x8192x128,64x8192x128,128x8192x128
+(and again with BENCH_RAGGED=1); the run prints whether the TMA descriptors applied
+(`tma_plan`: else the launcher silently runs the cp.async copies).
 `python benchmarks/bench_decode_wide.py --plot results.json out.png` redraws the roofline
 from a saved results file (no GPU needed).
 """
@@ -41,6 +48,7 @@ import triton
 import triton.testing
 
 from mla_compile.custom_ops import triton_decode, triton_decode_wide  # noqa: E402
+from mla_compile.custom_ops.gluon_seesaw_copy import tma_plan  # noqa: E402
 from mla_compile.custom_ops.triton_backend import TritonBackend  # noqa: E402
 
 R, DR, PAGE = 512, 64, 64
@@ -154,12 +162,20 @@ def main():
         variants["wide-paged"] = paged(False)
         variants["wide-paged-oldsched"] = paged(False, schedule="split")
         if H >= 64:  # the Gluon programs are 64-row ones; gluon2 / gluon3 = pipelined / seesaw
-            for name, prog in (("gluon", "split"), ("gluon2", "pipelined"), ("gluon3", "seesaw")):
+            for name, prog, kw in (("gluon", "split", {}), ("gluon2", "pipelined", {}),
+                                   ("gluon3", "seesaw", dict(seesaw_tma=False)),
+                                   ("gluon3-tma", "seesaw", dict(seesaw_tma=True))):
                 if not ragged:
                     variants[name] = ours(triton_decode_wide.mla_decode_attention_wide, gluon=True,
-                                          gluon_program=prog)
-                variants[f"{name}-paged"] = paged(True, gluon_program=prog)
-                variants[f"{name}-paged-oldsched"] = paged(True, gluon_program=prog, schedule="split")
+                                          gluon_program=prog, **kw)
+                variants[f"{name}-paged"] = paged(True, gluon_program=prog, **kw)
+                if name != "gluon3-tma":  # (the seesaw's default schedule is the old one)
+                    variants[f"{name}-paged-oldsched"] = paged(True, gluon_program=prog, schedule="split", **kw)
+            q, cache = sets[0]
+            print(f"B={B} L={L} H={H} seesaw TMA descriptors apply: contiguous "
+                  f"{tma_plan(cache[..., :R], cache[..., R:], None, R, DR) is not None}, paged "
+                  f"{tma_plan(None, None, (cache.view(B * L // PAGE, -1), table, seq, PAGE, (1, R + DR)), R, DR) is not None}",
+                  flush=True)
         if fm is not None:
             fwd, meta_fn = fm
             metas = [meta_fn()[0] for _ in sets]
@@ -206,11 +222,12 @@ def main():
         torch.cuda.empty_cache()
     names = ["old", "old-paged", "wide", "wide-paged", "wide-paged-oldsched", "gluon", "gluon-paged",
              "gluon-paged-oldsched", "gluon2", "gluon2-paged", "gluon2-paged-oldsched", "gluon3", "gluon3-paged",
-             "gluon3-paged-oldsched", "flashmla"]
+             "gluon3-paged-oldsched", "gluon3-tma", "gluon3-tma-paged", "flashmla"]
     names = [n for n in names if any(n in r["t"] for r in results)]
     lines = ["| B | L | H | floor us | compute floor us | " + " | ".join(f"{n} us (% max)" for n in names)
-             + " | best wide / old | best gluon / best wide | best ours / flashmla | old sched / balanced |",
-             "|---" * (5 + len(names) + 4) + "|"]
+             + " | best wide / old | best gluon / best wide | best ours / flashmla | old sched / balanced |"
+             + " seesaw cp.async / tma | flashmla / seesaw tma |",
+             "|---" * (5 + len(names) + 6) + "|"]
     for r in results:
         m = max(r["floor_us"], r["compute_floor_us"])
         cells = [f"{r['t'][n]:.1f} ({m / r['t'][n]:.0%})" if n in r["t"] else "-" for n in names]
@@ -225,8 +242,12 @@ def main():
         bal = [t for n, t in r["t"].items() if n.endswith("-paged") and n != "old-paged"]
         olds_ = [t for n, t in r["t"].items() if n.endswith("-oldsched")]
         vs_sched = f"{min(olds_) / min(bal):.2f}x" if bal and olds_ else "-"
+        cpa = [r["t"][n] for n in ("gluon3", "gluon3-paged") if n in r["t"]]
+        tma = [r["t"][n] for n in ("gluon3-tma", "gluon3-tma-paged") if n in r["t"]]
+        vs_tma = f"{min(cpa) / min(tma):.2f}x" if cpa and tma else "-"
+        fm_tma = f"{r['t']['flashmla'] / min(tma):.2f}x" if tma and "flashmla" in r["t"] else "-"
         lines.append(f"| {r['B']} | {length(r)} | {r['H']} | {r['floor_us']:.1f} | {r['compute_floor_us']:.1f} | "
-                     + " | ".join(cells) + f" | {vs_old} | {vs_wide} | {vs_fm} | {vs_sched} |")
+                     + " | ".join(cells) + f" | {vs_old} | {vs_wide} | {vs_fm} | {vs_sched} | {vs_tma} | {fm_tma} |")
     errs = ["| B | L | H | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
     for r in results:
         errs.append(f"| {r['B']} | {length(r)} | {r['H']} | " + " | ".join(

@@ -52,6 +52,15 @@ Why each wait / signal is there (a missing one is a silent wrong answer):
   each followed by cp.async.mbarrier.arrive.noinc (the arrival fires when all of that
   thread's earlier copies landed; count 128). The waiter's proxy fence orders the landed
   bytes before its wgmma (a cp.async has no writer thread left to fence it).
+  With TMA (the TMA constexpr, off by default: SEESAW_TMA; gluon_seesaw_copy.py) the
+  three barriers count ONE arrival per phase, whichever way the tile was filled: a full
+  tile (n0 + 64 <= hi_key) is one mbarrier.expect(bytes) + TMA boxes completing those
+  bytes (async proxy, as wgmma: no fence needed, the waiter's is harmless); the tail tile
+  (rows past the length may be NaN garbage: TMA must never load them) is masked cp.async,
+  then cp.async.wait_group 0, fence.proxy.async, partition barrier, one arrive (`_signal`).
+  Mixing the two per phase would break the count (128 vs 1): `fill` does one or the other.
+  A stage refilled by TMA after p0 was stored over its rope columns (generic proxy): wg0
+  fenced those stores in `_signal(M0_READY)` before the refill, in program order.
   wg1 reads stage 0's columns [256, 512) and p0 without awaiting FULL0: M0_READY is
   signalled after wg0 awaited FULL0 and wrote p0, and acquire / release is transitive.
   wg0 reads stage 1's columns [0, 256) (PV(2i+1)) behind S1_READY, signalled after wg1
@@ -79,7 +88,7 @@ The mbarrier arrive of `_signal` is one thread's (Triton predicates it on the fi
 thread), hence the partition barrier before it; the waits are every thread's.
 
 Pairs, not tiles: an odd tile count leaves tile 2i+1 of the last pair past the keys; it
-is zero-filled (the copies' masks), wg1 skips its score wgmma (scores all masked: -inf),
+is zero-filled (the masked cp.async copies, with TMA too: it is no full tile), wg1 skips its score wgmma (scores all masked: -inf),
 so p1 = 0, m1 = m0 and a1 = 1 (or a1 = 0 while nothing is visible, when O and l are 0):
 the results of gluon_split, at the price of two idle 64 x 256 x 64 wgmma (PV on p1 = 0).
 Its copies are still awaited, so the barriers' phases and wg0's PV read landed zeros.
@@ -97,6 +106,16 @@ some combinations spill 8-32 bytes once, before or after the loops. 44 wgmma per
 each partition (S: 36 k-steps of 16, PV: 2 x 4). Shared memory 231,676-231,740 bytes.
 The balanced schedule (BALANCED, decode_schedule.py) compiles the same way: no spill with
 no flags, 36 bytes with all of them (as the old schedule), none inside the loops.
+TMA variant (benchmarks/compile_gluon_seesaw.py; Triton 3.6 and 3.8, bf16, R = 512, 64-token
+pages, paged and contiguous; no flags, CAUSAL + MASK + SINK, BALANCED with and without them
+and ZERO_EMPTY, DIRECT with and without them): 255 registers; Triton 3.8 spills nothing;
+Triton 3.6 spills 16-40 bytes in the flag combinations where the cp.async variant spills
+16-36, outside the pair loops (none in the others). Tile 1 of the prologue is copied by
+cp.async (`fill`'s LANDED): with TMA there too, 3.6 and 3.8 spilled 300-480 bytes in the
+epilogue of the BALANCED and DIRECT-with-flags builds. Shared memory 231,692-231,756
+bytes (cp.async: 231,676-231,740); 9 TMA copy sites: Triton splits each [64, 256] box into four
+[64, 64] messages, one per warp of the issuing partition. The cp.async variant's SASS is
+unchanged by the split into gluon_seesaw_copy.py (diffed, Triton 3.6 and 3.8).
 
 Measured on the H200 (2026-12-01, benchmarks/RESULTS.md): the GPU tests pass (masks,
 causal, sinks, empty rows, ragged pages with poisoned free slots, 31 and 64 tiles against
@@ -108,14 +127,16 @@ from __future__ import annotations
 from .gluon_decode import gluon
 
 WARPS = 4  # the default partition (warpgroup 0); the worker partition adds 4 more
+SEESAW_TMA = False  # full key tiles by TMA (gluon_seesaw_copy.py): off until measured on an H200
 
 if gluon is not None:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
-        async_copy, fence_async_shared, mbarrier, warpgroup_mma, warpgroup_mma_wait)
+        fence_async_shared, mbarrier, warpgroup_mma, warpgroup_mma_wait)
 
     from ..compat import GLUON_CTA_BARRIER as cta_barrier
     from .decode_schedule import gluon_partial_slot, gluon_work_item
+    from .gluon_seesaw_copy import _signal, fill
 
     WORKER_REGS = gl.constexpr(256)  # setmaxnreg of the worker partition (warpgroup 1)
     # mbarriers (each completes once per key-tile pair, so pair i waits phase i & 1)
@@ -136,34 +157,6 @@ if gluon is not None:
     XL0 = gl.constexpr(4)
     XL1 = gl.constexpr(5)
     XZERO = gl.constexpr(6)  # zeros (see _opaque_zero)
-
-    @gluon.jit
-    def _copy_part(C, KR, TABLE, c_part, kr_buf, b, n0, hi_key, st_b, sc_b, sc_t, skr_b, skr_t,
-                   COL0: gl.constexpr, ROPE: gl.constexpr, R: gl.constexpr, DR: gl.constexpr,
-                   PAGED: gl.constexpr, PAGE: gl.constexpr):
-        """cp.async (one partition: 4 warps) of latent columns [COL0, COL0 + R/2) of keys
-        [n0, n0 + 64), and with ROPE their rope part; keys at or past hi_key are
-        zero-filled, never read (as gluon_decode._issue_tile)."""
-        LC: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
-        LR: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
-        tc = n0 + gl.arange(0, 64, layout=gl.SliceLayout(1, LC))
-        cc = COL0 + gl.arange(0, R // 2, layout=gl.SliceLayout(0, LC))
-        if PAGED:  # NORMAL pages of whole tiles: one page number per tile (a scalar base,
-            # 32-bit offsets within the page: fewer registers than 64-bit addresses per row)
-            blk = gl.load(TABLE + b * st_b + n0 // PAGE, mask=n0 < hi_key, other=0).to(gl.int64)
-            page_base = C + blk * (PAGE * (R + DR))
-            src_c = page_base + ((tc % PAGE) * (R + DR))[:, None] + cc[None, :]
-        else:
-            src_c = C + b * sc_b + tc.to(gl.int64)[:, None] * sc_t + cc[None, :]
-        async_copy.async_copy_global_to_shared(c_part, src_c, mask=(tc < hi_key)[:, None] & (cc < R)[None, :])
-        if ROPE:
-            tr = n0 + gl.arange(0, 64, layout=gl.SliceLayout(1, LR))
-            cr = gl.arange(0, DR, layout=gl.SliceLayout(0, LR))
-            if PAGED:
-                src_r = page_base + ((tr % PAGE) * (R + DR) + R)[:, None] + cr[None, :]
-            else:
-                src_r = KR + b * skr_b + tr.to(gl.int64)[:, None] * skr_t + cr[None, :]
-            async_copy.async_copy_global_to_shared(kr_buf, src_r, mask=(tr < hi_key)[:, None] & (cr < DR)[None, :])
 
     @gluon.jit
     def _masked_scores(s, n0, hi_key, b, rows, MK, smk_b, smk_h, smk_q, smk_n, scale, H, Sq,
@@ -199,15 +192,6 @@ if gluon is not None:
         derived from them are not hoisted out of the loop into registers, where they spilled."""
         ZL: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
         return gl.max(xch.slice(XZERO * 64, 1).load(ZL), 0).to(gl.int32)  # one element: no cross-warp reduction
-
-    @gluon.jit
-    def _signal(bars, k: gl.constexpr):
-        """Release this partition's shared-memory writes to the other partition: every
-        thread's writes are fenced (generic -> async proxy, for wgmma readers) and
-        ordered before the single arrive by the partition-wide barrier."""
-        fence_async_shared()
-        cta_barrier()
-        mbarrier.arrive(bars.index(k))
 
     @gluon.jit
     def _await(bars, k: gl.constexpr, phase):
@@ -254,10 +238,10 @@ if gluon is not None:
     def _wg0(q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,
              C, KR, MK, O, OP, ST, TABLE, SINKS, SCHED, sc_b, sc_t, skr_b, skr_t,
              smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
-             H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b,
+             H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b, CD, KRD, c_rpb, kr_rpb,
              R: gl.constexpr, DR: gl.constexpr, CAUSAL: gl.constexpr, MASK: gl.constexpr,
              DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr, PAGED: gl.constexpr, PAGE: gl.constexpr,
-             SINK: gl.constexpr, BALANCED: gl.constexpr):
+             SINK: gl.constexpr, BALANCED: gl.constexpr, TMA: gl.constexpr):
         """Warpgroup 0: scores and softmax of the even tiles, output columns [0, R/2)."""
         SL: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
         AL: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 256, 16])
@@ -303,16 +287,12 @@ if gluon is not None:
             acc = acc * gl.convert_layout(alpha1, gl.SliceLayout(1, AL))[:, None]
             acc = warpgroup_mma(p1_smem, c1.slice(0, HALF, dim=1), acc, is_async=True)  # PV(2i+1)
             if i + 1 < n_pairs:  # stage 0's readers all retired (wg1's PV(2i) before S1_READY)
-                _copy_part(C, KR, TABLE, c0.slice(0, HALF, dim=1), kr0, b, n0 + 128, hi_key, st_b,
-                           sc_b, sc_t, skr_b, skr_t, 0, False, R, DR, PAGED, PAGE)
-                _copy_part(C, KR, TABLE, c0.slice(HALF, HALF, dim=1), kr0, b, n0 + 128, hi_key, st_b,
-                           sc_b, sc_t, skr_b, skr_t, HALF, True, R, DR, PAGED, PAGE)
-                async_copy.mbarrier_arrive(bars.index(FULL0), increment_count=False)
+                fill(C, KR, CD, KRD, TABLE, c0, kr0, bars, FULL0, b, n0 + 128, hi_key, st_b, sc_b, sc_t,
+                     skr_b, skr_t, c_rpb, kr_rpb, True, True, R, DR, PAGED, PAGE, TMA)
             acc = warpgroup_mma_wait(0, deps=[acc])
             if i + 1 < n_pairs:  # tile 2i+1's left columns: wg1's S(2i+1) retired before S1_READY
-                _copy_part(C, KR, TABLE, c1.slice(0, HALF, dim=1), kr0, b, n0 + 192, hi_key,
-                           st_b, sc_b, sc_t, skr_b, skr_t, 0, False, R, DR, PAGED, PAGE)
-                async_copy.mbarrier_arrive(bars.index(FULL1L), increment_count=False)
+                fill(C, KR, CD, KRD, TABLE, c1, kr0, bars, FULL1L, b, n0 + 192, hi_key, st_b, sc_b, sc_t,
+                     skr_b, skr_t, c_rpb, kr_rpb, True, False, R, DR, PAGED, PAGE, TMA)
 
         # the running sum is split between the warpgroups: exchange, then both halves out
         xch.slice(XL0 * 64, 64).store(l_i)
@@ -326,10 +306,10 @@ if gluon is not None:
     def _wg1(q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,
              C, KR, MK, O, OP, ST, TABLE, SINKS, SCHED, sc_b, sc_t, skr_b, skr_t,
              smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
-             H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b,
+             H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b, CD, KRD, c_rpb, kr_rpb,
              R: gl.constexpr, DR: gl.constexpr, CAUSAL: gl.constexpr, MASK: gl.constexpr,
              DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr, PAGED: gl.constexpr, PAGE: gl.constexpr,
-             SINK: gl.constexpr, BALANCED: gl.constexpr):
+             SINK: gl.constexpr, BALANCED: gl.constexpr, TMA: gl.constexpr):
         """Warpgroup 1: scores and softmax of the odd tiles, output columns [R/2, R)."""
         SL: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
         AL: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 256, 16])
@@ -382,9 +362,8 @@ if gluon is not None:
             acc = warpgroup_mma(p1_smem, c1.slice(HALF, HALF, dim=1), acc, is_async=True)  # PV(2i+1)
             acc = warpgroup_mma_wait(0, deps=[acc])
             if i + 1 < n_pairs:  # tile 2i+1's right columns and rope: only this warpgroup read them
-                _copy_part(C, KR, TABLE, c1.slice(HALF, HALF, dim=1), kr1, b, n1 + 128, hi_key, st_b,
-                           sc_b, sc_t, skr_b, skr_t, HALF, True, R, DR, PAGED, PAGE)
-                async_copy.mbarrier_arrive(bars.index(FULL1R), increment_count=False)
+                fill(C, KR, CD, KRD, TABLE, c1, kr1, bars, FULL1R, b, n1 + 128, hi_key, st_b, sc_b, sc_t,
+                     skr_b, skr_t, c_rpb, kr_rpb, False, True, R, DR, PAGED, PAGE, TMA)
 
         xch.slice(XL1 * 64, 64).store(l_i)
         _signal(bars, L1_READY)
@@ -403,13 +382,14 @@ if gluon is not None:
         R: gl.constexpr, DR: gl.constexpr,
         CAUSAL: gl.constexpr, MASK: gl.constexpr, DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr,
         PAGED: gl.constexpr, PAGE: gl.constexpr, SINK: gl.constexpr, BALANCED: gl.constexpr,
+        CD=None, KRD=None, c_rpb=0, kr_rpb=0, TMA: gl.constexpr = False,
     ):
         LQ: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
         LR: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+        # the TMA boxes are written in this layout too (gluon_seesaw_copy.smem_layout: equal)
         SH: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         XS: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
         dt: gl.constexpr = QL.dtype.element_ty
-        HALF: gl.constexpr = R // 2
         scale = gl.cast(scale, gl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         pid = gl.program_id(0)
         b, lo, hi_key, slot = gluon_work_item(SCHED, SEQ, Sk, keys_per_split, PAGED, BALANCED)
@@ -424,8 +404,12 @@ if gluon is not None:
         p1_smem = gl.allocate_shared_memory(dt, [64, 64], SH)
         xch = gl.allocate_shared_memory(gl.float32, [8 * 64], XS)
         bars = gl.allocate_shared_memory(gl.int64, [N_BARS, 1], mbarrier.MBarrierLayout())
-        for k in gl.static_range(N_COPY_BARS):  # the copies' arrivals: one per thread of a partition
-            mbarrier.init(bars.index(k), count=128)
+        if TMA:  # one arrival per fill: the expect of a TMA fill, the arrive after a tail's cp.async
+            for k in gl.static_range(N_COPY_BARS):
+                mbarrier.init(bars.index(k), count=1)
+        else:  # the cp.async arrivals: one per thread of a partition
+            for k in gl.static_range(N_COPY_BARS):
+                mbarrier.init(bars.index(k), count=128)
         for k in gl.static_range(N_COPY_BARS, N_BARS):  # one arrive per signal
             mbarrier.init(bars.index(k), count=1)
         xch.slice(XZERO * 64, 64).store(gl.zeros([64], gl.float32, layout=gl.BlockedLayout([1], [32], [4], [0])))
@@ -450,30 +434,25 @@ if gluon is not None:
         cta_barrier()
 
         n_tiles = gl.cdiv(hi_key - lo, 64)
-        if n_tiles > 0:  # pair 0: tile 0 whole, tile 1 in its two parts
-            _copy_part(C, KR, TABLE, c_smem.index(0).slice(0, HALF, dim=1), kr_smem.index(0), b, lo, hi_key,
-                       st_b, sc_b, sc_t, skr_b, skr_t, 0, False, R, DR, PAGED, PAGE)
-            _copy_part(C, KR, TABLE, c_smem.index(0).slice(HALF, HALF, dim=1), kr_smem.index(0), b, lo, hi_key,
-                       st_b, sc_b, sc_t, skr_b, skr_t, HALF, True, R, DR, PAGED, PAGE)
-            async_copy.mbarrier_arrive(bars.index(FULL0), increment_count=False)
-            _copy_part(C, KR, TABLE, c_smem.index(1).slice(HALF, HALF, dim=1), kr_smem.index(1), b, lo + 64,
-                       hi_key, st_b, sc_b, sc_t, skr_b, skr_t, HALF, True, R, DR, PAGED, PAGE)
-            async_copy.mbarrier_arrive(bars.index(FULL1R), increment_count=False)
-            _copy_part(C, KR, TABLE, c_smem.index(1).slice(0, HALF, dim=1), kr_smem.index(1), b, lo + 64,
-                       hi_key, st_b, sc_b, sc_t, skr_b, skr_t, 0, False, R, DR, PAGED, PAGE)
-            async_copy.mbarrier_arrive(bars.index(FULL1L), increment_count=False)
+        if n_tiles > 0:  # pair 0: tile 0 whole, tile 1 in its two parts (with TMA: landed by cp.async)
+            fill(C, KR, CD, KRD, TABLE, c_smem.index(0), kr_smem.index(0), bars, FULL0, b, lo, hi_key, st_b,
+                 sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, True, True, R, DR, PAGED, PAGE, TMA)
+            fill(C, KR, CD, KRD, TABLE, c_smem.index(1), kr_smem.index(1), bars, FULL1R, b, lo + 64, hi_key, st_b,
+                 sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, False, True, R, DR, PAGED, PAGE, TMA, True)
+            fill(C, KR, CD, KRD, TABLE, c_smem.index(1), kr_smem.index(1), bars, FULL1L, b, lo + 64, hi_key, st_b,
+                 sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, True, False, R, DR, PAGED, PAGE, TMA, True)
 
         # the tuples are written out in the call: assigned to a name, constexprs become tensors
         gl.warp_specialize([(_wg0, (q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,
                 C, KR, MK, O, OP, ST, TABLE, SINKS, SCHED, sc_b, sc_t, skr_b, skr_t,
                 smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
-                H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b,
-                R, DR, CAUSAL, MASK, DIRECT, ZERO_EMPTY, PAGED, PAGE, SINK, BALANCED)),
+                H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b, CD, KRD, c_rpb, kr_rpb,
+                R, DR, CAUSAL, MASK, DIRECT, ZERO_EMPTY, PAGED, PAGE, SINK, BALANCED, TMA)),
                             (_wg1, (q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,
                 C, KR, MK, O, OP, ST, TABLE, SINKS, SCHED, sc_b, sc_t, skr_b, skr_t,
                 smk_b, smk_h, smk_q, smk_n, so_b, so_h, so_q, so_r, st_b,
-                H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b,
-                R, DR, CAUSAL, MASK, DIRECT, ZERO_EMPTY, PAGED, PAGE, SINK, BALANCED))], [4], [WORKER_REGS])
+                H, Sq, lo, hi_key, n_tiles, scale, pid, slot, b, CD, KRD, c_rpb, kr_rpb,
+                R, DR, CAUSAL, MASK, DIRECT, ZERO_EMPTY, PAGED, PAGE, SINK, BALANCED, TMA))], [4], [WORKER_REGS])
 
 
 __all__ = ["gluon_split_seesaw", "WARPS"]

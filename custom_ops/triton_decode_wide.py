@@ -43,12 +43,13 @@ import os
 import torch
 
 from ..compat import inductor_cuda_graphs, size_hint
-from . import gluon_decode
+from . import gluon_decode, gluon_decode_seesaw
 from .gluon_programs import choose_program, program_name
 from .checks import known_true
 from .decode_combine import launch_combine
 from .decode_schedule import HEADER_INTS, ITEM_INTS, balanced_schedule, partial_slot, work_item
 from .gluon_op import call_wide_decode_gluon
+from .gluon_seesaw_copy import tma_descriptors, tma_plan
 from .launch import is_traced, launch
 from .triton_decode import key_source
 
@@ -266,7 +267,8 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
                               num_warps: int | None = None, num_stages: int | None = None,
                               nsplit: int | None = None, sms: int | None = None,
                               sinks: torch.Tensor | None = None, gluon: bool | None = None,
-                              gluon_program: str | None = None, schedule: str | None = None) -> torch.Tensor:
+                              gluon_program: str | None = None, schedule: str | None = None,
+                              seesaw_tma: bool | None = None) -> torch.Tensor:
     """softmax((q_lat c^T + q_pe k_pe^T) * scale + mask) @ c per (query, head) row: the
     contract of `triton_decode.mla_decode_attention` (q_lat [B, H, Sq, R], q_pe
     [B, H, Sq, Dr], c_kv [B, Sk, R], k_pe [B, Sk, Dr], mask broadcasting to
@@ -287,7 +289,11 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     with B >= 2 under the Triton and split / pipelined Gluon programs (1.07-1.29x on ragged
     batches, 0.94-1.0x on equal lengths); split for contiguous keys (equal lengths), at
     B = 1 (balanced: 0.86x, its metadata launch) and under the seesaw (balanced: 0.92-1.08x
-    ragged, 0.93-0.96x equal)."""
+    ragged, 0.93-0.96x equal).
+
+    `seesaw_tma`: the seesaw's full key tiles by TMA (gluon_seesaw_copy.py) where its
+    descriptors apply (`tma_plan`), else its cp.async copies (same numbers); default
+    `gluon_decode_seesaw.SEESAW_TMA`."""
     if not supports(q_lat, q_pe):
         raise NotImplementedError("mla_decode_attention_wide: R <= 512, Dr <= 64, float dtypes")
     B, H, Sq, R = q_lat.shape
@@ -360,7 +366,13 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
                   BALANCED=balanced)
     if use_gluon:
         program, warps = choose_program(gluon_program, B * Sq * H)
-        launch(program, grid, *args, **common, num_warps=warps)
+        tma = {}
+        if gluon_program == "seesaw" and (gluon_decode_seesaw.SEESAW_TMA if seesaw_tma is None else seesaw_tma):
+            plan = tma_plan(c_kv, k_pe, paged, R, Dr, q_lat.dtype)
+            if plan is not None:  # else the cp.async copies (the kernel's defaults)
+                cd, krd = tma_descriptors(plan)
+                tma = dict(CD=cd, KRD=krd, c_rpb=plan[2], kr_rpb=plan[3], TMA=True)
+        launch(program, grid, *args, **common, **tma, num_warps=warps)
     else:
         launch(
             _wide_split, grid, *args, **common,
