@@ -62,7 +62,9 @@ def applies(q_lat: torch.Tensor, q_pe: torch.Tensor, rows_per_program: int, page
             and q_lat.dtype in (torch.float16, torch.bfloat16)
             and torch.cuda.get_device_capability(q_lat.device) == (9, 0)):
         return False
-    return page_tile if paged else _rows_of_vectors(c_kv) and _rows_of_vectors(k_pe)
+    if paged:  # c_kv is the cache [blocks, page * (R + Dr)]: whole tiles, 16-byte rows
+        return page_tile and _rows_of_vectors(c_kv)
+    return _rows_of_vectors(c_kv) and _rows_of_vectors(k_pe)
 
 
 if gluon is not None:

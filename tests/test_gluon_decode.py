@@ -252,6 +252,10 @@ def test_default_route_is_gluon_where_it_applies():
     odd = torch.empty(1, 8, R + DR + 1, device="cuda", dtype=BF16)  # rows not 16-byte aligned
     assert not gluon_decode.applies(q, qp, 64, False, False, False, odd[..., :R], odd[..., R:R + DR])
     assert not gluon_decode.applies(q, qp, 64, False, True, False, None, None)  # pages that split a tile
+    pages = torch.empty(4 * 64 * (R + DR) + 1, device="cuda", dtype=BF16)
+    assert gluon_decode.applies(q, qp, 64, True, True, False, *[pages[:-1].view(4, -1)] * 2)
+    shifted = pages[1:].view(4, -1)  # a cache whose base is not 16-byte aligned: cp.async cannot
+    assert not gluon_decode.applies(q, qp, 64, True, True, False, shifted, shifted)
 
 
 @pytest.mark.parametrize("B, H, Sq, Sk", [(1, 128, 1, 700), (32, 128, 1, 300)], ids=["split", "many-rows"])
