@@ -135,7 +135,7 @@ class TritonBackend(KernelBackend):
 
     @classmethod
     def sparse_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask, zero_empty_rows,
-                         out, distinct=False) -> None:
+                         out, distinct=False, sinks=None) -> None:
         """Gathering (`lowering.sparse_form` decides): over the latent (absorbed), a
         query reads only its K chosen latent rows (decompressing would expand all Sk
         keys through kv_b_proj first). Else dense attention under the selection mask,
@@ -148,12 +148,12 @@ class TritonBackend(KernelBackend):
             sel = selection_mask(indices, mask, Sk).to(q_nope.dtype if mask is None else mask.dtype)  # exact:
             # its values are the base mask's and -inf
             cls.prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, False, form, sel,
-                                  zero_empty_rows, out)
+                                  zero_empty_rows, out, sinks)
             return
         q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
         o_lat = torch.empty_like(q_lat)
         mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale, mask=mask, zero_empty_rows=zero_empty_rows,
-                             out=o_lat, distinct=distinct)
+                             out=o_lat, distinct=distinct, sinks=sinks)
         out.copy_(torch.einsum("bhqr,hvr->bhqv", o_lat, w_uv))
 
     @classmethod
