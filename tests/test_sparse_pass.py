@@ -143,16 +143,17 @@ def test_dsa_layers():
     assert graph.count("mla.sparse_attention") == sum(form == "sparse" for form, _ in CASES.values()), graph
 
 
-def test_sparse_op_inlined_on_cpu_with_the_reference(monkeypatch):
+@pytest.mark.parametrize("variant", ["bool", "float_sinks"])
+def test_sparse_op_inlined_on_cpu_with_the_reference(variant, monkeypatch):
     """Lowering's last step traces the sparse op's computation into the graph (what
     runs on CUDA): opened on CPU with the reference kernel, no mla op is left and the
-    numbers equal eager."""
+    numbers equal eager (the sinks reach the traced computation too)."""
     import importlib
 
     inline_launches = importlib.import_module("mla_compile.passes.inline_launches")
     monkeypatch.setattr(inline_launches, "inductor_launches", lambda device, kernel: True)
     torch.manual_seed(0)
-    model = DsaLayer("bool").eval()
+    model = DsaLayer(variant).eval()
     reports = []
     compiled = torch.compile(model, backend="mla", options={"report": reports.append, "kernel": "reference"})
     x = torch.randn(2, 7, D, generator=torch.Generator().manual_seed(2))
