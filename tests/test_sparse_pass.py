@@ -58,9 +58,10 @@ class DsaLayer(nn.Module):
         if self.variant == "bool_int16":  # narrow enough to wrap on a long axis: not proven distinct
             idx = scores.topk(TOPK, dim=-1).indices.to(torch.int16)
         if self.variant == "query_axis":  # scattered along the queries: not the indexer's selection
-            unchosen = torch.ones(B, S, S, dtype=torch.bool).scatter(1, idx.transpose(1, 2).long(), False)
+            unchosen = torch.ones(B, S, S, dtype=torch.bool, device=x.device).scatter(
+                1, idx.transpose(1, 2).long(), False)
         else:
-            unchosen = torch.ones(B, S, S, dtype=torch.bool).scatter(-1, idx.long(), False)
+            unchosen = torch.ones(B, S, S, dtype=torch.bool, device=x.device).scatter(-1, idx.long(), False)
         unchosen = unchosen.unsqueeze(1)
         if self.sinks is not None:  # HY-V4's eager attention
             return self.with_sinks(q, k, v, keep, unchosen, base)
