@@ -33,7 +33,9 @@ class DsaLayer(nn.Module):
         self.idx_q = nn.Linear(D, 8, bias=False)
         self.idx_k = nn.Linear(D, 8, bias=False)
         self.scale = (DN + DR) ** -0.5
-        self.sinks = nn.Parameter(torch.randn(H)) if variant.endswith("sinks") else None
+        # HY-V4's sinks: one logit per head (or, "shared_sinks", one for every head)
+        self.sinks = nn.Parameter(torch.randn(1 if variant == "shared_sinks" else H)) \
+            if variant.endswith("sinks") else None
 
     def forward(self, x, other_idx):
         B, S, _ = x.shape
@@ -84,7 +86,7 @@ class DsaLayer(nn.Module):
         else:
             mask = base.masked_fill(unchosen, torch.finfo(q.dtype).min)
         scores = q @ k.transpose(-1, -2) * self.scale + mask
-        combined = torch.cat([scores, self.sinks.reshape(1, -1, 1, 1).expand(B, -1, S, -1)], -1)
+        combined = torch.cat([scores, self.sinks.reshape(1, -1, 1, 1).expand(B, H, S, 1)], -1)
         combined = combined - combined.max(dim=-1, keepdim=True).values
         p = torch.softmax(combined, -1, dtype=combined.dtype)[..., :-1]
         return (p @ v).transpose(1, 2).reshape(B, S, H * DV)
@@ -100,9 +102,10 @@ CASES = {  # variant: (form, what the report says)
     "bool_int16": ("sparse", "top-k mask, unchosen keys -inf"),
     "float_sinks": ("sparse", "top-k of scores + causal base: every row keeps a visible chosen key"),
     "bool_sinks": ("sparse", "top-k mask, unchosen keys -inf"),
+    "shared_sinks": ("sparse", "top-k of scores + causal base: every row keeps a visible chosen key"),
 }
 DISTINCT = {"bool": True, "float": True, "bool_other": False, "bool_int16": False, "float_sinks": True,
-            "bool_sinks": True}
+            "bool_sinks": True, "shared_sinks": True}
 
 
 class DsaStack(nn.Module):
