@@ -119,8 +119,10 @@ class KernelBackend(ABC):
         zero_empty_rows: bool,
         out: torch.Tensor,
         distinct: bool = False,
+        sinks: torch.Tensor | None = None,
     ) -> None:
         """MLA attention over the keys `indices` [B, Sq, K] chooses per query row, into
         the preallocated `out` [B, H, Sq, Dv]: semantics of
         `reference.sparse_attention_reference`; inputs were validated. `distinct`: no
-        row repeats an index (the caller proved it; a kernel may skip deduplicating)."""
+        row repeats an index (the caller proved it; a kernel may skip deduplicating).
+        `sinks`: optional [H] logits in every row's softmax denominator."""

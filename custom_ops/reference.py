@@ -184,13 +184,15 @@ def sparse_attention_reference(
     scale: float,
     mask: torch.Tensor | None = None,
     zero_empty_rows: bool = False,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MLA attention over the keys `indices` [B, Sq, K] chooses, as eager DSA code
     computes it: the indices scattered into a full [B, Sq, Sk] selection (a duplicate
     selects once), every unchosen key at -inf after the additive base `mask`, then
-    `prefill_attention_reference`'s dense attention. Indices must lie in [0, Sk)."""
+    `prefill_attention_reference`'s dense attention, `sinks` (optional [H]) included
+    (a row with no visible chosen key then gives 0). Indices must lie in [0, Sk)."""
     return prefill_attention_reference(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, False, "decompressed",
-                                       selection_mask(indices, mask, c_kv.shape[1]), zero_empty_rows)
+                                       selection_mask(indices, mask, c_kv.shape[1]), zero_empty_rows, sinks)
 
 
 def selection_mask(indices: torch.Tensor, mask: torch.Tensor | None, kv_len) -> torch.Tensor:
@@ -237,6 +239,6 @@ class ReferenceBackend(KernelBackend):
 
     @classmethod
     def sparse_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask, zero_empty_rows,
-                         out, distinct=False) -> None:  # the scatter selects a repeat once either way
+                         out, distinct=False, sinks=None) -> None:  # the scatter selects a repeat once either way
         out.copy_(sparse_attention_reference(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask,
-                                             zero_empty_rows))
+                                             zero_empty_rows, sinks))

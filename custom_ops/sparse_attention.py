@@ -15,6 +15,10 @@ a chosen key the base hides stays hidden. A row with no visible chosen key gives
 (eager softmax) or 0 (`zero_empty_rows`, SDPA's safe softmax). Indices must lie in
 [0, Sk), as eager's scatter demands (it raises otherwise; so does this op).
 
+`sinks` (optional [H], HY-V4): attention sinks, as the dense ops take them: a logit per
+head that joins every row's softmax denominator and has no value; a row with no
+visible chosen key then gives 0 (the sink alone), with or without `zero_empty_rows`.
+
 `distinct=True` is the caller's statement that no row repeats an index (the pass
 passes it where the indices are `topk`'s over the key axis, distinct by construction):
 the gather kernel then skips sorting them (the sort cost ~28 us of a ~45 us call at
@@ -26,8 +30,8 @@ import torch
 
 from ..lowering.kernel_choice import KERNEL_CHOICES, select_backend
 from .backend import KERNEL_DTYPES
-from .checks import (INDEX_DTYPES, check_distinct, check_like, check_mask, check_rank, check_sizes, first_bad,
-                     op_error, value_checks_off)
+from .checks import (INDEX_DTYPES, check_distinct, check_like, check_mask, check_rank, check_sinks, check_sizes,
+                     first_bad, op_error, value_checks_off)
 from .prefill_attention import new_output
 
 _OP = "sparse_attention"
@@ -36,7 +40,7 @@ _LAYOUTS = (("q_nope", 4, "[B, H, Sq, Dn]"), ("q_pe", 4, "[B, H, Sq, Dr]"),
             ("w_uk", 3, "[H, Dn, R]"), ("w_uv", 3, "[H, Dv, R]"))
 
 
-def validate_sparse_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, kernel, mask=None) -> None:
+def validate_sparse_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, kernel, mask=None, sinks=None) -> None:
     """Shapes, dtypes and devices (fake and real); every message names the argument."""
     if kernel not in KERNEL_CHOICES:
         raise op_error(_OP, f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
@@ -60,6 +64,7 @@ def validate_sparse_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, kernel, 
         raise op_error(_OP, f"indices is on {indices.device} but q_nope is on {q_nope.device}")
     check_sizes(_OP, "indices", indices, (B, Sq, None), "[B, Sq, K]")
     check_mask(_OP, mask, q_nope.device, (B, H, Sq, Sk))
+    check_sinks(_OP, sinks, q_nope.device, H)
 
 
 def check_index_values(indices: torch.Tensor, sk: int) -> None:
@@ -73,11 +78,12 @@ def check_index_values(indices: torch.Tensor, sk: int) -> None:
 
 
 def compute_sparse_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, impl="auto",
-                             mask=None, zero_empty_rows=False, distinct=False) -> torch.Tensor:
+                             mask=None, zero_empty_rows=False, distinct=False, sinks=None) -> torch.Tensor:
     """The op's computation without its checks (traceable: see compute_prefill_attention)."""
     out = new_output(q_nope, w_uv)
     select_backend(q_nope.device, impl).sparse_attention(
-        q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask, zero_empty_rows, out, distinct=distinct)
+        q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask, zero_empty_rows, out, distinct=distinct,
+        sinks=sinks)
     return out
 
 
@@ -95,18 +101,20 @@ def sparse_attention(
     mask: torch.Tensor | None = None,
     zero_empty_rows: bool = False,
     distinct: bool = False,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MLA attention of q over the keys `indices` chooses (see the module docstring)."""
-    validate_sparse_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, impl, mask)
+    """MLA attention of q over the keys `indices` chooses (see the module docstring),
+    with optional attention sinks `sinks` [H]."""
+    validate_sparse_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, impl, mask, sinks)
     check_index_values(indices, c_kv.shape[1])
     if distinct:
         check_distinct(_OP, indices)
     return compute_sparse_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, impl, mask,
-                                    zero_empty_rows, distinct)
+                                    zero_empty_rows, distinct, sinks)
 
 
 @sparse_attention.register_fake
 def _sparse_attention_fake(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, impl="auto", mask=None,
-                           zero_empty_rows=False, distinct=False):
-    validate_sparse_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, impl, mask)
+                           zero_empty_rows=False, distinct=False, sinks=None):
+    validate_sparse_args(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, impl, mask, sinks)
     return new_output(q_nope, w_uv)

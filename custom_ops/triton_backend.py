@@ -47,6 +47,13 @@ def decompress(c_kv: torch.Tensor, w_uk: torch.Tensor, w_uv: torch.Tensor):
     return torch.einsum("bsr,hdr->bhsd", c_kv, w_uk), torch.einsum("bsr,hdr->bhsd", c_kv, w_uv)
 
 
+def unit_stride(sinks: torch.Tensor | None) -> torch.Tensor | None:
+    """The kernels read head h's sink at SINKS + h: an [H] view with another stride
+    (one logit expanded over the heads has stride 0, as the pass passes a shared sink)
+    is copied first. A no-op for the usual per-head parameter."""
+    return None if sinks is None else sinks.contiguous()
+
+
 class TritonBackend(KernelBackend):
     name: ClassVar[str] = "triton"
     cache_layouts: ClassVar[tuple] = ("normal", "shuffle")  # NORMAL: faster reads (H200)
@@ -97,7 +104,7 @@ class TritonBackend(KernelBackend):
                                               itemsize=q_lat.element_size())
         run = mla_decode_attention_wide if wide else mla_decode_attention
         run(q_lat, q_pe, c_kv, k_pe, scale, causal, mask=mask, zero_empty_rows=zero_empty_rows,
-            paged=paged, out=out, block_h=block_h, sinks=sinks)
+            paged=paged, out=out, block_h=block_h, sinks=unit_stride(sinks))
 
     @classmethod
     def rope(cls, xs, cos, sin, interleaved_in, interleaved_out, outs) -> None:
@@ -125,7 +132,7 @@ class TritonBackend(KernelBackend):
             return
         k_nope, v = decompress(c_kv, w_uk, w_uv)
         mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale, causal, mask=mask,
-                              zero_empty_rows=zero_empty_rows, out=out, sinks=sinks,
+                              zero_empty_rows=zero_empty_rows, out=out, sinks=unit_stride(sinks),
                               empty_row_fill=empty_row_fill)
 
     @classmethod
@@ -135,7 +142,7 @@ class TritonBackend(KernelBackend):
 
     @classmethod
     def sparse_attention(cls, q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, indices, scale, mask, zero_empty_rows,
-                         out, distinct=False) -> None:
+                         out, distinct=False, sinks=None) -> None:
         """Gathering (`lowering.sparse_form` decides): over the latent (absorbed), a
         query reads only its K chosen latent rows (decompressing would expand all Sk
         keys through kv_b_proj first). Else dense attention under the selection mask,
@@ -148,12 +155,12 @@ class TritonBackend(KernelBackend):
             sel = selection_mask(indices, mask, Sk).to(q_nope.dtype if mask is None else mask.dtype)  # exact:
             # its values are the base mask's and -inf
             cls.prefill_attention(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, scale, False, form, sel,
-                                  zero_empty_rows, out)
+                                  zero_empty_rows, out, sinks)
             return
         q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
         o_lat = torch.empty_like(q_lat)
         mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale, mask=mask, zero_empty_rows=zero_empty_rows,
-                             out=o_lat, distinct=distinct)
+                             out=o_lat, distinct=distinct, sinks=unit_stride(sinks))
         out.copy_(torch.einsum("bhqr,hvr->bhqv", o_lat, w_uv))
 
     @classmethod

@@ -15,7 +15,9 @@ selects a key once however often it is named. Indices known distinct (`distinct`
 topk's) are read as they are: no sort (~28 us at batch 1 on an H200), no check. The
 list is split into `splits` ranges run by separate programs; each writes an fp32 partial and its log-sum-exp in
 `triton_decode`'s layout, and that module's `_combine` merges them (a row with no
-visible key: NaN, or 0 with `zero_empty_rows`).
+visible key: NaN, or 0 with `zero_empty_rows`). Attention sinks (a logit per head, no
+value) start split 0's running max and sum, as in triton_decode's split kernel: the
+combine counts them once, and a row with no visible key then gives 0.
 
 The rows come from contiguous [B, Sk, R] / [B, Sk, Dr] tensors, or (`paged=`, for
 `mla.paged_sparse_decode`) from a paged latent cache: index t of sequence b is token t
@@ -46,7 +48,7 @@ if triton is not None:
 
     @triton.jit
     def _sparse_split(
-        QL, QR, C, KR, IDX, MK, OP, LSE, TABLE, SEQ,
+        QL, QR, C, KR, IDX, MK, OP, LSE, TABLE, SEQ, SINKS,
         sql_b, sql_h, sql_q, sql_r, sqr_b, sqr_h, sqr_q, sqr_d,
         sc_b, sc_t, sc_r, skr_b, skr_t, skr_d, si_b, si_q, si_k,
         smk_b, smk_h, smk_q, smk_n, st_b,
@@ -55,6 +57,7 @@ if triton is not None:
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
         MASK: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, DISTINCT: tl.constexpr,
         PAGED: tl.constexpr, PAGE: tl.constexpr, TT: tl.constexpr, VEC: tl.constexpr,
+        SINK: tl.constexpr,
     ):
         scale = tl.cast(scale, tl.float32)  # may arrive as fp64 (Inductor's launcher types floats so)
         hi = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)  # heads of one query row
@@ -73,6 +76,11 @@ if triton is not None:
                      mask=h_ok[:, None] & d_ok[None, :], other=0.0)
         m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_H], tl.float32)
+        if SINK:  # split 0 starts from the head's sink logit (a key with no value): the
+            # combine then counts it once, in split 0's log-sum-exp (as triton_decode's)
+            sink = tl.load(SINKS + hi, mask=h_ok, other=0.0).to(tl.float32)
+            m_i = tl.where(split == 0, sink, m_i)
+            l_i = tl.where(split == 0, 1.0, l_i)
         acc = tl.zeros([BLOCK_H, BR], tl.float32)
         idx_row = IDX + b * si_b + qi * si_q
         lo = split * idx_per_split
@@ -133,8 +141,11 @@ def _interpreting() -> bool:
 def mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale: float, *, mask=None,
                          zero_empty_rows: bool = False, out=None, splits: int | None = None,
                          block_h: int | None = None, block_n: int | None = None,
-                         distinct: bool = False, paged: tuple | None = None) -> torch.Tensor:
+                         distinct: bool = False, paged: tuple | None = None,
+                         sinks: torch.Tensor | None = None) -> torch.Tensor:
     """softmax over the chosen keys of (q_lat c^T + q_pe k_pe^T) * scale + mask, @ c.
+    `sinks` [H] (optional): a logit per head in every row's denominator, with no value
+    (a row with no visible chosen key then gives 0).
 
     q_lat [B, H, Sq, R], q_pe [B, H, Sq, Dr], c_kv [B, Sk, R], k_pe [B, Sk, Dr] (one
     dtype, any strides), indices [B, Sq, K] in [0, Sk) (any order, duplicates allowed
@@ -176,11 +187,11 @@ def mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale: float, *, mask
     launch(
         _sparse_split, (groups, B * Sq, splits),
         q_lat, q_pe, c_kv, k_pe, idx, mk if mk is not None else q_lat, partial, lse, table_arg, seq_arg,
-        *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *idx.stride(),
+        q_lat if sinks is None else sinks, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *idx.stride(),
         *(mk.stride() if mk is not None else (0, 0, 0, 0)), st_b,
         H, Sq, K, per_split, float(scale),
         R=R, DR=Dr, BR=br, BDR=bdr, BLOCK_H=block_h, BLOCK_N=bn, MASK=mask is not None,
-        PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec,
+        PAGED=paged is not None, PAGE=page, TT=tt, VEC=vec, SINK=sinks is not None,
         PREC="ieee" if q_lat.dtype == torch.float32 else "tf32",
         UPCAST=_interpreting() and q_lat.dtype == torch.bfloat16, DISTINCT=bool(distinct),
         num_warps=8 if block_h >= 64 else 4, num_stages=2,

@@ -103,7 +103,8 @@ def _fuse_mla(graph: fx.Graph, call: AttentionCall, pieces: MlaPieces, kernel: s
         dsa = None
     except NoMatch as why:
         dsa, dense_why = None, f"left dense: {why}"
-    unsupported = ("attention sinks" if call.sinks is not None else "scores in [B, S, H, T] order" if call.roles
+    # sinks pass through: the sparse op takes them (passes/arrange.py arrange_sinks)
+    unsupported = ("scores in [B, S, H, T] order" if call.roles
                    else "no RoPE part (NoPE)" if pieces.q_pe is None else None)
     if dsa is not None and unsupported:  # the sparse op has none of these
         dsa, dense_why = None, f"left dense: {unsupported} (the sparse op does not take them)"

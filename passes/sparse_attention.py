@@ -24,6 +24,11 @@ indices are the top-k of scores plus this same base mask (a visible key outranks
 hidden one), and the base mask is proven causal without key padding
 (passes/causal_mask.py: row i sees key 0). Otherwise the dense rewrite stays and the
 report says why.
+
+Attention sinks (HY-V4: a logit per head joins the softmax, passes/sinks.py) go to the
+op as its `sinks` (emit_attention passes arrange_sinks' [H]); the same term in both
+denominators, so the argument above holds unchanged. With fill -inf, a row with no
+visible chosen key is the sink alone in eager (0), as in the op.
 """
 from __future__ import annotations
 

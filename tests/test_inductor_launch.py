@@ -161,6 +161,24 @@ def test_wide_decode_at_128_heads_calls_the_gluon_op_under_cuda_graphs():
 
 
 @cuda_only
+@pytest.mark.parametrize("variant", ["float_sinks", "bool_sinks"])
+def test_sparse_attention_with_sinks_launched_by_inductor(variant):
+    """A DSA layer with HY-V4's attention sinks (tests/test_sparse_pass.py): the sparse
+    op, sinks passed, opened into kernel launches (a prefill: the dense route under the
+    selection mask), equal to eager."""
+    from test_sparse_pass import D, TOPK, DsaLayer
+    torch.manual_seed(0)
+    model = DsaLayer(variant).cuda().eval()
+    x = torch.randn(2, 7, D, device="cuda")
+    other = torch.zeros(2, 7, TOPK, dtype=torch.int32, device="cuda")
+    out, ref, code, reports = _compile_and_code(model, (x, other))
+    params = [m.params for r in reports for m in r.matches if m.pattern == "attention.mla"]
+    assert [(p["form"], p.get("sinks")) for p in params] == [("sparse", "per head")], params
+    assert "launch.op" not in _counts(reports) and "torch.ops.mla" not in code, code
+    _close(out, ref, 1e-3)
+
+
+@cuda_only
 def test_dynamic_lengths_keep_one_graph():
     """Sequence length marked dynamic: the launches are traced with symbolic sizes
     (tile and split choices read the example sizes, no guard), one graph serves every

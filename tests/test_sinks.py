@@ -93,6 +93,32 @@ def test_decode_kernels_count_the_sink_once(run, splits):
     assert out[1, :, 0].abs().max() == 0
 
 
+@pytest.mark.parametrize("op", ["decompressed", "absorbed", "latent", "sparse", "sparse-dense-route"])
+def test_one_sink_expanded_over_the_heads(op, monkeypatch):
+    """One logit shared by every head, as the pass passes it (expand: stride 0): the
+    kernels read head h's sink at SINKS + h, so the backend gives them a unit-stride
+    copy (once a miscompile: heads past the first read past the one logit)."""
+    from mla_compile.custom_ops import sparse_attention_reference, triton_backend
+    gen = torch.Generator().manual_seed(4)
+    args = prefill_args(gen, 4, 9)
+    sinks = rand(gen, 1, scale=2.0).expand(H)
+    assert sinks.stride() == (0,)
+    if op.startswith("sparse"):
+        if op == "sparse-dense-route":
+            monkeypatch.setattr(triton_backend, "gather_chosen_keys", lambda *a: False)
+        idx = torch.randint(0, 9, (B, 4, 5), generator=gen).to(DEVICE)
+        out = torch.ops.mla.sparse_attention(*args, idx, 0.3, "triton", None, False, False, sinks)
+        ref = sparse_attention_reference(*args, idx, 0.3, None, False, sinks)
+    elif op == "latent":
+        q_lat = rand(gen, B, H, 4, R)
+        out = torch.ops.mla.latent_attention(q_lat, *args[1:4], 0.3, False, "triton", None, False, sinks)
+        ref = latent_attention_reference(q_lat, *args[1:4], 0.3, False, None, False, sinks)
+    else:
+        out = torch.ops.mla.prefill_attention(*args, 0.3, False, op, "triton", None, False, sinks)
+        ref = prefill_attention_reference(*args, 0.3, False, op, None, False, sinks)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_sinks_checked_and_opcheck():
     gen = torch.Generator().manual_seed(3)
     args = prefill_args(gen, 3, 6)

@@ -2,7 +2,9 @@
 against the reference, and the reference against eager DSA code (indices scattered
 into an all-True mask, masked_fill, dense attention); opcheck; argument and index
 checks; a hypothesis fuzzer over index patterns (duplicates, all-masked rows,
-top-k >= length, ragged lengths, one index, splits)."""
+top-k >= length, ragged lengths, one index, splits). Attention sinks (HY-V4: a logit
+per head in every row's denominator) on both routes, a row with nothing visible
+giving the sink alone (0), as eager's softmax over [scores, sink] does."""
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -28,8 +30,10 @@ def inputs(B=2, H=3, Sq=4, Sk=20, K=6, dtype=torch.float32, seed=0, device="cpu"
             r(H, Dv, R, sc=0.3), idx)
 
 
-def eager_dsa(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, idx, scale, base, fill):
-    """What transformers' DSA code computes: scatter, masked_fill, dense attention."""
+def eager_dsa(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, idx, scale, base, fill, sinks=None):
+    """What transformers' DSA code computes: scatter, masked_fill, dense attention
+    (with `sinks`, HY-V4's: a sink column concatenated to the scores, dropped after
+    the softmax)."""
     B, Sq, _ = idx.shape
     Sk = c_kv.shape[1]
     unchosen = torch.ones(B, Sq, Sk, dtype=torch.bool).scatter(-1, idx.long(), False).unsqueeze(1)
@@ -38,6 +42,9 @@ def eager_dsa(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, idx, scale, base, fill):
     k = torch.cat([torch.einsum("bsr,hdr->bhsd", c, wk), kr[:, None].expand(-1, wk.shape[0], -1, -1)], -1)
     v = torch.einsum("bsr,hdr->bhsd", c, wv)
     scores = torch.cat([qf, qr], -1) @ k.transpose(-1, -2) * scale + mask
+    if sinks is not None:
+        col = sinks.float().view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        return (torch.softmax(torch.cat([scores, col], -1), -1)[..., :-1] @ v).to(q_nope.dtype)
     return (torch.softmax(scores, -1) @ v).to(q_nope.dtype)
 
 
@@ -55,31 +62,62 @@ def test_reference_is_eager_dsa():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_reference_with_sinks_is_eager_dsa():
+    """With sinks, eager's softmax over [scores, sink] (HY-V4): a row whose chosen keys
+    the base hides all gives 0 (the sink alone) under fill -inf, and under finfo.min too
+    (the sink outweighs every masked key), with or without safe softmax."""
+    q_nope, q_pe, c, kp, wk, wv, idx = inputs(Sq=6, Sk=6, K=3, seed=7)
+    sinks = torch.randn(3, generator=torch.Generator().manual_seed(8))
+    base = torch.zeros(2, 1, 6, 6)
+    base[0, :, 1] = torch.finfo(torch.float32).min  # row (0, 1) sees nothing
+    for fill in (float("-inf"), torch.finfo(torch.float32).min):
+        want = eager_dsa(q_nope, q_pe, c, kp, wk, wv, idx, 0.3, base, fill, sinks)
+        assert torch.equal(want[0, :, 1], torch.zeros_like(want[0, :, 1]))
+        for zero in (False, True):
+            got = sparse_attention_reference(q_nope, q_pe, c, kp, wk, wv, idx, 0.3, base, zero, sinks)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def head_sinks(H=3, dtype=torch.float32, device="cpu", seed=9):
+    return (torch.randn(H, generator=torch.Generator().manual_seed(seed)) * 2).to(dtype).to(device)
+
+
+def check_empty_row(got, zero, sinks):
+    """The row that sees nothing: NaN in eager softmax, 0 in SDPA's safe softmax, and
+    0 (the sink alone) with sinks either way."""
+    assert bool(got.isnan().any()) == (not zero and sinks is None)
+    if sinks is not None:
+        assert torch.equal(got[0, :, -1], torch.zeros_like(got[0, :, -1]))
+
+
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
-def test_op_kernel_matches_reference(dtype, masked):
+@pytest.mark.parametrize("with_sinks", [False, True], ids=["", "sinks"])
+def test_op_kernel_matches_reference(dtype, masked, with_sinks):
     args = inputs(dtype=dtype, device=DEVICE)
     mask = None
-    if masked:  # ragged: batch 1 sees only its first 9 keys; row (0, 2) sees nothing
+    sinks = head_sinks(dtype=dtype, device=DEVICE) if with_sinks else None
+    if masked:  # ragged: batch 1 sees only its first 9 keys; row (0, 3) sees nothing
         mask = torch.zeros(2, 1, 4, 20, device=DEVICE, dtype=dtype)
         mask[1, :, :, 9:] = float("-inf")
-        mask[0, :, 2] = float("-inf")
+        mask[0, :, 3] = float("-inf")
     for zero in (False, True):
-        want = sparse_attention_reference(*args, 0.4, mask, zero)
-        got = op(*args, 0.4, "triton", mask, zero)
+        want = sparse_attention_reference(*args, 0.4, mask, zero, sinks)
+        got = op(*args, 0.4, "triton", mask, zero, False, sinks)
         assert torch.equal(got.isnan(), want.isnan())
-        if masked:  # the empty row: NaN in eager softmax, 0 in SDPA's safe softmax
-            assert bool(got.isnan().any()) != zero
+        if masked:
+            check_empty_row(got, zero, sinks)
         torch.testing.assert_close(got.nan_to_num(7.0), want.nan_to_num(7.0), rtol=TOL[dtype], atol=TOL[dtype])
 
 
 @needs_kernel
 @pytest.mark.parametrize("Sq", [1, 4], ids=["decode-absorbed", "prefill-decompressed"])
-def test_dense_route_matches_reference(Sq, monkeypatch):
+@pytest.mark.parametrize("with_sinks", [False, True], ids=["", "sinks"])
+def test_dense_route_matches_reference(Sq, with_sinks, monkeypatch):
     """Where lowering.sparse_form picks dense attention under the selection mask (on the
     GPU: prefill, small decode), the op equals the reference: duplicates, a ragged base
-    mask and an empty row included. Forced here, since off the GPU the gather runs."""
+    mask, an empty row and sinks included. Forced here, since off the GPU the gather runs."""
     from mla_compile.custom_ops import triton_backend
     monkeypatch.setattr(triton_backend, "gather_chosen_keys", lambda *a: False)
     args = inputs(Sq=Sq, K=7, seed=5, device=DEVICE)
@@ -87,10 +125,12 @@ def test_dense_route_matches_reference(Sq, monkeypatch):
     mask = torch.zeros(2, 1, Sq, 20, device=DEVICE)
     mask[1, :, :, 9:] = float("-inf")
     mask[0, :, -1] = float("-inf")  # a row that sees nothing
+    sinks = head_sinks(device=DEVICE) if with_sinks else None
     for zero in (False, True):
-        want = sparse_attention_reference(*args, 0.4, mask, zero)
-        got = op(*args, 0.4, "triton", mask, zero)
-        assert torch.equal(got.isnan(), want.isnan()) and bool(got.isnan().any()) != zero
+        want = sparse_attention_reference(*args, 0.4, mask, zero, sinks)
+        got = op(*args, 0.4, "triton", mask, zero, False, sinks)
+        assert torch.equal(got.isnan(), want.isnan())
+        check_empty_row(got, zero, sinks)
         torch.testing.assert_close(got.nan_to_num(7.0), want.nan_to_num(7.0), rtol=1e-5, atol=1e-5)
 
 
@@ -109,13 +149,16 @@ def test_gather_or_dense_rule():
 
 
 @needs_kernel
-def test_kernel_splits_and_duplicates():
-    """Duplicates straddling split boundaries count once; many splits merge exactly."""
+@pytest.mark.parametrize("with_sinks", [False, True], ids=["", "sinks"])
+def test_kernel_splits_and_duplicates(with_sinks):
+    """Duplicates straddling split boundaries count once; many splits merge exactly;
+    a sink joins the denominator once, however many splits."""
     q_nope, q_pe, c, kp, wk, wv, idx = inputs(K=40, Sk=12, seed=3, device=DEVICE)
+    sinks = head_sinks(device=DEVICE) if with_sinks else None
     q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, wk)
-    want = sparse_attention_reference(q_nope, q_pe, c, kp, wk, wv, idx, 0.5)
+    want = sparse_attention_reference(q_nope, q_pe, c, kp, wk, wv, idx, 0.5, sinks=sinks)
     for splits, block_n in ((1, 16), (3, 16), (5, 16)):
-        o_lat = mla_sparse_attention(q_lat, q_pe, c, kp, idx, 0.5, splits=splits, block_n=block_n)
+        o_lat = mla_sparse_attention(q_lat, q_pe, c, kp, idx, 0.5, splits=splits, block_n=block_n, sinks=sinks)
         got = torch.einsum("bhqr,hvr->bhqv", o_lat, wv)
         torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
 
@@ -155,6 +198,8 @@ def test_opcheck():
         torch.library.opcheck(op.default, (*args, 0.3, "triton", None, False))
         distinct = torch.stack([torch.randperm(20)[:6] for _ in range(8)]).view(2, 4, 6)
         torch.library.opcheck(op.default, (*args[:6], distinct, 0.3, "triton", None, False, True))
+        torch.library.opcheck(op.default, (*args, 0.3, "triton", mask, False, False, head_sinks()))
+    torch.library.opcheck(op.default, (*args, 0.3, "reference", None, True, False, head_sinks()))
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -172,11 +217,29 @@ def test_argument_checks(bad, message):
         op(*args, 0.3, "reference")
 
 
+@pytest.mark.parametrize("sinks, message", [
+    (torch.zeros(4), r"sinks must be \[H\] = \(3,\), one logit per head, got \(4,\)"),
+    (torch.zeros(1, 3), r"sinks must be \[H\] = \(3,\), one logit per head, got \(1, 3\)"),
+    (torch.zeros(3, dtype=torch.int64), r"sinks must be a float tensor on cpu, got torch.int64"),
+])
+def test_sinks_checks(sinks, message):
+    """Sinks are one float logit per head on q's device, in eager and at trace time."""
+    args = list(inputs())
+    with pytest.raises(ValueError, match=rf"mla.sparse_attention: {message}"):
+        op(*args, 0.3, "reference", None, False, False, sinks)
+    with torch._subclasses.FakeTensorMode() as fake, pytest.raises(ValueError, match=message):
+        op(*(fake.from_tensor(a) for a in args), 0.3, "reference", None, False, False, fake.from_tensor(sinks))
+
+
 def test_fake_shapes_and_empty():
-    """K = 0 (no key chosen): every row empty (0 with safe softmax); Sq = 0: empty."""
+    """K = 0 (no key chosen): every row empty (0 with safe softmax or sinks); Sq = 0: empty."""
     args = list(inputs())
     args[6] = args[6][..., :0]
     assert torch.equal(op(*args, 0.3, "reference", None, True), torch.zeros(2, 3, 4, 8))
     if DEVICE is not None:
         assert torch.equal(op(*[a.to(DEVICE) for a in args], 0.3, "triton", None, True),
                            torch.zeros(2, 3, 4, 8, device=DEVICE))
+    for impl in ("reference",) + (("triton",) if DEVICE is not None else ()):  # the sink alone: 0, not NaN
+        dev = DEVICE if impl == "triton" else "cpu"
+        got = op(*[a.to(dev) for a in args], 0.3, impl, None, False, False, head_sinks(device=dev))
+        assert torch.equal(got, torch.zeros(2, 3, 4, 8, device=dev)), impl

@@ -5,7 +5,10 @@ masked_fill over an additive base for eager attention): rewritten to
 (a scatter along the query axis, indices that are no top-k under a finite fill, the
 mask also read elsewhere) keep the dense fused op, with the reason in the report. The
 report says whether the op may skip deduplicating the indices: only topk's own (through
-casts wide enough), not other indices (duplicates do occur) nor topk's cast to int16."""
+casts wide enough), not other indices (duplicates do occur) nor topk's cast to int16.
+With attention sinks as HY-V4 writes them (a sink column concatenated to the scores,
+the row max subtracted, the column dropped after the softmax) the layer is sparse too,
+the sinks passed to the op (`sinks=per head` in the report)."""
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -30,6 +33,9 @@ class DsaLayer(nn.Module):
         self.idx_q = nn.Linear(D, 8, bias=False)
         self.idx_k = nn.Linear(D, 8, bias=False)
         self.scale = (DN + DR) ** -0.5
+        # HY-V4's sinks: one logit per head (or, "shared_sinks", one for every head)
+        self.sinks = nn.Parameter(torch.randn(1 if variant == "shared_sinks" else H)) \
+            if variant.endswith("sinks") else None
 
     def forward(self, x, other_idx):
         B, S, _ = x.shape
@@ -54,10 +60,13 @@ class DsaLayer(nn.Module):
         if self.variant == "bool_int16":  # narrow enough to wrap on a long axis: not proven distinct
             idx = scores.topk(TOPK, dim=-1).indices.to(torch.int16)
         if self.variant == "query_axis":  # scattered along the queries: not the indexer's selection
-            unchosen = torch.ones(B, S, S, dtype=torch.bool).scatter(1, idx.transpose(1, 2).long(), False)
+            unchosen = torch.ones(B, S, S, dtype=torch.bool, device=x.device).scatter(
+                1, idx.transpose(1, 2).long(), False)
         else:
-            unchosen = torch.ones(B, S, S, dtype=torch.bool).scatter(-1, idx.long(), False)
+            unchosen = torch.ones(B, S, S, dtype=torch.bool, device=x.device).scatter(-1, idx.long(), False)
         unchosen = unchosen.unsqueeze(1)
+        if self.sinks is not None:  # HY-V4's eager attention
+            return self.with_sinks(q, k, v, keep, unchosen, base)
         if bool_mask:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep & ~unchosen, scale=self.scale)
             return out.transpose(1, 2).reshape(B, S, H * DV)
@@ -68,6 +77,20 @@ class DsaLayer(nn.Module):
             return out, mask
         return out
 
+    def with_sinks(self, q, k, v, keep, unchosen, base):
+        """transformers 5.23's HY-V4 eager attention under the DSA mask: finfo.min fill
+        over an additive base, or (bool_sinks) the bool form as an additive -inf mask."""
+        B, _, S, _ = q.shape
+        if self.variant == "bool_sinks":
+            mask = torch.where(keep & ~unchosen, 0.0, float("-inf"))
+        else:
+            mask = base.masked_fill(unchosen, torch.finfo(q.dtype).min)
+        scores = q @ k.transpose(-1, -2) * self.scale + mask
+        combined = torch.cat([scores, self.sinks.reshape(1, -1, 1, 1).expand(B, H, S, 1)], -1)
+        combined = combined - combined.max(dim=-1, keepdim=True).values
+        p = torch.softmax(combined, -1, dtype=combined.dtype)[..., :-1]
+        return (p @ v).transpose(1, 2).reshape(B, S, H * DV)
+
 
 CASES = {  # variant: (form, what the report says)
     "bool": ("sparse", "top-k mask, unchosen keys -inf"),
@@ -77,8 +100,12 @@ CASES = {  # variant: (form, what the report says)
     "mask_elsewhere": ("decompressed", "left dense: the DSA mask is also read elsewhere"),
     "bool_other": ("sparse", "top-k mask, unchosen keys -inf"),
     "bool_int16": ("sparse", "top-k mask, unchosen keys -inf"),
+    "float_sinks": ("sparse", "top-k of scores + causal base: every row keeps a visible chosen key"),
+    "bool_sinks": ("sparse", "top-k mask, unchosen keys -inf"),
+    "shared_sinks": ("sparse", "top-k of scores + causal base: every row keeps a visible chosen key"),
 }
-DISTINCT = {"bool": True, "float": True, "bool_other": False, "bool_int16": False}
+DISTINCT = {"bool": True, "float": True, "bool_other": False, "bool_int16": False, "float_sinks": True,
+            "bool_sinks": True, "shared_sinks": True}
 
 
 class DsaStack(nn.Module):
@@ -115,18 +142,22 @@ def test_dsa_layers():
         assert form != "sparse" or p["K"] == TOPK
         if form == "sparse":
             assert p["indices"].startswith("distinct" if DISTINCT[variant] else "may repeat"), (variant, p)
+        assert p.get("sinks") == ("per head" if variant.endswith("sinks") else None), (variant, p)
+    graph = reports[0].final_graph
+    assert graph.count("mla.sparse_attention") == sum(form == "sparse" for form, _ in CASES.values()), graph
 
 
-def test_sparse_op_inlined_on_cpu_with_the_reference(monkeypatch):
+@pytest.mark.parametrize("variant", ["bool", "float_sinks"])
+def test_sparse_op_inlined_on_cpu_with_the_reference(variant, monkeypatch):
     """Lowering's last step traces the sparse op's computation into the graph (what
     runs on CUDA): opened on CPU with the reference kernel, no mla op is left and the
-    numbers equal eager."""
+    numbers equal eager (the sinks reach the traced computation too)."""
     import importlib
 
     inline_launches = importlib.import_module("mla_compile.passes.inline_launches")
     monkeypatch.setattr(inline_launches, "inductor_launches", lambda device, kernel: True)
     torch.manual_seed(0)
-    model = DsaLayer("bool").eval()
+    model = DsaLayer(variant).eval()
     reports = []
     compiled = torch.compile(model, backend="mla", options={"report": reports.append, "kernel": "reference"})
     x = torch.randn(2, 7, D, generator=torch.Generator().manual_seed(2))

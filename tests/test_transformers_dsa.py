@@ -5,7 +5,8 @@ under longer contexts, so the mask really drops keys, and dense MLPs (the expert
 slow the compile; the attention is the same). Each test compiles one tiny model (about
 a minute on 2 shared CPU cores): deepseek_v32 prefill and decode and glm_moe_dsa's
 shared top-k layers run by default; the other families' prefill with
-MLA_ALL_FAMILIES=1 (the family scan's switch), to keep the suite's time."""
+MLA_ALL_FAMILIES=1 (the family scan's switch), to keep the suite's time. hy_v4 adds
+attention sinks, which the sparse op takes too."""
 import copy
 import os
 
@@ -16,10 +17,15 @@ transformers = pytest.importorskip("transformers")
 
 from transformers_tiny import build, families, mla_layers, tiny_config  # noqa: E402
 
-# the DSA families of issue 14 (hy_v4 adds attention sinks: not fused at all; glm5_next's
-# NoPE MLA: its prefill is split by an upstream graph break, its decode steps fuse dense:
-# tests/test_transformers_all_families.py PREFILL_BREAKS)
-ISSUE_DSA = ["axk2", "deepseek_v32", "dots3_note_text", "glm_moe_dsa", "mistral_large4_text"]
+# the DSA families of issue 14 (glm5_next's NoPE MLA is not here: its prefill is split by
+# an upstream graph break, its decode steps fuse dense: tests/test_transformers_all_families.py
+# PREFILL_BREAKS)
+ISSUE_DSA = ["axk2", "deepseek_v32", "dots3_note_text", "glm_moe_dsa", "hy_v4", "mistral_large4_text"]
+# transformers 5.23's HY-V4 adds attention sinks and takes eager attention only (sdpa
+# raises: test_transformers_all_families.py NO_SDPA): finfo.min fill, so sparse by the
+# proof that every row keeps a visible chosen key, the sinks passed to the sparse op
+EAGER_ONLY = {"hy_v4"}
+SINKS = {"hy_v4"}
 DSA = [f for f in ISSUE_DSA if f in families()]  # older transformers (5.17) ship fewer
 # MLA layers not sparse, and why: mistral_large4's NoPE layer has the top-k mask but no
 # RoPE part, which the sparse op does not take (dense, fused, the report says so);
@@ -54,7 +60,7 @@ def prompt(S=9, B=2, seed=0):
 def test_dsa_families_listed():
     """A family gaining or losing its indexer upstream shows here."""
     have = {f for f in families() if getattr(tiny_config(f), "index_topk", None)}
-    assert set(DSA) <= have and have - set(DSA) <= {"hy_v4", "glm5_next_text"}, have
+    assert set(DSA) <= have and have - set(DSA) <= {"glm5_next_text"}, have
 
 
 SCAN = os.environ.get("MLA_ALL_FAMILIES") == "1"
@@ -64,8 +70,10 @@ needs_v32 = pytest.mark.skipif("deepseek_v32" not in DSA, reason="this transform
 @pytest.mark.parametrize("family", [f if f == "deepseek_v32" or SCAN else pytest.param(
     f, marks=pytest.mark.skip(reason="a minute per family: MLA_ALL_FAMILIES=1 runs it")) for f in DSA])
 def test_prefill_sparse(family):
-    """sdpa prefill, 9 tokens, top-k 4: every MLA layer sparse, logits equal."""
-    model = dsa(family, "sdpa")
+    """sdpa prefill (eager where sdpa is refused), 9 tokens, top-k 4: every MLA layer
+    sparse, logits equal."""
+    eager = family in EAGER_ONLY
+    model = dsa(family, "eager" if eager else "sdpa")
     reports = []
     ids = prompt()
     compile_and_compare(model, lambda m: m(ids, use_cache=False).logits, reports)
@@ -77,7 +85,11 @@ def test_prefill_sparse(family):
         if p["form"] != "sparse":
             assert p.get("sparse") is None if why is None else p.get("sparse", "").startswith(why), p
     assert all(p["K"] == TOPK and p["Sq"] == p["Sk"] == 9 for p in sparse)
-    assert all(p["sparse_proof"] == "top-k mask, unchosen keys -inf" for p in sparse)
+    if eager:  # finfo.min fill: sparse only where every row provably keeps a chosen key
+        assert all("causal base" in p["sparse_proof"] for p in sparse), sparse
+    else:
+        assert all(p["sparse_proof"] == "top-k mask, unchosen keys -inf" for p in sparse)
+    assert all(p.get("sinks") == ("per head" if family in SINKS else None) for p in params), params
 
 
 @needs_v32
