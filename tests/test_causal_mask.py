@@ -66,6 +66,14 @@ def compile_and_compare(model, *args):
     return attention(report)[0]
 
 
+def assert_proof(p, causal: bool):
+    """The report's attention params: proven causal (no mask), or left additive with why."""
+    if causal:
+        assert p["mask"] == "causal" and p["mask_proof"].startswith("causal"), p
+    else:
+        assert p["mask"] == "additive" and p["mask_proof"].startswith("not causal"), p
+
+
 def inputs(padded=False):
     x, pos = HFMLA(SIZE, torch.float32, mask="padded").example_inputs()[:2]
     keep = torch.ones(SIZE.B, SIZE.S, dtype=torch.bool)
@@ -81,11 +89,7 @@ def inputs(padded=False):
 def test_rules(rule, fill):
     fn, causal = RULES[rule]
     x, pos, _ = inputs()
-    p = compile_and_compare(BuiltMask(fn, fill), x, pos)
-    if causal:
-        assert p["mask"] == "causal" and p["mask_proof"].startswith("causal"), p
-    else:
-        assert p["mask"] == "additive" and p["mask_proof"].startswith("not causal"), p
+    assert_proof(compile_and_compare(BuiltMask(fn, fill), x, pos), causal)
 
 
 class TriuMask(torch.nn.Module):
@@ -108,11 +112,7 @@ def test_triu_fill_mask(diagonal, fill, causal):
     """Only triu(1) masks exactly the keys above the diagonal (triu(0) also the diagonal,
     triu(2) leaves one more key visible)."""
     x, pos, _ = inputs()
-    p = compile_and_compare(TriuMask(diagonal, fill), x, pos)
-    if causal:
-        assert p["mask"] == "causal" and p["mask_proof"].startswith("causal"), p
-    else:
-        assert p["mask"] == "additive" and p["mask_proof"].startswith("not causal"), p
+    assert_proof(compile_and_compare(TriuMask(diagonal, fill), x, pos), causal)
 
 
 EMPTY_ROWS = "additive+causal (key padding, finite fill: empty rows attend all keys"

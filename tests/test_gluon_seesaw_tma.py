@@ -15,6 +15,7 @@ from mla_compile.custom_ops import gluon_decode
 from mla_compile.custom_ops.gluon_seesaw_copy import tma_plan
 from mla_compile.custom_ops.reference import latent_attention_reference
 from mla_compile.custom_ops.triton_decode_wide import mla_decode_attention_wide
+from test_gluon_decode import close  # bf16 against the fp32 reference, NaN where it has NaN
 
 ON_HOPPER = (os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
              and torch.cuda.get_device_capability() == (9, 0) and gluon_decode.gluon is not None)
@@ -80,14 +81,6 @@ def test_plan_contiguous_does_not_apply():
 
 
 # ---- GPU: the TMA variant against the reference and against the cp.async variant ----
-
-def close(got, want):
-    want = want.float()
-    ok = torch.isfinite(want)
-    assert torch.equal(ok, torch.isfinite(got.float())), "NaN where the reference has none (or the other way)"
-    err = (got.float()[ok] - want[ok]).norm() / want[ok].norm().clamp_min(1e-30)
-    assert err < 1e-2, f"relative error {err:.2e}"
-
 
 def both(*args, **kw):
     """The seesaw's output with TMA copies and with cp.async copies: bitwise equal."""
