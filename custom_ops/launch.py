@@ -18,6 +18,13 @@ except ImportError:  # Triton is optional on CPU: no kernel is ever launched the
     JITFunction = ()
 
 
+def sinks_pointer(sinks, unused):
+    """The kernels' SINKS argument: they read head h's sink at SINKS + h, so an [H] view
+    with another stride (one logit expanded over the heads: stride 0) is copied first;
+    `unused` (any tensor) when there are none."""
+    return unused if sinks is None else sinks.contiguous()
+
+
 def is_traced(t) -> bool:
     """Whether `t` is a tensor of a trace (fake, maybe functional-wrapped): its
     sizes may be symbolic and it has no data pointer."""

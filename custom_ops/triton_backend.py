@@ -47,13 +47,6 @@ def decompress(c_kv: torch.Tensor, w_uk: torch.Tensor, w_uv: torch.Tensor):
     return torch.einsum("bsr,hdr->bhsd", c_kv, w_uk), torch.einsum("bsr,hdr->bhsd", c_kv, w_uv)
 
 
-def unit_stride(sinks: torch.Tensor | None) -> torch.Tensor | None:
-    """The kernels read head h's sink at SINKS + h: an [H] view with another stride
-    (one logit expanded over the heads has stride 0, as the pass passes a shared sink)
-    is copied first. A no-op for the usual per-head parameter."""
-    return None if sinks is None else sinks.contiguous()
-
-
 class TritonBackend(KernelBackend):
     name: ClassVar[str] = "triton"
     cache_layouts: ClassVar[tuple] = ("normal", "shuffle")  # NORMAL: faster reads (H200)
@@ -104,7 +97,7 @@ class TritonBackend(KernelBackend):
                                               itemsize=q_lat.element_size())
         run = mla_decode_attention_wide if wide else mla_decode_attention
         run(q_lat, q_pe, c_kv, k_pe, scale, causal, mask=mask, zero_empty_rows=zero_empty_rows,
-            paged=paged, out=out, block_h=block_h, sinks=unit_stride(sinks))
+            paged=paged, out=out, block_h=block_h, sinks=sinks)
 
     @classmethod
     def rope(cls, xs, cos, sin, interleaved_in, interleaved_out, outs) -> None:
@@ -132,7 +125,7 @@ class TritonBackend(KernelBackend):
             return
         k_nope, v = decompress(c_kv, w_uk, w_uv)
         mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale, causal, mask=mask,
-                              zero_empty_rows=zero_empty_rows, out=out, sinks=unit_stride(sinks),
+                              zero_empty_rows=zero_empty_rows, out=out, sinks=sinks,
                               empty_row_fill=empty_row_fill)
 
     @classmethod
@@ -160,7 +153,7 @@ class TritonBackend(KernelBackend):
         q_lat = torch.einsum("bhqd,hdr->bhqr", q_nope, w_uk)
         o_lat = torch.empty_like(q_lat)
         mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale, mask=mask, zero_empty_rows=zero_empty_rows,
-                             out=o_lat, distinct=distinct, sinks=unit_stride(sinks))
+                             out=o_lat, distinct=distinct, sinks=sinks)
         out.copy_(torch.einsum("bhqr,hvr->bhqv", o_lat, w_uv))
 
     @classmethod

@@ -27,7 +27,7 @@ import torch
 
 from ..compat import size_hint
 from .checks import known_true
-from .launch import launch
+from .launch import launch, sinks_pointer
 
 try:
     import triton
@@ -277,7 +277,7 @@ def mla_decode_attention(q_lat, q_pe, c_kv, k_pe, scale: float, causal: bool, *,
     launch(
         _decode_split, (groups, B, splits),
         q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, partial, lse, table_arg, seq_arg,
-        q_lat if sinks is None else sinks, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *mk_strides, st_b,
+        sinks_pointer(sinks, q_lat), *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *mk_strides, st_b,
         H, Sq, Sk, keys_per_split, float(scale),
         R=R, DR=Dr, BR=br, BDR=bdr, BLOCK_H=block_h, BLOCK_N=bn,
         CAUSAL=bool(causal), MASK=mask is not None,

@@ -50,7 +50,7 @@ from .decode_combine import launch_combine
 from .decode_schedule import HEADER_INTS, ITEM_INTS, balanced_schedule, partial_slot, work_item
 from .gluon_op import call_wide_decode_gluon
 from .gluon_seesaw_copy import tma_descriptors, tma_plan
-from .launch import is_traced, launch
+from .launch import is_traced, launch, sinks_pointer
 from .triton_decode import key_source
 
 try:
@@ -359,7 +359,7 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     mk_strides = mk.stride() if mk is not None else (0, 0, 0, 0)
     # one argument list for both programs (same kernel signature up to the constexprs)
     args = (q_lat, q_pe, c_kv, k_pe, mk if mk is not None else q_lat, out, partial, stats, table_arg, seq_arg,
-            q_lat if sinks is None else sinks, sched, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides,
+            sinks_pointer(sinks, q_lat), sched, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides,
             *mk_strides, *out.stride(), st_b, H, Sq, Sk, keys_per_split, float(scale))
     common = dict(R=R, DR=Dr, CAUSAL=bool(causal), MASK=mask is not None, DIRECT=direct,
                   ZERO_EMPTY=bool(zero_empty_rows), PAGED=paged is not None, PAGE=page, SINK=sinks is not None,

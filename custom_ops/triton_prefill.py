@@ -44,7 +44,7 @@ import torch
 
 from ..compat import size_hint
 from .checks import check_empty_row_fill, known_true
-from .launch import is_traced, launch, tma_aligned
+from .launch import is_traced, launch, sinks_pointer, tma_aligned
 
 try:
     import triton
@@ -271,7 +271,7 @@ def mla_prefill_attention(q_nope, q_pe, k_nope, k_pe, v, scale: float, causal: b
     grid = (triton.cdiv(Sq, bm), B * H)
     launch(
         _mla_prefill_fwd, grid, q_nope, q_pe, kn_src, kr_src, v_src, out, q_nope if mask is None else mask,
-        q_nope if table is None else table, q_nope if sinks is None else sinks, q_nope if fv is None else fv,
+        q_nope if table is None else table, sinks_pointer(sinks, q_nope), q_nope if fv is None else fv,
         *q_nope.stride(), *q_pe.stride(), *k_nope.stride(), *k_pe.stride(),
         *v.stride(), *out.stride(), *mask_strides,
         *(block_strides(table) if skip else (0, 0, 0, 0)),

@@ -35,7 +35,7 @@ import torch
 
 from ..compat import size_hint
 from .checks import known_true
-from .launch import launch
+from .launch import launch, sinks_pointer
 from .triton_decode import _combine, _dot, _paged_offsets, choose_splits, key_block, key_source, split_rows_per_program
 
 try:
@@ -187,7 +187,7 @@ def mla_sparse_attention(q_lat, q_pe, c_kv, k_pe, indices, scale: float, *, mask
     launch(
         _sparse_split, (groups, B * Sq, splits),
         q_lat, q_pe, c_kv, k_pe, idx, mk if mk is not None else q_lat, partial, lse, table_arg, seq_arg,
-        q_lat if sinks is None else sinks, *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *idx.stride(),
+        sinks_pointer(sinks, q_lat), *q_lat.stride(), *q_pe.stride(), *c_strides, *kr_strides, *idx.stride(),
         *(mk.stride() if mk is not None else (0, 0, 0, 0)), st_b,
         H, Sq, K, per_split, float(scale),
         R=R, DR=Dr, BR=br, BDR=bdr, BLOCK_H=block_h, BLOCK_N=bn, MASK=mask is not None,
