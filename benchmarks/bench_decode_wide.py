@@ -150,8 +150,9 @@ def main():
                 q[..., :R], q[..., R:], None, None, SCALE, False, out=outs[i], block_h=old_rows_per_program(H, B),
                 paged=(cache.view(B * L // PAGE, PAGE * (R + DR)), table, seq, PAGE, (1, R + DR)))
 
-        # "-paged": the balanced schedule (the paged default); "-paged-oldsched": the same
-        # program on the old one (splits per request from the longest length)
+        # "-paged": the default schedule (balanced, but the old one for the seesaw); "-paged-oldsched"
+        # / "-paged-balanced": the same program on the old schedule (splits per request from the
+        # longest length) / on the balanced one
         if ragged:
             variants = {"old-paged": old_paged}
         else:
@@ -169,8 +170,8 @@ def main():
                     variants[name] = ours(triton_decode_wide.mla_decode_attention_wide, gluon=True,
                                           gluon_program=prog, **kw)
                 variants[f"{name}-paged"] = paged(True, gluon_program=prog, **kw)
-                if name != "gluon3-tma":  # (the seesaw's default schedule is the old one)
-                    variants[f"{name}-paged-oldsched"] = paged(True, gluon_program=prog, schedule="split", **kw)
+                variants[f"{name}-paged-oldsched"] = paged(True, gluon_program=prog, schedule="split", **kw)
+                variants[f"{name}-paged-balanced"] = paged(True, gluon_program=prog, schedule="balanced", **kw)
             q, cache = sets[0]
             print(f"B={B} L={L} H={H} seesaw TMA descriptors apply: contiguous "
                   f"{tma_plan(cache[..., :R], cache[..., R:], None, R, DR) is not None}, paged "
@@ -220,10 +221,7 @@ def main():
         results.append(row)
         del sets, outs, ref
         torch.cuda.empty_cache()
-    names = ["old", "old-paged", "wide", "wide-paged", "wide-paged-oldsched", "gluon", "gluon-paged",
-             "gluon-paged-oldsched", "gluon2", "gluon2-paged", "gluon2-paged-oldsched", "gluon3", "gluon3-paged",
-             "gluon3-paged-oldsched", "gluon3-tma", "gluon3-tma-paged", "flashmla"]
-    names = [n for n in names if any(n in r["t"] for r in results)]
+    names = list(dict.fromkeys(n for r in results for n in r["t"]))  # in the order they ran
     lines = ["| B | L | H | floor us | compute floor us | " + " | ".join(f"{n} us (% max)" for n in names)
              + " | best wide / old | best gluon / best wide | best ours / flashmla | old sched / balanced |"
              + " seesaw cp.async / tma | flashmla / seesaw tma |",
@@ -239,7 +237,9 @@ def main():
         best = min(t for t in (bw_, gl_) if t) if (bw_ or gl_) else None
         vs_wide = f"{bw_ / gl_:.2f}x" if bw_ and gl_ else "-"
         vs_fm = f"{r['t']['flashmla'] / best:.2f}x" if best and "flashmla" in r["t"] else "-"
-        bal = [t for n, t in r["t"].items() if n.endswith("-paged") and n != "old-paged"]
+        # the balanced schedule: "-balanced", or "-paged" where it is the default (not the seesaw's)
+        bal = [t for n, t in r["t"].items() if n.endswith("-balanced")
+               or (n.endswith("-paged") and n != "old-paged" and not n.startswith("gluon3"))]
         olds_ = [t for n, t in r["t"].items() if n.endswith("-oldsched")]
         vs_sched = f"{min(olds_) / min(bal):.2f}x" if bal and olds_ else "-"
         cpa = [r["t"][n] for n in ("gluon3", "gluon3-paged") if n in r["t"]]

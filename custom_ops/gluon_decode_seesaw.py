@@ -52,7 +52,7 @@ Why each wait / signal is there (a missing one is a silent wrong answer):
   each followed by cp.async.mbarrier.arrive.noinc (the arrival fires when all of that
   thread's earlier copies landed; count 128). The waiter's proxy fence orders the landed
   bytes before its wgmma (a cp.async has no writer thread left to fence it).
-  With TMA (the TMA constexpr, off by default: SEESAW_TMA; gluon_seesaw_copy.py) the
+  With TMA (the TMA constexpr, the default where `tma_plan` applies: SEESAW_TMA) the
   three barriers count ONE arrival per phase, whichever way the tile was filled: a full
   tile (n0 + 64 <= hi_key) is one mbarrier.expect(bytes) + TMA boxes completing those
   bytes (async proxy, as wgmma: no fence needed, the waiter's is harmless); the tail tile
@@ -86,6 +86,11 @@ Why each wait / signal is there (a missing one is a silent wrong answer):
   CTA-wide bar.sync (Triton's warp_specialize lowering), the stores were fenced before.
 The mbarrier arrive of `_signal` is one thread's (Triton predicates it on the first
 thread), hence the partition barrier before it; the waits are every thread's.
+
+Off the copies' path: the TMA fills of pages take their page numbers read a pair ahead
+(`page_of`; read at the fill, the table load stalled the filling warpgroup between its
+wgmma: paged ran 1-6% behind contiguous keys, now level), and pair 0's copies are issued
+before q is read, so q's loads overlap them (with TMA tile 1 is copied after q: LANDED).
 
 Pairs, not tiles: an odd tile count leaves tile 2i+1 of the last pair past the keys; it
 is zero-filled (the masked cp.async copies, with TMA too: it is no full tile), wg1 skips its score wgmma (scores all masked: -inf),
@@ -127,7 +132,7 @@ from __future__ import annotations
 from .gluon_decode import gluon
 
 WARPS = 4  # the default partition (warpgroup 0); the worker partition adds 4 more
-SEESAW_TMA = False  # full key tiles by TMA (gluon_seesaw_copy.py): off until measured on an H200
+SEESAW_TMA = True  # full key tiles by TMA (gluon_seesaw_copy.py) where `tma_plan` applies: 1.05-1.12x (H200)
 
 if gluon is not None:
     from triton.experimental.gluon import language as gl
@@ -136,7 +141,7 @@ if gluon is not None:
 
     from ..compat import GLUON_CTA_BARRIER as cta_barrier
     from .decode_schedule import gluon_partial_slot, gluon_work_item
-    from .gluon_seesaw_copy import _signal, fill
+    from .gluon_seesaw_copy import _signal, fill, page_of
 
     WORKER_REGS = gl.constexpr(256)  # setmaxnreg of the worker partition (warpgroup 1)
     # mbarriers (each completes once per key-tile pair, so pair i waits phase i & 1)
@@ -259,6 +264,8 @@ if gluon is not None:
         for i in range(n_pairs):
             ph = i & 1
             n0 = lo + i * 128
+            next0 = page_of(TABLE, b, st_b, n0 + 128, hi_key, PAGED, PAGE, TMA)  # read a pair ahead
+            next1 = page_of(TABLE, b, st_b, n0 + 192, hi_key, PAGED, PAGE, TMA)
             z = _opaque_zero(xch)
             q_t = q_smem.index(z)
             c0 = c_smem.index(z)
@@ -288,11 +295,11 @@ if gluon is not None:
             acc = warpgroup_mma(p1_smem, c1.slice(0, HALF, dim=1), acc, is_async=True)  # PV(2i+1)
             if i + 1 < n_pairs:  # stage 0's readers all retired (wg1's PV(2i) before S1_READY)
                 fill(C, KR, CD, KRD, TABLE, c0, kr0, bars, FULL0, b, n0 + 128, hi_key, st_b, sc_b, sc_t,
-                     skr_b, skr_t, c_rpb, kr_rpb, True, True, R, DR, PAGED, PAGE, TMA)
+                     skr_b, skr_t, c_rpb, kr_rpb, next0, True, True, R, DR, PAGED, PAGE, TMA)
             acc = warpgroup_mma_wait(0, deps=[acc])
             if i + 1 < n_pairs:  # tile 2i+1's left columns: wg1's S(2i+1) retired before S1_READY
                 fill(C, KR, CD, KRD, TABLE, c1, kr0, bars, FULL1L, b, n0 + 192, hi_key, st_b, sc_b, sc_t,
-                     skr_b, skr_t, c_rpb, kr_rpb, True, False, R, DR, PAGED, PAGE, TMA)
+                     skr_b, skr_t, c_rpb, kr_rpb, next1, True, False, R, DR, PAGED, PAGE, TMA)
 
         # the running sum is split between the warpgroups: exchange, then both halves out
         xch.slice(XL0 * 64, 64).store(l_i)
@@ -322,6 +329,7 @@ if gluon is not None:
         for i in range(n_pairs):
             ph = i & 1
             n1 = lo + i * 128 + 64
+            next1 = page_of(TABLE, b, st_b, n1 + 128, hi_key, PAGED, PAGE, TMA)  # read a pair ahead
             z = _opaque_zero(xch)
             q_t = q_smem.index(z)
             c0 = c_smem.index(z)
@@ -363,7 +371,7 @@ if gluon is not None:
             acc = warpgroup_mma_wait(0, deps=[acc])
             if i + 1 < n_pairs:  # tile 2i+1's right columns and rope: only this warpgroup read them
                 fill(C, KR, CD, KRD, TABLE, c1, kr1, bars, FULL1R, b, n1 + 128, hi_key, st_b, sc_b, sc_t,
-                     skr_b, skr_t, c_rpb, kr_rpb, False, True, R, DR, PAGED, PAGE, TMA)
+                     skr_b, skr_t, c_rpb, kr_rpb, next1, False, True, R, DR, PAGED, PAGE, TMA)
 
         xch.slice(XL1 * 64, 64).store(l_i)
         _signal(bars, L1_READY)
@@ -371,6 +379,17 @@ if gluon is not None:
         l_i = l_i + xch.slice(XL0 * 64, 64).load(gl.SliceLayout(1, SL))
         _store_out(acc, l_i, l_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
                    HALF, False, SL, AL, R, DIRECT, ZERO_EMPTY, BALANCED)
+
+    @gluon.jit
+    def _tile1(C, KR, CD, KRD, TABLE, c_smem, kr_smem, bars, b, lo, hi_key, st_b, sc_b, sc_t, skr_b, skr_t,
+               c_rpb, kr_rpb, R: gl.constexpr, DR: gl.constexpr, PAGED: gl.constexpr, PAGE: gl.constexpr,
+               TMA: gl.constexpr):
+        """The prologue's tile 1 into stage 1, in its two parts (FULL1R, FULL1L); with TMA by
+        landed cp.async (`fill`'s LANDED)."""
+        fill(C, KR, CD, KRD, TABLE, c_smem.index(1), kr_smem.index(1), bars, FULL1R, b, lo + 64, hi_key, st_b,
+             sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, 0, False, True, R, DR, PAGED, PAGE, TMA, True)
+        fill(C, KR, CD, KRD, TABLE, c_smem.index(1), kr_smem.index(1), bars, FULL1L, b, lo + 64, hi_key, st_b,
+             sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, 0, True, False, R, DR, PAGED, PAGE, TMA, True)
 
     @gluon.jit
     def gluon_split_seesaw(
@@ -416,6 +435,17 @@ if gluon is not None:
         fence_async_shared()  # the barriers' init, before any (async) arrive on them
         cta_barrier()
 
+        # pair 0's copies are issued before q is read, so they overlap its loads: tile 0, and
+        # tile 1 in its two parts (with TMA tile 1 lands by cp.async, after q: `fill`'s LANDED)
+        n_tiles = gl.cdiv(hi_key - lo, 64)
+        if n_tiles > 0:
+            fill(C, KR, CD, KRD, TABLE, c_smem.index(0), kr_smem.index(0), bars, FULL0, b, lo, hi_key, st_b,
+                 sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, page_of(TABLE, b, st_b, lo, hi_key, PAGED, PAGE, TMA),
+                 True, True, R, DR, PAGED, PAGE, TMA)
+            if not TMA:
+                _tile1(C, KR, CD, KRD, TABLE, c_smem, kr_smem, bars, b, lo, hi_key, st_b, sc_b, sc_t, skr_b, skr_t,
+                       c_rpb, kr_rpb, R, DR, PAGED, PAGE, TMA)
+
         # q through registers in four column blocks (q's strides are not checked for cp.async);
         # the fence and the entry into the warp-specialised region order these stores before
         # either warpgroup's wgmma reads them
@@ -433,14 +463,10 @@ if gluon is not None:
         fence_async_shared()
         cta_barrier()
 
-        n_tiles = gl.cdiv(hi_key - lo, 64)
-        if n_tiles > 0:  # pair 0: tile 0 whole, tile 1 in its two parts (with TMA: landed by cp.async)
-            fill(C, KR, CD, KRD, TABLE, c_smem.index(0), kr_smem.index(0), bars, FULL0, b, lo, hi_key, st_b,
-                 sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, True, True, R, DR, PAGED, PAGE, TMA)
-            fill(C, KR, CD, KRD, TABLE, c_smem.index(1), kr_smem.index(1), bars, FULL1R, b, lo + 64, hi_key, st_b,
-                 sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, False, True, R, DR, PAGED, PAGE, TMA, True)
-            fill(C, KR, CD, KRD, TABLE, c_smem.index(1), kr_smem.index(1), bars, FULL1L, b, lo + 64, hi_key, st_b,
-                 sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, True, False, R, DR, PAGED, PAGE, TMA, True)
+        if TMA:
+            if n_tiles > 0:
+                _tile1(C, KR, CD, KRD, TABLE, c_smem, kr_smem, bars, b, lo, hi_key, st_b, sc_b, sc_t, skr_b, skr_t,
+                       c_rpb, kr_rpb, R, DR, PAGED, PAGE, TMA)
 
         # the tuples are written out in the call: assigned to a name, constexprs become tensors
         gl.warp_specialize([(_wg0, (q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,

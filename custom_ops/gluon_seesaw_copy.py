@@ -178,21 +178,31 @@ if gluon is not None:
         _signal(bars, k)
 
     @gluon.jit
+    def page_of(TABLE, b, st_b, n0, hi_key, PAGED: gl.constexpr, PAGE: gl.constexpr, TMA: gl.constexpr):
+        """The page of keys [n0, n0 + 64) for a TMA `fill` (0 past the keys, or without pages
+        or TMA). The loops read it a pair ahead of its fill: a table read where the fill is
+        issued stalled the issuing warpgroup, between its wgmma, on the load's latency."""
+        if PAGED and TMA:
+            return gl.load(TABLE + b * st_b + n0 // PAGE, mask=n0 < hi_key, other=0)
+        else:
+            return 0
+
+    @gluon.jit
     def fill(C, KR, CD, KRD, TABLE, c_st, kr_st, bars, k: gl.constexpr, b, n0, hi_key, st_b,
-             sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb,
+             sc_b, sc_t, skr_b, skr_t, c_rpb, kr_rpb, blk,
              LEFT: gl.constexpr, RIGHT: gl.constexpr, R: gl.constexpr, DR: gl.constexpr,
              PAGED: gl.constexpr, PAGE: gl.constexpr, TMA: gl.constexpr, LANDED: gl.constexpr = False):
         """Keys [n0, n0 + 64) into stage (c_st, kr_st): latent columns [0, R/2) with LEFT,
         [R/2, R) and the rope with RIGHT; completes one phase of barrier k (module docstring).
-        LANDED (TMA protocol only): cp.async even for a full tile (the prologue's tile 1:
-        with TMA there too, the program spilled 300-480 bytes in its epilogue)."""
+        `blk`: `page_of(n0)` (a TMA fill of pages reads no table itself). LANDED (TMA
+        protocol only): cp.async even for a full tile (the prologue's tile 1: with TMA there
+        too, the program spilled 300-480 bytes in its epilogue)."""
         HALF: gl.constexpr = R // 2
         bar = bars.index(k)
         if TMA and not LANDED:
             if n0 + 64 <= hi_key:  # a full tile: every row lies below the request's length
                 nbytes: gl.constexpr = 64 * (HALF * (LEFT + RIGHT) + DR * RIGHT) * (c_st.dtype.primitive_bitwidth // 8)
                 if PAGED:  # a tile never straddles a page (PAGE % 64 == 0)
-                    blk = gl.load(TABLE + b * st_b + n0 // PAGE)
                     row_c = (blk * PAGE + n0 % PAGE).to(gl.int32)
                     row_r = row_c
                 else:
