@@ -7,11 +7,12 @@ Work items. Request b of len_b keys (t_b = cdiv(len_b, BN) tiles) is cut into
 n_b = max(1, cdiv(t_b, C)) items of cdiv(t_b, n_b) tiles (the last one shorter); the
 chunk C (tiles) is chosen on the device from the real lengths, among
   candidate 0: the old schedule's split (`keys_per_split` from the size hints), and
-  candidate j = 1..FINE: cdiv(total tiles, j * cdiv(slots, groups)),
+  candidate j = 1..CANDIDATES: cdiv(j * total tiles, 2 * cdiv(slots, groups)), i.e.
+    0.5x, 1x, ... 3.5x a program slot's share (with the requests shorter than the chunk
+    left whole, the best chunk is often above the share: a greedy-dispatch simulation),
 by `model_cost` (below), ties to the lowest index; a candidate whose items would not
 fit the grid is skipped (the j >= 1 ones always fit: N <= total / C + B). So on any
-lengths the chosen schedule costs no more than the old one on the cost model, and on
-uniform lengths the old candidate's cost is `choose_wide_splits`'s.
+lengths the chosen schedule costs no more than the old one on the cost model.
 
 The grid is (row groups, `item_slots`) from size hints only: no host sync, CUDA-graph
 capturable, no recompile when lengths change; a program past the N items used returns
@@ -50,7 +51,9 @@ except ImportError:
 
 HEADER_INTS, ITEM_INTS = 4, 4
 OVERHEAD_TILES = 3  # a program's fixed cost in key tiles (choose_wide_splits's)
-FINE = 2            # finest candidate: FINE items per program slot of one row group
+PARTIAL_TILES = 2   # a split item's fp32 partial (64 x 512 x 4 bytes ~ 1.7 tiles), written; read again by the combine
+CANDIDATES = 7      # chunk candidates j / 2 of a slot's share, j = 1..7 (the old split is candidate 0)
+FINE = 2            # the finest candidate (j = 1): FINE items per program slot of one row group
 SIZE_CLASSES = 16   # launch order: requests in 16 classes of item size, largest first
 
 
@@ -68,20 +71,23 @@ def table_ints(batch, items):
 
 def model_cost(lens: list[int], chunk: int, groups: int, slots: int, block_n: int) -> int:
     """The cost model (x slots, in key tiles) of cutting every request into items of at
-    most `chunk` tiles: P programs (items x row groups) of work W in all (tiles + a fixed
-    cost each) on S slots take max(m, (W + a (S - r)) / S), m the largest program, a
-    the mean one, r the programs of the last wave: whole waves of m, ceil(P / S) m, when
-    all items are equal (`choose_wide_splits`'s cost), else about the work per slot plus
-    an idle tail; + one overhead for the combine when some request has several items.
-    The device computes the same in `_schedule`."""
+    most `chunk` tiles: P programs (items x row groups) of work W in all (tiles, a fixed
+    cost each, and a partial's write for the items of split requests) on S slots take
+    max(m, (W + a (S - r)) / S), m the largest program, a the mean one, r the programs
+    of the last wave: whole waves of m, ceil(P / S) m, when all items are equal, else
+    about the work per slot plus an idle tail; + the combine when some request has
+    several items (a fixed cost, and reading the partials back). The device computes
+    the same in `_schedule`."""
     n = [max(1, -(-(-(-ln // block_n)) // chunk)) for ln in lens]
     big = max(-(-(-(-ln // block_n)) // k) for ln, k in zip(lens, n))
     total = sum(-(-ln // block_n) for ln in lens)
-    m, programs = big + OVERHEAD_TILES, groups * sum(n)
-    work = groups * (total + OVERHEAD_TILES * sum(n))
+    split = groups * sum(k for k in n if k > 1)  # programs writing partials
+    m, programs = big + OVERHEAD_TILES + (PARTIAL_TILES if max(n) > 1 else 0), groups * sum(n)
+    work = groups * (total + OVERHEAD_TILES * sum(n)) + PARTIAL_TILES * split
     last = programs - slots * (-(-programs // slots) - 1)
     tail = -(-work * (slots - last) // programs)
-    return max(m * slots, work + tail) + (OVERHEAD_TILES * slots if max(n) > 1 else 0)
+    combine = OVERHEAD_TILES * slots + PARTIAL_TILES * split if split else 0
+    return max(m * slots, work + tail) + combine
 
 
 def reference_schedule(lens: list[int], groups: int, slots: int, block_n: int, old_tiles: int,
@@ -89,7 +95,8 @@ def reference_schedule(lens: list[int], groups: int, slots: int, block_n: int, o
     """`_schedule`'s table, in Python (tests; the cost comparisons)."""
     tiles = [-(-ln // block_n) for ln in lens]
     total = sum(tiles)
-    cands = [max(1, old_tiles)] + [max(1, -(-total // (j * -(-slots // groups)))) for j in range(1, FINE + 1)]
+    cands = [max(1, old_tiles)] + [max(1, -(-(j * total) // (2 * -(-slots // groups))))
+                                   for j in range(1, CANDIDATES + 1)]
     best = None
     for i, c in enumerate(cands):
         if sum(max(1, -(-t // c)) for t in tiles) <= items:
@@ -114,7 +121,8 @@ if triton is not None:
 
     @triton.jit
     def _schedule(SEQ, TAB, B, NI, groups, slots, old_tiles, BN: tl.constexpr, OVH: tl.constexpr,
-                  FINE_: tl.constexpr, NC: tl.constexpr, NK: tl.constexpr, BB: tl.constexpr, KB: tl.constexpr):
+                  PART: tl.constexpr, CANDS: tl.constexpr, NC: tl.constexpr, NK: tl.constexpr, BB: tl.constexpr,
+                  KB: tl.constexpr):
         # one program; B requests in chunks of BB (any B: a dynamic batch can pass its hint)
         offs = tl.arange(0, BB)
         total = tl.sum(tl.zeros([BB], tl.int64), 0)
@@ -122,11 +130,12 @@ if triton is not None:
             lens = tl.load(SEQ + b0 + offs, mask=b0 + offs < B, other=0)
             total += tl.sum(tl.cdiv(lens, BN).to(tl.int64), 0)
         j = tl.arange(0, NC)
-        cand = tl.where(j == 0, old_tiles, tl.cdiv(total, tl.maximum(j, 1) * tl.cdiv(slots, groups)))
+        cand = tl.where(j == 0, old_tiles, tl.cdiv(j * total, 2 * tl.cdiv(slots, groups)))
         cand = tl.maximum(cand, 1).to(tl.int64)
         n_items = tl.zeros([NC], tl.int64)
         big = tl.zeros([NC], tl.int64)
         most = tl.zeros([NC], tl.int64)
+        split = tl.zeros([NC], tl.int64)  # items of split requests
         for b0 in range(0, B, BB):
             ok = b0 + offs < B
             t = tl.cdiv(tl.load(SEQ + b0 + offs, mask=ok, other=0), BN).to(tl.int64)
@@ -134,13 +143,15 @@ if triton is not None:
             n_items += tl.sum(n, 1)
             big = tl.maximum(big, tl.max(tl.cdiv(t[None, :], tl.maximum(n, 1)), 1))
             most = tl.maximum(most, tl.max(n, 1))
-        m = big + OVH  # model_cost's, x slots
+            split += tl.sum(tl.where(n > 1, n, 0), 1)
+        split = groups * split  # model_cost's, x slots
+        m = big + OVH + tl.where(most > 1, PART, 0)
         programs = groups * n_items
         last = programs - slots * (tl.cdiv(programs, slots) - 1)
-        work = groups * (total + OVH * n_items)
+        work = groups * (total + OVH * n_items) + PART * split
         cost = tl.maximum(m * slots, work + tl.cdiv(work * (slots - last), programs))
-        cost += tl.where(most > 1, OVH * slots, 0)
-        cost = tl.where((j <= FINE_) & (n_items <= NI), cost, 2**62)
+        cost += tl.where(most > 1, OVH * slots + PART * split, 0)
+        cost = tl.where((j <= CANDS) & (n_items <= NI), cost, 2**62)
         best_cost = tl.min(cost, 0)
         best = tl.min(tl.where(cost == best_cost, j, NC), 0)
         chunk = tl.sum(tl.where(j == best, cand, 0), 0)
@@ -246,11 +257,12 @@ def balanced_schedule(seq_lens: torch.Tensor, batch, groups: int, slots: int, bl
     table = torch.empty(table_ints(batch, items), device=seq_lens.device, dtype=torch.int32)
     bb = min(256, max(16, triton.next_power_of_2(size_hint(batch))))
     launch(_schedule, (1,), seq_lens, table, batch, items, groups, slots, keys_per_split // block_n,
-           BN=block_n, OVH=OVERHEAD_TILES, FINE_=FINE, NC=max(2, triton.next_power_of_2(FINE + 1)),
+           BN=block_n, OVH=OVERHEAD_TILES, PART=PARTIAL_TILES, CANDS=CANDIDATES,
+           NC=triton.next_power_of_2(CANDIDATES + 1),
            NK=SIZE_CLASSES, BB=bb, KB=max(16, 2048 // bb), num_warps=4)
     return table, items
 
 
 __all__ = ["balanced_schedule", "item_slots", "model_cost", "reference_schedule", "work_item",
            "partial_slot", "gluon_work_item", "gluon_partial_slot", "HEADER_INTS", "ITEM_INTS", "FINE",
-           "OVERHEAD_TILES", "SIZE_CLASSES"]
+           "OVERHEAD_TILES", "PARTIAL_TILES", "CANDIDATES", "SIZE_CLASSES"]

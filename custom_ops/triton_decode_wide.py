@@ -59,6 +59,9 @@ try:
 except ImportError:  # Triton is optional on CPU
     triton = None
 
+# programs of one split (B x row groups) from which the seesaw runs the balanced schedule
+# by default (H200, session 11: below it the old schedule was faster on ragged batches)
+SEESAW_BALANCED_FROM = 64
 
 if triton is not None:
 
@@ -285,11 +288,12 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
 
     `schedule`: "balanced" (decode_schedule.py, work items of about equal key counts
     whatever their request's length) or "split" (`splits` per request, sized from the
-    longest). Default, from the H200 (RESULTS.md, session 9): balanced for a paged cache
-    with B >= 2 under the Triton and split / pipelined Gluon programs (1.07-1.29x on ragged
-    batches, 0.94-1.0x on equal lengths); split for contiguous keys (equal lengths), at
-    B = 1 (balanced: 0.86x, its metadata launch) and under the seesaw (balanced: 0.92-1.08x
-    ragged, 0.93-0.96x equal).
+    longest). Default, from the H200 (RESULTS.md, sessions 9 and 11): balanced for a paged
+    cache with B >= 2 under the Triton and split / pipelined Gluon programs (1.07-1.29x on
+    ragged batches, 0.94-1.0x on equal lengths), and under the seesaw from
+    `SEESAW_BALANCED_FROM` programs of one split (B x row groups: 1.07-1.29x ragged,
+    0.89-0.94x equal; below, 0.82-0.97x ragged); split for contiguous keys (equal
+    lengths) and at B = 1 (balanced: 0.86x, its metadata launch).
 
     `seesaw_tma`: the seesaw's full key tiles by TMA (gluon_seesaw_copy.py) where its
     descriptors apply (`tma_plan`), else its cp.async copies (same numbers); default
@@ -327,13 +331,13 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
                                           causal, zero_empty_rows, bh)
         use_gluon = False
     gluon_program = program_name(gluon_program, B * Sq * H, Sq * H)
-    if schedule is None:  # measured on an H200 (RESULTS.md, session 9): see the docstring
-        seesaw = use_gluon and gluon_program == "seesaw"
-        schedule = "balanced" if paged is not None and size_hint(B) >= 2 and not seesaw else "split"
+    groups = triton.cdiv(Sq * H, bh)
+    if schedule is None:  # measured on an H200 (RESULTS.md, sessions 9 and 11): see the docstring
+        few = use_gluon and gluon_program == "seesaw" and size_hint(B) * size_hint(groups) < SEESAW_BALANCED_FROM
+        schedule = "balanced" if paged is not None and size_hint(B) >= 2 and not few else "split"
     if schedule not in ("split", "balanced") or (schedule == "balanced" and paged is None):
         raise ValueError(f"mla_decode_attention_wide(schedule={schedule!r}): 'split', or 'balanced' with paged=")
     balanced = schedule == "balanced"
-    groups = triton.cdiv(Sq * H, bh)
     n_sm = sms or (torch.cuda.get_device_properties(q_lat.device).multi_processor_count if on_gpu else 4)
     # a 64-row program holds ~216 KB of shared memory and all registers: one per SM;
     # 16 / 32-row programs (4 warps) fit two

@@ -182,7 +182,7 @@ def test_paged_balanced_sinks_mask_causal_and_empty_requests(zero, gen):
     first item starts from its sink), and a length-0 request (no keys: NaN, or 0 with
     zero_empty_rows; the sink alone gives 0; the old schedule's answers), in one request
     of one item and in requests of several."""
-    lens, H, Sq, page, sms = [0, 90, 1, 33], 3, 2, 16, 8
+    lens, H, Sq, page, sms = [0, 200, 1, 33], 3, 2, 16, 8
     n_items = items_per_request(lens, H, Sq, page, sms)
     assert n_items[0] == 1 and max(n_items) >= 3, n_items
     q_lat, q_pe, c, kr, paged = paged_inputs(lens, H, Sq, page, "normal", gen)
@@ -318,7 +318,8 @@ def test_paged_balanced_launches_on_fake_tensors(monkeypatch):
 
 def test_default_schedule_rule(monkeypatch):
     """The schedule by default (H200, RESULTS.md): balanced for paged batches of 2 or
-    more, split at batch 1, for contiguous keys and under the seesaw program."""
+    more, split at batch 1 and for contiguous keys; under the seesaw program balanced
+    from SEESAW_BALANCED_FROM programs of one split (B x row groups)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from mla_compile.custom_ops import decode_combine, decode_schedule, gluon_decode, gluon_programs
@@ -344,9 +345,11 @@ def test_default_schedule_rule(monkeypatch):
     if gluon_decode.gluon is not None:  # the Gluon programs' choice, on a pretend sm_90
         monkeypatch.setattr(gluon_decode, "applies", lambda *a: True)
         monkeypatch.setattr(triton_decode_wide, "is_traced", lambda t: False)  # as on real tensors
-        assert balanced(32, program="pipelined") and not balanced(32, program="seesaw")
-        assert gluon_programs.program_name(None, 32 * 128, 128) == "seesaw"
-        assert not balanced(32)
+        assert triton_decode_wide.SEESAW_BALANCED_FROM == 64  # 128 heads: two row groups per request
+        assert balanced(16, program="pipelined") and not balanced(16, program="seesaw")
+        assert balanced(32, program="seesaw")
+        assert gluon_programs.program_name(None, 16 * 128, 128) == "seesaw"
+        assert not balanced(16) and balanced(32)
 
 def test_gluon_route_traces_to_one_op_call(monkeypatch, gen):
     """Where the Gluon program applies and the graph runs under CUDA graphs, the traced
