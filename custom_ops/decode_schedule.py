@@ -27,9 +27,10 @@ items go last, to the SMs that finish first (longest-processing-time first; in a
 batch it beat request order by up to 1.5x on a greedy-dispatch simulation).
 A request with one item writes `out` directly; the others write fp32 partials at row
 ((item * H + h) * Sq + q), merged in item order by the combine. Only a request's first
-item (lo == 0) starts from the sink. `work_item` / `gluon_work_item` read the table
-(or, in the old schedule, the program ids) for every program, and `partial_slot` /
-`gluon_partial_slot` where its output goes: one pair of helpers per dialect.
+item (lo == 0) starts from the sink. `gluon_work_item` reads the table (or, in the old
+schedule, the program ids) for every Gluon program and `gluon_partial_slot` where its
+output goes; the Triton program `_wide_split` reads the same written out (a helper call
+there hid the launch from Inductor: triton_decode_wide.py).
 """
 from __future__ import annotations
 
@@ -198,37 +199,14 @@ if triton is not None:
         tl.store(TAB + 2, best.to(tl.int32))
         tl.store(TAB + 3, best_cost)
 
-    @triton.jit
-    def work_item(SCHED, SEQ, Sk, keys_per_split, PAGED: tl.constexpr, BALANCED: tl.constexpr):
-        """This program's work -> (b, lo, hi, slot): request b (-1: none) and its keys
-        [lo, hi) (lo == 0: b's first, the sink's), slot = the item (balanced) or split."""
-        if BALANCED:  # grid (groups, items): the table's item
-            item = tl.program_id(1)
-            e = SCHED + _HEADER + _ITEM * item
-            return tl.load(e).to(tl.int64), tl.load(e + 1), tl.load(e + 2), item
-        else:  # grid (groups, splits, B): split of request b, keys_per_split each
-            split = tl.program_id(1)
-            b = tl.program_id(2).to(tl.int64)
-            if PAGED:  # ragged: each sequence its own length
-                Sk = tl.load(SEQ + b)
-            lo = split * keys_per_split
-            return b, lo, tl.minimum(lo + keys_per_split, Sk), split
-
-    @triton.jit
-    def partial_slot(SCHED, b, slot, BALANCED: tl.constexpr):
-        """Where a program's output goes, read at the store (nothing stays live in the
-        loop) -> (pb, pn, ps, n): its partial row ((pb * H + h) * Sq + q) * pn + ps, and
-        (balanced) its request's item count (1: the program writes out directly)."""
-        if BALANCED:
-            return slot.to(tl.int64), 1, 0, tl.load(SCHED + _HEADER + _ITEM * slot + 3)
-        else:
-            return b, tl.num_programs(1), slot, 0
 
 if gluon is not None:
 
     @gluon.jit
     def gluon_work_item(SCHED, SEQ, Sk, keys_per_split, PAGED: gl.constexpr, BALANCED: gl.constexpr):
-        """`work_item` for the Gluon programs (same table, same answers)."""
+        """This program's work -> (b, lo, hi, slot): request b (-1: none) and its keys
+        [lo, hi) (lo == 0: b's first, the sink's), slot = the item (balanced) or split.
+        (The Triton program `_wide_split` reads the same, written out: triton_decode_wide.py)"""
         if BALANCED:
             item = gl.program_id(1)
             e = SCHED + _HEADER + _ITEM * item
@@ -243,7 +221,9 @@ if gluon is not None:
 
     @gluon.jit
     def gluon_partial_slot(SCHED, b, slot, BALANCED: gl.constexpr):
-        """`partial_slot` for the Gluon programs."""
+        """Where a program's output goes, read at the store (nothing stays live in the
+        loop) -> (pb, pn, ps, n): its partial row ((pb * H + h) * Sq + q) * pn + ps, and
+        (balanced) its request's item count (1: the program writes out directly)."""
         if BALANCED:
             return slot.to(gl.int64), 1, 0, gl.load(SCHED + _HEADER + _ITEM * slot + 3)
         else:
@@ -263,6 +243,6 @@ def balanced_schedule(seq_lens: torch.Tensor, batch, groups: int, slots: int, bl
     return table, items
 
 
-__all__ = ["balanced_schedule", "item_slots", "model_cost", "reference_schedule", "work_item",
-           "partial_slot", "gluon_work_item", "gluon_partial_slot", "HEADER_INTS", "ITEM_INTS", "FINE",
+__all__ = ["balanced_schedule", "item_slots", "model_cost", "reference_schedule",
+           "gluon_work_item", "gluon_partial_slot", "HEADER_INTS", "ITEM_INTS", "FINE",
            "OVERHEAD_TILES", "PARTIAL_TILES", "CANDIDATES", "SIZE_CLASSES"]

@@ -160,3 +160,14 @@ def enable_python_dispatcher():
     from torch._dispatch.python import enable_python_dispatcher as enable
 
     return enable()
+
+
+def triton_kernel_writes(kernel, kwargs: dict) -> set:
+    """The arguments Inductor's mutation analysis of a user Triton kernel counts as
+    written (what a compiled graph's launch then treats as mutated): 2.11 has
+    `identify_mutated_tensors`, 2.13+ `identify_accessed_tensors`."""
+    from torch._higher_order_ops import triton_kernel_wrap as wrap
+
+    if hasattr(wrap, "identify_accessed_tensors"):
+        return {dep.name for dep in wrap.identify_accessed_tensors(kernel, kwargs, {}).read_writes.writes}
+    return set(wrap.identify_mutated_tensors(kernel, kwargs, {}))
