@@ -57,10 +57,10 @@ Why each wait / signal is there (a missing one is a silent wrong answer):
   tile (n0 + 64 <= hi_key) is one mbarrier.expect(bytes) + TMA boxes completing those
   bytes (async proxy, as wgmma: no fence needed, the waiter's is harmless); the tail tile
   (rows past the length may be NaN garbage: TMA must never load them) is masked cp.async,
-  then cp.async.wait_group 0, fence.proxy.async, partition barrier, one arrive (`_signal`).
+  then cp.async.wait_group 0, fence.proxy.async, partition barrier, one arrive (`signal`).
   Mixing the two per phase would break the count (128 vs 1): `fill` does one or the other.
   A stage refilled by TMA after p0 was stored over its rope columns (generic proxy): wg0
-  fenced those stores in `_signal(M0_READY)` before the refill, in program order.
+  fenced those stores in `signal(M0_READY)` before the refill, in program order.
   wg1 reads stage 0's columns [256, 512) and p0 without awaiting FULL0: M0_READY is
   signalled after wg0 awaited FULL0 and wrote p0, and acquire / release is transitive.
   wg0 reads stage 1's columns [0, 256) (PV(2i+1)) behind S1_READY, signalled after wg1
@@ -84,7 +84,7 @@ Why each wait / signal is there (a missing one is a silent wrong answer):
 - L0_READY / L1_READY (once, at the end): the split running sums.
 - The q stores and the barrier init precede the warp-specialised region; its entry is a
   CTA-wide bar.sync (Triton's warp_specialize lowering), the stores were fenced before.
-The mbarrier arrive of `_signal` is one thread's (Triton predicates it on the first
+The mbarrier arrive of `signal` is one thread's (Triton predicates it on the first
 thread), hence the partition barrier before it; the waits are every thread's.
 
 Off the copies' path: the TMA fills of pages take their page numbers read a pair ahead
@@ -104,28 +104,21 @@ Registers: wgmma descriptors (64-bit, ~80 per partition) built from loop-invaria
 shared-memory views were hoisted out of the loop and spilled; the views are indexed by a
 zero read from shared memory each pair (`_opaque_zero`), so they are rebuilt in the loop.
 Both partitions run at 256 registers (setmaxnreg; 2 x 128 threads x 256 = the whole
-65,536 register file). Offline (triton 3.6, ptxas -arch=sm_90a): 255 registers, no local
-load or store inside either pair loop for every constexpr combination compiled
-(MASK x DIRECT x PAGED, CAUSAL, SINK, ZERO_EMPTY, all on); with a mask, sinks or pages
-some combinations spill 8-32 bytes once, before or after the loops. 44 wgmma per pair in
-each partition (S: 36 k-steps of 16, PV: 2 x 4). Shared memory 231,676-231,740 bytes.
-The balanced schedule (BALANCED, decode_schedule.py) compiles the same way: no spill with
-no flags, 36 bytes with all of them (as the old schedule), none inside the loops.
-TMA variant (benchmarks/compile_gluon_seesaw.py; Triton 3.6 and 3.8, bf16, R = 512, 64-token
-pages, paged and contiguous; no flags, CAUSAL + MASK + SINK, BALANCED with and without them
-and ZERO_EMPTY, DIRECT with and without them): 255 registers; Triton 3.8 spills nothing;
-Triton 3.6 spills 16-40 bytes in the flag combinations where the cp.async variant spills
-16-36, outside the pair loops (none in the others). Tile 1 of the prologue is copied by
-cp.async (`fill`'s LANDED): with TMA there too, 3.6 and 3.8 spilled 300-480 bytes in the
-epilogue of the BALANCED and DIRECT-with-flags builds. Shared memory 231,692-231,756
-bytes (cp.async: 231,676-231,740); 9 TMA copy sites: Triton splits each [64, 256] box into four
-[64, 64] messages, one per warp of the issuing partition. The cp.async variant's SASS is
-unchanged by the split into gluon_seesaw_copy.py (diffed, Triton 3.6 and 3.8).
+65,536 register file). Offline (benchmarks/compile_gluon_seesaw.py, Triton 3.6, ptxas
+sm_90a, session 11's code): 255 registers; 0 bytes spilled with TMA (contiguous, pages,
+DIRECT), 20 with TMA + pages + BALANCED, 48-56 with every flag on, 8-12 for cp.async
+pages; in the BALANCED + TMA + pages build the local loads and stores sit before the
+default partition's pair loop and in its epilogue, none in the worker partition. 44
+wgmma per pair in each partition (S: 36 k-steps of 16, PV: 2 x 4); shared memory
+231,676-231,756 bytes; 9 TMA copy sites (Triton splits each [64, 256] box into four
+[64, 64] messages, one per warp of the issuing partition). Moving the per-row math to
+gluon_seesaw_rows.py left the SASS instructions unchanged (diffed, three builds).
 
 Measured on the H200 (2026-12-01, benchmarks/RESULTS.md): the GPU tests pass (masks,
 causal, sinks, empty rows, ragged pages with poisoned free slots, 31 and 64 tiles against
-gluon_split), and it is the fastest program at 64-128 heads, batch >= 32 (8-15% ahead of
-the pipelined one): the default from 4096 rows, 1024 at 128 heads (`gluon_programs`).
+gluon_split, TMA bitwise against cp.async), and it is the fastest program at 64-128 heads,
+batch >= 32 (8-15% ahead of the pipelined one): the default from 4096 rows, 1024 at 128
+heads (`gluon_programs`); TMA copies 1.05-1.13x the cp.async ones.
 """
 from __future__ import annotations
 
@@ -140,8 +133,9 @@ if gluon is not None:
         fence_async_shared, mbarrier, warpgroup_mma, warpgroup_mma_wait)
 
     from ..compat import GLUON_CTA_BARRIER as cta_barrier
-    from .decode_schedule import gluon_partial_slot, gluon_work_item
-    from .gluon_seesaw_copy import _signal, fill, page_of
+    from .decode_schedule import gluon_work_item
+    from .gluon_seesaw_copy import fill, page_of, signal, wait_signal
+    from .gluon_seesaw_rows import masked_scores, online_step, store_half
 
     WORKER_REGS = gl.constexpr(256)  # setmaxnreg of the worker partition (warpgroup 1)
     # mbarriers (each completes once per key-tile pair, so pair i waits phase i & 1)
@@ -164,80 +158,12 @@ if gluon is not None:
     XZERO = gl.constexpr(6)  # zeros (see _opaque_zero)
 
     @gluon.jit
-    def _masked_scores(s, n0, hi_key, b, rows, MK, smk_b, smk_h, smk_q, smk_n, scale, H, Sq,
-                       SL: gl.constexpr, CAUSAL: gl.constexpr, MASK: gl.constexpr):
-        """scale, additive mask, visibility (gluon_split's): invisible scores are -inf."""
-        row_ok = rows < Sq * H
-        qi = rows // H
-        hi = rows % H
-        s = s * scale
-        t = n0 + gl.arange(0, 64, layout=gl.SliceLayout(0, SL))
-        if MASK:  # additive, fp32, before any exp: finfo.min stays exact
-            mk = gl.load(MK + b * smk_b + hi[:, None] * smk_h + qi[:, None] * smk_q + t[None, :] * smk_n,
-                         mask=row_ok[:, None] & (t < hi_key)[None, :], other=0.0)
-            s = s + mk.to(gl.float32)
-        ok = (t < hi_key)[None, :] & row_ok[:, None]
-        if CAUSAL:
-            ok = ok & (t[None, :] <= qi[:, None])
-        return gl.where(ok, s, float("-inf"))
-
-    @gluon.jit
-    def _online(s, m_i):
-        """gluon_split's step: -> p, alpha, m_new (m_sub = 0 while nothing is visible)."""
-        m_new = gl.maximum(m_i, gl.max(s, 1))
-        m_sub = gl.where(m_new == float("-inf"), 0.0, m_new)
-        p = gl.exp2((s - m_sub[:, None]) * 1.4426950408889634)
-        alpha = gl.exp2((m_i - m_sub) * 1.4426950408889634)
-        return p, alpha, m_new
-
-    @gluon.jit
     def _opaque_zero(xch):
         """0, read from shared memory every iteration (XZERO holds zeros): shared-memory views
         indexed by it are rebuilt in the loop, so the ~80 wgmma descriptors (64-bit each)
         derived from them are not hoisted out of the loop into registers, where they spilled."""
         ZL: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
         return gl.max(xch.slice(XZERO * 64, 1).load(ZL), 0).to(gl.int32)  # one element: no cross-warp reduction
-
-    @gluon.jit
-    def _await(bars, k: gl.constexpr, phase):
-        """Acquire the other side's writes; the proxy fence orders them before this thread's
-        wgmma reads (cp.async data has no writer thread left to fence it)."""
-        mbarrier.wait(bars.index(k), phase)
-        fence_async_shared()
-
-    @gluon.jit
-    def _store_out(acc, l_i, m_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
-                   COL0: gl.constexpr, WRITE_STATS: gl.constexpr, SL: gl.constexpr, AL: gl.constexpr,
-                   R: gl.constexpr, DIRECT: gl.constexpr, ZERO_EMPTY: gl.constexpr, BALANCED: gl.constexpr):
-        """gluon_split's epilogue for output columns [COL0, COL0 + R/2)."""
-        ra = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, AL))
-        ca = COL0 + gl.arange(0, R // 2, layout=gl.SliceLayout(0, AL))
-        ra_ok = ra < Sq * H
-        l_a = gl.convert_layout(l_i, gl.SliceLayout(1, AL))
-        inv = 1.0 / gl.where(l_a > 0, l_a, 1.0)
-        pb, pn, ps, n_items = gluon_partial_slot(SCHED, b, slot, BALANCED)
-        if BALANCED:
-            direct = n_items == 1
-        else:
-            direct: gl.constexpr = DIRECT  # static: the old schedule compiles one store
-        if direct:  # one split (a request's only item): the final output, in out's dtype
-            if ZERO_EMPTY:
-                inv = gl.where(l_a > 0, inv, 0.0)
-            else:  # eager softmax over no visible key: 0 / 0
-                inv = gl.where(l_a > 0, inv, float("nan"))
-            o_rows = b * so_b + (ra % H)[:, None] * so_h + (ra // H)[:, None] * so_q
-            gl.store(O + o_rows + ca[None, :] * so_r, (acc * inv[:, None]).to(O.dtype.element_ty),
-                     mask=ra_ok[:, None] & (ca < R)[None, :])
-        else:  # normalised partial, its running max and sum kept apart (as gluon_split)
-            base = ((pb * H + ra % H) * Sq + ra // H) * pn + ps
-            gl.store(OP + base.to(gl.int64)[:, None] * R + ca[None, :], acc * inv[:, None],
-                     mask=ra_ok[:, None] & (ca < R)[None, :])
-            if WRITE_STATS:
-                rows = pid * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, SL))
-                row_ok = rows < Sq * H
-                sbase = ((pb * H + rows % H) * Sq + rows // H) * pn + ps
-                gl.store(ST + 2 * sbase, m_i, mask=row_ok)
-                gl.store(ST + 2 * sbase + 1, l_i, mask=row_ok)
 
     @gluon.jit
     def _wg0(q_smem, qr_smem, c_smem, kr_smem, p1_smem, xch, bars,
@@ -271,22 +197,22 @@ if gluon is not None:
             c0 = c_smem.index(z)
             kr0 = kr_smem.index(z)
             c1 = c_smem.index(z + 1)
-            _await(bars, FULL0, ph)  # tile 2i (q was stored before the warp-specialised region)
+            wait_signal(bars, FULL0, ph)  # tile 2i (q was stored before the warp-specialised region)
             s = warpgroup_mma(qr_smem, kr0.permute((1, 0)), gl.zeros([64, 64], gl.float32, layout=SL),
                               use_acc=False, is_async=True)
             s = warpgroup_mma(q_t, c0.permute((1, 0)), s, is_async=True)
             s = warpgroup_mma_wait(0, deps=[s])  # S(2i) over all 64 keys; nothing else pending
-            s = _masked_scores(s, n0, hi_key, b, rows, MK, smk_b, smk_h, smk_q, smk_n, scale, H, Sq,
+            s = masked_scores(s, n0, hi_key, b, rows, MK, smk_b, smk_h, smk_q, smk_n, scale, H, Sq,
                                SL, CAUSAL, MASK)
-            p, alpha0, m0 = _online(s, m_i)
+            p, alpha0, m0 = online_step(s, m_i)
             xch.slice(XM0 * 64, 64).store(m0)
             xch.slice(XA0 * 64, 64).store(alpha0)
             kr0.store(p.to(dt))  # p(2i) over tile 2i's rope columns: S(2i), their only reader, retired
-            _signal(bars, M0_READY)
+            signal(bars, M0_READY)
             l_i = l_i * alpha0 + gl.sum(p, 1)
             acc = acc * gl.convert_layout(alpha0, gl.SliceLayout(1, AL))[:, None]
             acc = warpgroup_mma(kr0, c0.slice(0, HALF, dim=1), acc, is_async=True)  # PV(2i), left
-            _await(bars, S1_READY, ph)  # tile 2i+1's max, rescale and p (wg1 wrote them)
+            wait_signal(bars, S1_READY, ph)  # tile 2i+1's max, rescale and p (wg1 wrote them)
             alpha1 = xch.slice(XA1 * 64, 64).load(gl.SliceLayout(1, SL))
             m_i = xch.slice(XM1 * 64, 64).load(gl.SliceLayout(1, SL))
             l_i = l_i * alpha1
@@ -303,10 +229,10 @@ if gluon is not None:
 
         # the running sum is split between the warpgroups: exchange, then both halves out
         xch.slice(XL0 * 64, 64).store(l_i)
-        _signal(bars, L0_READY)
+        signal(bars, L0_READY)
         mbarrier.wait(bars.index(L1_READY), 0)
         l_i = l_i + xch.slice(XL1 * 64, 64).load(gl.SliceLayout(1, SL))
-        _store_out(acc, l_i, m_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
+        store_half(acc, l_i, m_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
                    0, True, SL, AL, R, DIRECT, ZERO_EMPTY, BALANCED)
 
     @gluon.jit
@@ -337,35 +263,35 @@ if gluon is not None:
             c1 = c_smem.index(z + 1)
             kr1 = kr_smem.index(z + 1)
             if n1 < hi_key:  # S(2i+1): the right columns and rope are refilled first (by this warpgroup)
-                _await(bars, FULL1R, ph)
+                wait_signal(bars, FULL1R, ph)
                 s = warpgroup_mma(qr_smem, kr1.permute((1, 0)), gl.zeros([64, 64], gl.float32, layout=SL),
                                   use_acc=False, is_async=True)
                 s = warpgroup_mma(q_t.slice(HALF, HALF, dim=1), c1.slice(HALF, HALF, dim=1).permute((1, 0)),
                                   s, is_async=True)
-                _await(bars, FULL1L, ph)
+                wait_signal(bars, FULL1L, ph)
                 s = warpgroup_mma(q_t.slice(0, HALF, dim=1), c1.slice(0, HALF, dim=1).permute((1, 0)),
                                   s, is_async=True)
                 s = warpgroup_mma_wait(0, deps=[s])
             else:  # an odd tile count's last tile, past the keys: all its scores are masked below;
                 # its (zero-filled) copies are still awaited, wg0's PV(2i+1) reads the stage
-                _await(bars, FULL1R, ph)
-                _await(bars, FULL1L, ph)
+                wait_signal(bars, FULL1R, ph)
+                wait_signal(bars, FULL1L, ph)
                 s = gl.zeros([64, 64], gl.float32, layout=SL)
-            s = _masked_scores(s, n1, hi_key, b, rows, MK, smk_b, smk_h, smk_q, smk_n, scale, H, Sq,
+            s = masked_scores(s, n1, hi_key, b, rows, MK, smk_b, smk_h, smk_q, smk_n, scale, H, Sq,
                                SL, CAUSAL, MASK)
             # tile 2i's max, rescale and p: PV(2i)'s right half runs during this softmax
-            _await(bars, M0_READY, ph)
+            wait_signal(bars, M0_READY, ph)
             m0 = xch.slice(XM0 * 64, 64).load(gl.SliceLayout(1, SL))
             alpha0 = xch.slice(XA0 * 64, 64).load(gl.SliceLayout(1, SL))
             acc = acc * gl.convert_layout(alpha0, gl.SliceLayout(1, AL))[:, None]
             acc = warpgroup_mma(kr0, c0.slice(HALF, HALF, dim=1), acc, is_async=True)
-            p, alpha1, m1 = _online(s, m0)
+            p, alpha1, m1 = online_step(s, m0)
             xch.slice(XM1 * 64, 64).store(m1)
             xch.slice(XA1 * 64, 64).store(alpha1)
             p1_smem.store(p.to(dt))
             l_i = l_i * (alpha0 * alpha1) + gl.sum(p, 1)
             acc = warpgroup_mma_wait(0, deps=[acc])  # PV(2i) right: stage 0 has no reader here
-            _signal(bars, S1_READY)
+            signal(bars, S1_READY)
             acc = acc * gl.convert_layout(alpha1, gl.SliceLayout(1, AL))[:, None]
             acc = warpgroup_mma(p1_smem, c1.slice(HALF, HALF, dim=1), acc, is_async=True)  # PV(2i+1)
             acc = warpgroup_mma_wait(0, deps=[acc])
@@ -374,10 +300,10 @@ if gluon is not None:
                      skr_b, skr_t, c_rpb, kr_rpb, next1, False, True, R, DR, PAGED, PAGE, TMA)
 
         xch.slice(XL1 * 64, 64).store(l_i)
-        _signal(bars, L1_READY)
+        signal(bars, L1_READY)
         mbarrier.wait(bars.index(L0_READY), 0)
         l_i = l_i + xch.slice(XL0 * 64, 64).load(gl.SliceLayout(1, SL))
-        _store_out(acc, l_i, l_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
+        store_half(acc, l_i, l_i, O, OP, ST, SCHED, b, pid, slot, H, Sq, so_b, so_h, so_q, so_r,
                    HALF, False, SL, AL, R, DIRECT, ZERO_EMPTY, BALANCED)
 
     @gluon.jit

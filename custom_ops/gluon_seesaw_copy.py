@@ -21,15 +21,17 @@ one copy barrier (FULL0, FULL1L or FULL1R), whichever way it copied:
       paged cache, and 0 * NaN = NaN in p @ V: TMA must never load them), then
       cp.async.wait_group 0 (this thread's copies landed), fence.proxy.async (they reach
       the async proxy), a partition barrier (every thread's copies precede) and one
-      mbarrier.arrive: the phase's single arrival, no transaction bytes (`_signal`).
+      mbarrier.arrive: the phase's single arrival, no transaction bytes (`signal`).
     the prologue's tile 1 (LANDED): the tail's path even when full (with TMA there too,
       ptxas spilled 300-480 bytes in the epilogue of some flag combinations; tile 0 by TMA
       is still in flight while these copies land).
   Either way a phase completes exactly once per fill, so the waiters' parities are the
   cp.async variant's. A TMA fill may overwrite a stage last written through the generic
-  proxy (p0 over the rope columns): the writers fenced it in `_signal` before the signal
+  proxy (p0 over the rope columns): the writers fenced it in `signal` before the signal
   that the filler awaited.
 
+`signal` / `wait_signal` are the partitions' release / acquire of one barrier phase (the
+seesaw's "signal X" / "await X"); `page_of` reads a TMA fill's page a pair ahead.
 No cache hint: Gluon's TMA load takes none in Triton 3.6 or 3.8 (FlashMLA uses EVICT_FIRST).
 """
 from __future__ import annotations
@@ -116,13 +118,20 @@ if gluon is not None:
     from ..compat import GLUON_CTA_BARRIER as cta_barrier
 
     @gluon.jit
-    def _signal(bars, k: gl.constexpr):
+    def signal(bars, k: gl.constexpr):
         """Release this partition's shared-memory writes to the other partition: every
         thread's writes are fenced (generic -> async proxy, for wgmma readers) and
         ordered before the single arrive by the partition-wide barrier."""
         fence_async_shared()
         cta_barrier()
         mbarrier.arrive(bars.index(k))
+
+    @gluon.jit
+    def wait_signal(bars, k: gl.constexpr, phase):
+        """Acquire the other side's writes; the proxy fence orders them before this thread's
+        wgmma reads (cp.async data has no writer thread left to fence it)."""
+        mbarrier.wait(bars.index(k), phase)
+        fence_async_shared()
 
     @gluon.jit
     def _copy_part(C, KR, TABLE, c_part, kr_buf, b, n0, hi_key, st_b, sc_b, sc_t, skr_b, skr_t,
@@ -170,12 +179,12 @@ if gluon is not None:
                      sc_b, sc_t, skr_b, skr_t, LEFT: gl.constexpr, RIGHT: gl.constexpr, R: gl.constexpr,
                      DR: gl.constexpr, PAGED: gl.constexpr, PAGE: gl.constexpr):
         """The TMA protocol's cp.async fill: masked copies, landed (wait_group 0), fenced, then
-        the phase's one arrive after a partition barrier (`_signal`)."""
+        the phase's one arrive after a partition barrier (`signal`)."""
         _copy_parts(C, KR, TABLE, c_st, kr_st, b, n0, hi_key, st_b, sc_b, sc_t, skr_b, skr_t,
                     LEFT, RIGHT, R, DR, PAGED, PAGE)
         async_copy.commit_group()
         async_copy.wait_group(0)
-        _signal(bars, k)
+        signal(bars, k)
 
     @gluon.jit
     def page_of(TABLE, b, st_b, n0, hi_key, PAGED: gl.constexpr, PAGE: gl.constexpr, TMA: gl.constexpr):
@@ -226,4 +235,4 @@ if gluon is not None:
             async_copy.mbarrier_arrive(bar, increment_count=False)
 
 
-__all__ = ["tma_plan", "tma_descriptors", "smem_layout", "KEYS"]
+__all__ = ["tma_plan", "tma_descriptors", "smem_layout", "KEYS", "page_of", "fill", "signal", "wait_signal"]
