@@ -24,11 +24,11 @@ class Target:  # sm_90, for TTIR only: nothing runs
 triton.runtime.driver.set_active(Target())
 from mla_compile.compat import triton_kernel_writes
 from mla_compile.custom_ops import (decode_combine, decode_schedule, mask_blocks, triton_decode, triton_decode_wide,
-                                    triton_prefill, triton_rope, triton_sparse)
+                                    triton_prefill, triton_rope, triton_rope_cache, triton_sparse)
 
 launches = []
 for module in (triton_decode_wide, decode_schedule, decode_combine, triton_decode, triton_sparse, triton_prefill,
-               mask_blocks, triton_rope):
+               mask_blocks, triton_rope, triton_rope_cache):
     module.launch = lambda kernel, grid, *a, **kw: launches.append((kernel, a, kw))
 B, H, L, R = 4, 128, 300, 512
 q = torch.randn(B, H, 1, R + 64, dtype=torch.bfloat16)
@@ -46,7 +46,8 @@ mask = torch.zeros(1, 1, S, S).masked_fill(torch.ones(S, S, dtype=torch.bool).tr
 sinks = torch.randn(4)
 x, ang = torch.randn(2, S, 4, 64, dtype=torch.bfloat16), torch.randn(S, 32)
 cos, sin = ang.cos(), ang.sin()
-inputs = [q, kv, cache, table, seq, idx, qn, qr, kvp, kr, mask, sinks, x, cos, sin]
+ckv, slots = torch.randn(S, R + 64, dtype=torch.bfloat16), torch.randperm(S)  # a prefill's cache write
+inputs = [q, kv, cache, table, seq, idx, qn, qr, kvp, kr, mask, sinks, x, cos, sin, ckv, slots]
 calls = [
     lambda out: triton_decode_wide.mla_decode_attention_wide(q[..., :R], q[..., R:], kv[..., :R], kv[..., R:],
                                                              0.1, False, out=out, block_h=64, block_n=64, sms=8),
@@ -68,6 +69,10 @@ calls = [
     lambda out: triton_prefill.mla_prefill_attention(qn, qr, kvp[..., :Dn], kr, kvp[..., Dn:], 0.1, False,
                                                      mask=mask, block_skip=True, sinks=sinks, gluon=False),
     lambda out: triton_rope.rope_triton([x], cos, sin, False, False, [torch.empty_like(x)]),
+    # writes its cache (an output by the op's contract: a fresh one here) and q_out
+    lambda out: triton_rope_cache.rope_cache_write_triton(
+        x[0, :, 0], ckv[:, R:], ckv[:, :R], cos, sin, slots, torch.zeros(S // 16, 16 * (R + 64), dtype=torch.bfloat16),
+        16, 1, R + 64, False, False, torch.empty_like(x[0, :, 0])),
 ]
 for call in calls:
     launches.clear()
@@ -94,5 +99,5 @@ def test_kernels_write_only_their_outputs():
     lines = run.stdout.splitlines()
     names = {line.split()[0] for line in lines}
     assert {"_wide_split", "_schedule", "_wide_combine", "_decode_split", "_combine", "_sparse_split",
-            "_mla_prefill_fwd", "_rope_kernel"} <= names, run.stdout
+            "_mla_prefill_fwd", "_classify_blocks", "_rope_kernel", "_rope_cache_kernel"} <= names, run.stdout
     assert all(line.endswith("ok []") for line in lines), run.stdout
