@@ -7,7 +7,7 @@ Work items. Request b of len_b keys (t_b = cdiv(len_b, BN) tiles) is cut into
 n_b = max(1, cdiv(t_b, C)) items of cdiv(t_b, n_b) tiles (the last one shorter); the
 chunk C (tiles) is chosen on the device from the real lengths, among
   candidate 0: the old schedule's split (`keys_per_split` from the size hints), and
-  candidate j = 1..CANDIDATES: cdiv(j * total tiles, 2 * cdiv(slots, groups)), i.e.
+  candidate j = 1..CANDIDATES: cdiv(j * total tiles, FINE * cdiv(slots, groups)), i.e.
     0.5x, 1x, ... 3.5x a program slot's share (with the requests shorter than the chunk
     left whole, the best chunk is often above the share: a greedy-dispatch simulation),
 by `model_cost` (below), ties to the lowest index; a candidate whose items would not
@@ -53,8 +53,9 @@ except ImportError:
 HEADER_INTS, ITEM_INTS = 4, 4
 OVERHEAD_TILES = 3  # a program's fixed cost in key tiles (choose_wide_splits's)
 PARTIAL_TILES = 2   # a split item's fp32 partial (64 x 512 x 4 bytes ~ 1.7 tiles), written; read again by the combine
-CANDIDATES = 7      # chunk candidates j / 2 of a slot's share, j = 1..7 (the old split is candidate 0)
-FINE = 2            # the finest candidate (j = 1): FINE items per program slot of one row group
+FINE = 2            # chunk candidates in steps of 1 / FINE of a slot's share: the finest (j = 1)
+                    # gives FINE items per program slot of one row group
+CANDIDATES = 7      # j = 1..7: 0.5x .. 3.5x a slot's share (the old split is candidate 0)
 SIZE_CLASSES = 16   # launch order: requests in 16 classes of item size, largest first
 
 
@@ -96,7 +97,7 @@ def reference_schedule(lens: list[int], groups: int, slots: int, block_n: int, o
     """`_schedule`'s table, in Python (tests; the cost comparisons)."""
     tiles = [-(-ln // block_n) for ln in lens]
     total = sum(tiles)
-    cands = [max(1, old_tiles)] + [max(1, -(-(j * total) // (2 * -(-slots // groups))))
+    cands = [max(1, old_tiles)] + [max(1, -(-(j * total) // (FINE * -(-slots // groups))))
                                    for j in range(1, CANDIDATES + 1)]
     best = None
     for i, c in enumerate(cands):
@@ -122,7 +123,7 @@ if triton is not None:
 
     @triton.jit
     def _schedule(SEQ, TAB, B, NI, groups, slots, old_tiles, BN: tl.constexpr, OVH: tl.constexpr,
-                  PART: tl.constexpr, CANDS: tl.constexpr, NC: tl.constexpr, NK: tl.constexpr, BB: tl.constexpr,
+                  PART: tl.constexpr, FINE_: tl.constexpr, CANDS: tl.constexpr, NC: tl.constexpr, NK: tl.constexpr, BB: tl.constexpr,
                   KB: tl.constexpr):
         # one program; B requests in chunks of BB (any B: a dynamic batch can pass its hint)
         offs = tl.arange(0, BB)
@@ -131,7 +132,7 @@ if triton is not None:
             lens = tl.load(SEQ + b0 + offs, mask=b0 + offs < B, other=0)
             total += tl.sum(tl.cdiv(lens, BN).to(tl.int64), 0)
         j = tl.arange(0, NC)
-        cand = tl.where(j == 0, old_tiles, tl.cdiv(j * total, 2 * tl.cdiv(slots, groups)))
+        cand = tl.where(j == 0, old_tiles, tl.cdiv(j * total, FINE_ * tl.cdiv(slots, groups)))
         cand = tl.maximum(cand, 1).to(tl.int64)
         n_items = tl.zeros([NC], tl.int64)
         big = tl.zeros([NC], tl.int64)
@@ -237,7 +238,7 @@ def balanced_schedule(seq_lens: torch.Tensor, batch, groups: int, slots: int, bl
     table = torch.empty(table_ints(batch, items), device=seq_lens.device, dtype=torch.int32)
     bb = min(256, max(16, triton.next_power_of_2(size_hint(batch))))
     launch(_schedule, (1,), seq_lens, table, batch, items, groups, slots, keys_per_split // block_n,
-           BN=block_n, OVH=OVERHEAD_TILES, PART=PARTIAL_TILES, CANDS=CANDIDATES,
+           BN=block_n, OVH=OVERHEAD_TILES, PART=PARTIAL_TILES, FINE_=FINE, CANDS=CANDIDATES,
            NC=triton.next_power_of_2(CANDIDATES + 1),
            NK=SIZE_CLASSES, BB=bb, KB=max(16, 2048 // bb), num_warps=4)
     return table, items

@@ -311,7 +311,7 @@ def mla_decode_attention_wide(q_lat, q_pe, c_kv, k_pe, scale: float, causal: boo
     cache with B >= 2 under the Triton and split / pipelined Gluon programs (1.07-1.29x on
     ragged batches, 0.94-1.0x on equal lengths), and under the seesaw from
     `SEESAW_BALANCED_FROM` programs of one split (B x row groups: 1.07-1.29x ragged,
-    0.89-0.94x equal; below, 0.82-0.97x ragged); split for contiguous keys (equal
+    0.92-0.99x equal; below, 0.82-0.97x ragged); split for contiguous keys (equal
     lengths) and at B = 1 (balanced: 0.86x, its metadata launch).
 
     `seesaw_tma`: the seesaw's full key tiles by TMA (gluon_seesaw_copy.py) where its

@@ -92,8 +92,15 @@ def analyse(mask: fx.Node, sizes: tuple) -> CausalMask:
         raise NotProven(f"mask is where(condition, {z}, {f}), not (0, -inf or finfo.min)")
     if not isinstance(cond, fx.Node) or val(cond).dtype != torch.bool:
         raise NotProven("mask condition is not boolean")
-    if masked_where_true:
-        return CausalMask((), (zero, fill), f) if _masks_above_diagonal(cond, sizes) else _not_causal(cond, sizes)
+    if masked_where_true:  # cond (True: masked) must be exactly k - q >= 1, the visible keys
+        # k - q <= 0; one comparison only: the negation of an AND is no AND of terms
+        masked = bound(cond, sizes) if cond.op == "call_function" else None
+        if masked == ("lower", 1):
+            return CausalMask((), (zero, fill), f)
+        if masked is None:
+            raise NotProven("mask is where(condition, fill, 0) with a condition that is not one index comparison")
+        raise NotProven(f"masked where k - q {'<=' if masked[0] == 'upper' else '>='} {masked[1]}: "
+                        "not top-left causal")
     upper, keys = [], []
     for term in conjuncts(cond):
         if not isinstance(term, fx.Node):
@@ -111,20 +118,6 @@ def analyse(mask: fx.Node, sizes: tuple) -> CausalMask:
     if not upper or min(upper) != 0:
         raise NotProven(f"k - q <= {min(upper) if upper else 'inf'}: not top-left causal")
     return CausalMask(tuple(keys), (zero, fill), f)
-
-
-def _masks_above_diagonal(cond: fx.Node, sizes) -> bool:
-    """`cond` (True: masked) is exactly k - q >= 1: its negation, the visible keys, is
-    k - q <= 0. One comparison only: the negation of an AND is no AND of terms."""
-    b = bound(cond, sizes) if cond.op == "call_function" else None
-    return b == ("lower", 1)
-
-
-def _not_causal(cond: fx.Node, sizes):
-    b = bound(cond, sizes) if cond.op == "call_function" else None
-    if b is None:
-        raise NotProven("mask is where(condition, fill, 0) with a condition that is not one index comparison")
-    raise NotProven(f"masked where k - q {'<=' if b[0] == 'upper' else '>='} {b[1]}: not top-left causal")
 
 
 def rewrite(graph: fx.Graph, call, proof: CausalMask):
